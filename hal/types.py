@@ -1,0 +1,156 @@
+"""Values and interfaces shared by the hardware layer and the controller.
+
+The controller sees meters, chargers and inputs only through the small protocols at the end of
+this file (ARCHITECTURE.md: "interfaces, not protocols"). A Modbus profile device is one
+implementation; an OCPP-connected wallbox will be another, with no change to ``controller/``.
+Readings are frozen dataclasses so that a snapshot handed to the pure allocation code can never
+be changed behind its back.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+Phases3 = tuple[float, float, float]
+
+
+class IecState(str, enum.Enum):
+    """IEC 61851-1 control-pilot state of a charging point."""
+
+    A = "A"  # no vehicle
+    B = "B"  # vehicle connected, not charging
+    C = "C"  # charging
+    D = "D"  # charging with ventilation
+    E = "E"  # no power / short circuit
+    F = "F"  # error / not available
+
+    @property
+    def charging(self) -> bool:
+        return self in (IecState.C, IecState.D)
+
+    @property
+    def connected(self) -> bool:
+        return self in (IecState.B, IecState.C, IecState.D)
+
+    @property
+    def cfos_state(self) -> int:
+        """The cFos ``get_dev_info`` state code (1 no car ... 5 error; 6 offline is not a state)."""
+        return {"A": 1, "B": 2, "C": 3, "D": 4, "E": 5, "F": 5}[self.value]
+
+
+class Table(str, enum.Enum):
+    """Modbus data tables, named as the profiles name them."""
+
+    COIL = "coil"
+    DISCRETE = "discrete"
+    HOLDING = "holding"
+    INPUT = "input"
+
+
+class DeviceError(Exception):
+    """A device did not give a usable value. Always a fault of that device, never of the loop."""
+
+
+class CommError(DeviceError):
+    """No answer: timeout, connection refused, serial port gone."""
+
+
+class DeviceAnswerError(DeviceError):
+    """The device answered, but with a Modbus exception or a value no device can show."""
+
+
+@dataclass(frozen=True)
+class MeterReading:
+    """One consistent reading of an electricity meter. Currents and voltages are per phase."""
+
+    power_w: float
+    current_a: Phases3 | None = None
+    voltage_v: Phases3 | None = None
+    import_wh: float | None = None
+    export_wh: float | None = None
+
+
+@dataclass(frozen=True)
+class ChargerReading:
+    """One reading of a wallbox: its IEC state and what the car draws on each phase."""
+
+    state: IecState
+    current_a: Phases3 = (0.0, 0.0, 0.0)
+    power_w: float | None = None
+    energy_wh: float | None = None
+    limit_a: float | None = None  # the limit the box reports as applied, where it reports one
+
+
+@dataclass(frozen=True)
+class InputReading:
+    """A digital input after polarity: ``active`` already honours active_low / normally_closed."""
+
+    active: bool
+
+
+@runtime_checkable
+class Meter(Protocol):
+    id: str
+
+    def read(self) -> MeterReading:
+        """Read once; raise DeviceError when no usable value can be had."""
+        ...
+
+
+@runtime_checkable
+class Charger(Protocol):
+    id: str
+
+    #: Seconds after which the current limit must be written again even if unchanged
+    #: (e.g. Alfen's validity time); None when the box needs no keep-alive write.
+    keepalive_s: float | None
+
+    def read(self) -> ChargerReading:
+        """Read once; raise DeviceError when no usable value can be had."""
+        ...
+
+    def apply(self, current_a: float) -> None:
+        """Write the current limit; 0 pauses. Raise DeviceError when the write fails."""
+        ...
+
+    def setup(self, watchdog_s: float, failsafe_current_a: float) -> None:
+        """Configure the box's own communication watchdog and fail-safe current, where it has them."""
+        ...
+
+
+@runtime_checkable
+class Input(Protocol):
+    id: str
+
+    def read(self) -> InputReading:
+        """Read once; raise DeviceError when the contact state cannot be known."""
+        ...
+
+
+@dataclass(frozen=True)
+class RequestPolicy:
+    """How one device wants to be talked to on its bus."""
+
+    timeout_s: float = 0.5
+    gap_s: float = 0.0  # silence required before a request to this device (SDM630: 0.06 s)
+    retries: int = 0
+
+
+@runtime_checkable
+class RegisterBus(Protocol):
+    """What a profile device needs from a Modbus bus. ``hal.modbus`` implements it.
+
+    Coils and discrete inputs come back as a list of 0/1 ints, registers as 16-bit ints.
+    Every error is raised as a DeviceError subclass.
+    """
+
+    name: str
+
+    def read(self, table: Table, address: int, count: int, unit: int, policy: RequestPolicy) -> list[int]:
+        ...
+
+    def write(self, address: int, values: list[int], unit: int, policy: RequestPolicy, *, single: bool = False) -> None:
+        """Write holding registers: FC06 when ``single`` (one register), else FC16."""
+        ...
