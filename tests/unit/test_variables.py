@@ -1,0 +1,294 @@
+"""Unit tests for controller.variables: the all-or-nothing, thread-safe variable store."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import re
+import threading
+
+import pytest
+
+from controller.formulas import NO_LIMIT, Evaluator, FormulaError, NoValue
+from controller.variables import VariableSet, VariableStore, evaluate_variables, normalize_expr
+
+RESERVED = {"M1", "E1", "E2", "RSE1"}
+
+
+def make_store(**initial: object) -> VariableStore:
+    return VariableStore(initial, reserved=RESERVED)  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------- normalize_expr
+
+
+@pytest.mark.parametrize("given, stored", [
+    (1, 1), (2.5, 2.5), (True, True), (False, False), (0, 0), (-3, -3),
+    ("123", 123), (" 42 ", 42), ("-7", -7), ("+7", 7), ("2.5", 2.5), ("1e3", 1000.0),
+    (".5", 0.5), ("007", 7), ("55000 * AVAIL / 100", "55000 * AVAIL / 100"),
+    (" AVAIL ", " AVAIL "), ("True", "True"), ("nan", "nan"), ("inf", "inf"), ("1_000", "1_000"),
+    ("0x10", "0x10"), ("", ""),
+])
+def test_normalize_expr(given: object, stored: object) -> None:
+    result = normalize_expr(given)
+    assert result == stored and type(result) is type(stored)
+
+
+@pytest.mark.parametrize("given", [
+    float("nan"), float("inf"), -float("inf"), "1e999", None, [1], {"a": 1}, b"1", "x" * 1025,
+])
+def test_normalize_expr_rejects(given: object) -> None:
+    with pytest.raises(FormulaError):
+        normalize_expr(given)
+
+
+# --------------------------------------------------------------------------- construction
+
+
+def test_initial_set() -> None:
+    store = make_store(AVAIL=100, TARIF=0, LIM="55000 * AVAIL / 100")
+    snap = store.snapshot()
+    assert dict(snap.exprs) == {"AVAIL": 100, "TARIF": 0, "LIM": "55000 * AVAIL / 100"}
+    assert set(snap.formulas) == {"AVAIL", "TARIF", "LIM"}
+    assert snap.order == ("AVAIL", "LIM", "TARIF")
+    assert snap.generation == 0
+    assert not store.wake.is_set()
+
+
+def test_empty_store() -> None:
+    snap = VariableStore().snapshot()
+    assert dict(snap.exprs) == {} and snap.order == () and snap.generation == 0
+
+
+@pytest.mark.parametrize("initial, message", [
+    ({"M1": 1}, "a device or input id"),
+    ({"1x": 1}, "invalid name"),
+    ({"min": 1}, "a function"),
+    ({"hour": 1}, "a time value"),
+    ({"A": "1 +"}, "variable A: formula does not parse"),
+    ({"A": "B", "B": "A"}, "dependency cycle: A -> B -> A"),
+    ({"A": float("nan")}, "variable A: number must be finite"),
+])
+def test_bad_initial(initial: dict, message: str) -> None:
+    with pytest.raises(FormulaError, match=message):
+        VariableStore(initial, reserved=RESERVED)
+
+
+def test_snapshot_is_immutable() -> None:
+    snap = make_store(A=1).snapshot()
+    with pytest.raises(TypeError):
+        snap.exprs["A"] = 2  # type: ignore[index]
+    with pytest.raises(TypeError):
+        snap.formulas["A"] = None  # type: ignore[index]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        snap.generation = 5  # type: ignore[misc]
+
+
+# --------------------------------------------------------------------------- set_many
+
+
+def test_set_many_adds_and_replaces() -> None:
+    store = make_store(AVAIL=100, TARIF=0)
+    new = store.set_many([("TARIF", 1), ("PWR", "70"), ("X", "PWR * 2")], source="test")
+    assert dict(new.exprs) == {"AVAIL": 100, "TARIF": 1, "PWR": 70, "X": "PWR * 2"}
+    assert new.order == ("AVAIL", "PWR", "TARIF", "X")
+    assert new.generation == 1
+    assert store.snapshot() is new
+    assert store.wake.is_set()
+
+
+def test_later_item_wins() -> None:
+    store = make_store()
+    assert store.set_many([("A", 1), ("A", 2)]).exprs["A"] == 2
+
+
+def test_undefined_names_are_accepted() -> None:
+    store = make_store()
+    store.set_many([("A", "NOT_YET + M9.power_w + RSE7")])
+    assert store.snapshot().formulas["A"].names == {"NOT_YET", "M9.power_w", "RSE7"}
+
+
+def test_clear_replaces_everything() -> None:
+    store = make_store(AVAIL=100, TARIF=0)
+    new = store.set_many([("PWR", 70)], clear=True)
+    assert dict(new.exprs) == {"PWR": 70}
+    assert new.order == ("PWR",)
+    assert store.set_many([], clear=True).exprs == {}
+
+
+def test_clear_can_break_a_would_be_cycle() -> None:
+    store = make_store(A="B")
+    with pytest.raises(FormulaError, match="dependency cycle: A -> B -> A"):
+        store.set_many([("B", "A")])
+    assert dict(store.set_many([("B", "A")], clear=True).exprs) == {"B": "A"}
+
+
+@pytest.mark.parametrize("clear", [False, True])
+@pytest.mark.parametrize("items, message", [
+    ([("PWR", 70), ("bad name", 1)], "invalid name 'bad name'"),
+    ([("PWR", 70), ("E2", 1)], "a device or input id"),
+    ([("PWR", 70), ("X", "open('/etc/passwd')")], "variable X: strings are not allowed"),
+    ([("PWR", 70), ("X", "__import__('os')")], "strings are not allowed"),
+    ([("PWR", 70), ("X", "lambda: 1")], "'lambda' is not allowed"),
+    ([("PWR", 70), ("X", "foo(1)")], "function 'foo' not allowed"),
+    ([("PWR", 70), ("X", "X + 1")], "dependency cycle: X -> X"),
+    ([("PWR", 70), ("X", None)], "variable X: expr must be a number"),
+    ([("PWR", 70), ("X", float("inf"))], "number must be finite"),
+    ([("PWR", 70), ("X", 1, 2)], "a (name, expr) pair"),
+    ([("PWR", 70), (5, 1)], "a variable name is a string"),
+    ([("PWR", 70), "X"], "a (name, expr) pair"),
+])
+def test_set_many_is_all_or_nothing(items: list, message: str, clear: bool) -> None:
+    store = make_store(AVAIL=100)
+    calls: list[object] = []
+    store.add_listener(lambda old, new, source: calls.append(source))
+    before = store.snapshot()
+    with pytest.raises(FormulaError, match=re.escape(message)):
+        store.set_many(items, clear=clear)
+    assert store.snapshot() is before
+    assert calls == [] and not store.wake.is_set()
+
+
+def test_cycle_with_an_existing_variable_is_rejected() -> None:
+    store = make_store(A="B + 1")
+    with pytest.raises(FormulaError, match="dependency cycle: A -> B -> C -> A"):
+        store.set_many([("C", "A"), ("B", "C")])
+    assert dict(store.snapshot().exprs) == {"A": "B + 1"}
+
+
+# --------------------------------------------------------------------------- listeners
+
+
+def test_listener_gets_old_new_and_source() -> None:
+    store = make_store(AVAIL=100)
+    seen: list[tuple[VariableSet, VariableSet, str]] = []
+    store.add_listener(lambda old, new, source: seen.append((old, new, source)))
+    first = store.snapshot()
+    second = store.set_many([("AVAIL", 50)], source="lan 10.0.0.2")
+    assert seen == [(first, second, "lan 10.0.0.2")]
+    assert seen[0][0].exprs["AVAIL"] == 100 and seen[0][1].exprs["AVAIL"] == 50
+
+
+def test_listener_runs_after_wake_and_before_return() -> None:
+    store = make_store()
+    states: list[tuple[bool, int]] = []
+    store.add_listener(lambda old, new, source: states.append(
+        (store.wake.is_set(), store.snapshot().generation)))
+    store.set_many([("A", 1)])
+    assert states == [(True, 1)]
+
+
+def test_failing_listener_is_logged_and_change_kept(caplog: pytest.LogCaptureFixture) -> None:
+    store = make_store()
+    later: list[int] = []
+
+    def broken(old: VariableSet, new: VariableSet, source: str) -> None:
+        raise OSError("disk full")
+
+    store.add_listener(broken)
+    store.add_listener(lambda old, new, source: later.append(new.generation))
+    with caplog.at_level(logging.ERROR, logger="controller.variables"):
+        new = store.set_many([("A", 1)], source="api")
+    assert store.snapshot() is new and later == [1]
+    assert "variable listener" in caplog.text and "disk full" in caplog.text
+
+
+def test_listener_may_not_set_variables() -> None:
+    store = make_store()
+    errors: list[BaseException] = []
+
+    def reentrant(old: VariableSet, new: VariableSet, source: str) -> None:
+        try:
+            store.set_many([("B", 2)])
+        except RuntimeError as exc:
+            errors.append(exc)
+
+    store.add_listener(reentrant)
+    store.set_many([("A", 1)])
+    assert len(errors) == 1 and "B" not in store.snapshot().exprs
+
+
+# --------------------------------------------------------------------------- concurrency
+
+
+def test_concurrent_writers_and_reader_see_consistent_snapshots() -> None:
+    """Several threads set related variables while another takes snapshots: never half a set."""
+    store = make_store(A=0, B=0, C="A - B")
+    writers, calls_per_writer = 4, 150
+    generations_seen: list[int] = []
+    store.add_listener(lambda old, new, source: generations_seen.append(new.generation))
+    stop = threading.Event()
+    problems: list[str] = []
+
+    def check(snap: VariableSet) -> str | None:
+        exprs = snap.exprs
+        if set(exprs) != set(snap.formulas) or set(exprs) != set(snap.order):
+            return f"keys differ in generation {snap.generation}"
+        if exprs["A"] != exprs["B"] or exprs["C"] != "A - B":
+            return f"half a set in generation {snap.generation}: {dict(exprs)}"
+        if any(snap.formulas[n].text != exprs[n] for n in exprs):
+            return "formula does not match expr"
+        if snap.order.index("C") < max(snap.order.index("A"), snap.order.index("B")):
+            return f"bad order {snap.order}"
+        return None
+
+    def reader() -> None:
+        last = -1
+        while not stop.is_set():
+            snap = store.snapshot()
+            problem = check(snap)
+            if problem is None and snap.generation < last:
+                problem = f"generation went back {last} -> {snap.generation}"
+            if problem:
+                problems.append(problem)
+                return
+            last = snap.generation
+
+    def writer(n: int) -> None:
+        for i in range(calls_per_writer):
+            value = n * 100000 + i
+            items = [("A", value), ("EXTRA", str(i)), ("B", value), ("C", "A - B")]
+            store.set_many(items, clear=(i % 10 == 0), source=f"w{n}")
+
+    read_thread = threading.Thread(target=reader)
+    read_thread.start()
+    threads = [threading.Thread(target=writer, args=(n,)) for n in range(writers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    stop.set()
+    read_thread.join()
+    assert problems == []
+    total = writers * calls_per_writer
+    assert store.snapshot().generation == total
+    assert generations_seen == list(range(1, total + 1))  # listeners ran in change order
+    assert check(store.snapshot()) is None
+
+
+# --------------------------------------------------------------------------- evaluate_variables
+
+
+def test_evaluate_variables_in_order() -> None:
+    store = make_store(AVAIL=50, LIM="55000 * AVAIL / 100", HALF="LIM / 2", T="TARIF_X")
+    results, symbols = evaluate_variables(Evaluator(), store.snapshot(), {"RSE1": 1})
+    assert results == {"AVAIL": (50, None), "HALF": (13750, None), "LIM": (27500, None),
+                       "T": (None, "unknown name TARIF_X")}
+    assert symbols["LIM"] == 27500 and symbols["RSE1"] == 1
+    assert isinstance(symbols["T"], NoValue)
+
+
+def test_failed_variable_fails_its_readers_with_the_reason() -> None:
+    store = make_store(X="RSE1 ? 4200 : 11000", Y="X + 1", Z="1 / 0", W="Z")
+    results, _ = evaluate_variables(Evaluator(), store.snapshot(), {"RSE1": None})
+    assert results["X"] == (None, "RSE1 has no value (unreadable or failed)")
+    assert results["Y"] == (None, "X has no value (RSE1 has no value (unreadable or failed))")
+    assert results["W"] == (None, "Z has no value (division by zero)")
+
+
+def test_none_variable_is_no_limit_for_its_readers() -> None:
+    store = make_store(LIM="4200 if RSE1 else None", COPY="LIM", SUM="LIM + 1")
+    results, symbols = evaluate_variables(Evaluator(), store.snapshot(), {"RSE1": 0})
+    assert results["LIM"] == (None, None) and symbols["LIM"] is NO_LIMIT
+    assert results["COPY"] == (None, None)
+    assert results["SUM"][0] is None and "None" in str(results["SUM"][1])
