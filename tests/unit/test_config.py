@@ -1,0 +1,615 @@
+"""Tests of controller/config.py: the SPEC §4 example passes; every class of mistake is reported
+with its exact path; all mistakes of a file are reported together; YAML 1.1 traps are errors."""
+
+from __future__ import annotations
+
+import copy
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from controller.config import (
+    ChargerConfig,
+    Config,
+    ConfigError,
+    GpioInputConfig,
+    ModbusInputConfig,
+    RtuBus,
+    TcpBus,
+    config_warnings,
+    device_profile,
+    implicit_buses,
+    load_config,
+    parse_config,
+    split_listen,
+)
+
+DATA = Path(__file__).parent / "data"
+REPO = Path(__file__).resolve().parents[2]
+SPEC_EXAMPLE = DATA / "spec_example.yaml"
+DEPLOY_EXAMPLE = REPO / "deploy" / "config.example.yaml"
+SPEC_TEXT = SPEC_EXAMPLE.read_text(encoding="utf-8")
+BASE: dict[str, Any] = yaml.safe_load(SPEC_TEXT)
+
+CUSTOM_METER_PROFILE = {
+    "model": "my_meter",
+    "kind": "meter",
+    "word_order": "big",
+    "values": {
+        "power_w": {"table": "input", "address": 0x0C, "type": "float32"},
+        "current_l1_a": {"table": "input", "address": 0x06, "type": "float32"},
+    },
+}
+
+
+def changed(*edits: tuple[str, Any]) -> dict[str, Any]:
+    """A deep copy of the SPEC example with ``("a.b.c", value)`` edits; value DELETE removes."""
+    data = copy.deepcopy(BASE)
+    for path, value in edits:
+        data = _edited(data, path, value)
+    return data
+
+
+def _edited(data: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
+    *parents, last = [int(p) if p.isdigit() else p for p in path.split(".")]
+    node: Any = data
+    for part in parents:
+        node = node[part]
+    if value is DELETE:
+        del node[last]
+    elif isinstance(node, list) and last == len(node):
+        node.append(value)
+    else:
+        node[last] = value
+    return data
+
+
+DELETE = object()
+
+
+def errors_of(data: Any) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        parse_config(data, source="test")
+    return info.value.errors
+
+
+def yaml_errors(tmp_path: Path, text: str) -> list[str]:
+    file = tmp_path / "config.yaml"
+    file.write_text(text, encoding="utf-8")
+    with pytest.raises(ConfigError) as info:
+        load_config(file)
+    assert info.value.source == str(file)
+    return info.value.errors
+
+
+def spec_text_with(old: str, new: str) -> str:
+    assert SPEC_TEXT.count(old) == 1, old
+    return SPEC_TEXT.replace(old, new)
+
+
+# --------------------------------------------------------------------------- the examples pass
+
+
+def test_spec_example_loads_without_errors() -> None:
+    cfg = load_config(SPEC_EXAMPLE)
+    assert isinstance(cfg, Config)
+    assert cfg.site.main_fuse_a == 35
+    assert cfg.site.grid_limit_w == "55000 * AVAIL / 100"
+    assert cfg.site.unbalanced_limit_a == 20
+    assert cfg.site.increase_step_a == 2.0 and cfg.site.watchdog_s == 15
+    assert cfg.state_dir == Path("/var/lib/gridcharge")
+    assert cfg.http is not None and (cfg.http.host, cfg.http.port) == ("0.0.0.0", 80)
+    assert cfg.smgw is not None and cfg.smgw.functions == ("vars", "status") and cfg.smgw.port == 8443
+    rs485 = cfg.buses["rs485"]
+    assert isinstance(rs485, RtuBus)
+    assert (rs485.baudrate, rs485.parity, rs485.stopbits, rs485.timeout_s) == (19200, "E", 1, 0.3)
+    assert cfg.buses["shed"].type == "rtu-over-tcp" and cfg.buses["shed"].baudrate == 9600
+    e1, e2, e3 = cfg.chargers["E1"], cfg.chargers["E2"], cfg.chargers["E3"]
+    assert (e1.phases, e1.phase_index, e1.max_current_a, e1.failsafe_current_a) == (3, 0, 16, 6.0)
+    assert e2.max_current_a == "32 * AVAIL / 100"
+    assert (e3.phases, e3.phase, e3.phase_index, e3.max_current_a, e3.bus_name) == (1, "L2", 1, 16.0, "tcp:192.168.1.51:502")
+    rse1, rse2 = cfg.inputs["RSE1"], cfg.inputs["RSE2"]
+    assert isinstance(rse1, GpioInputConfig) and rse1.gpio == 17 and rse1.active_low
+    assert isinstance(rse2, ModbusInputConfig) and (rse2.model, rse2.table, rse2.index) == ("modbus_io", "discrete", 0)
+    assert cfg.variables == {"AVAIL": 100, "TARIF": 0}
+    assert len(cfg.rules) == 1 and cfg.rules[0].chargers == ("E1",) and cfg.rules[0].max_current_a == 0
+    assert cfg.device_ids == {"M1", "E1", "E2", "E3", "RSE1", "RSE2"}
+
+
+def test_deploy_example_loads_without_errors() -> None:
+    cfg = load_config(DEPLOY_EXAMPLE)
+    assert cfg.chargers and cfg.meters and cfg.site.grid_meter in cfg.meters
+
+
+def test_deploy_example_custom_device_block_is_valid(tmp_path: Path) -> None:
+    """The commented custom-device example in the deploy file works once uncommented."""
+    lines = DEPLOY_EXAMPLE.read_text(encoding="utf-8").splitlines()
+    stripped = [line.strip() for line in lines]
+    start = stripped.index("# --- custom device: uncomment from here ---")
+    end = stripped.index("# --- custom device: to here ---")
+    lines[start + 1 : end] = [re.sub(r"^(\s*)# ?", r"\1", line) for line in lines[start + 1 : end]]
+    cfg = load_config(_write(tmp_path, "\n".join(lines) + "\n"))
+    custom = [m for m in cfg.meters.values() if m.profile is not None]
+    assert custom and device_profile(custom[0]).kind == "meter"
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    file = tmp_path / "config.yaml"
+    file.write_text(text, encoding="utf-8")
+    return file
+
+
+def test_minimal_config_takes_the_documented_defaults() -> None:
+    cfg = parse_config({"site": {"main_fuse_a": 25}})
+    site = cfg.site
+    assert (site.voltage_v, site.unbalanced_limit_a, site.min_pause_s, site.stale_s) == (230, 20, 60, 5)
+    assert (site.failsafe_limit_w, site.cycle_s, site.increase_step_a, site.watchdog_s) == (4200, 1.0, 2.0, 15)
+    assert site.grid_limit_w is None and site.chargers_limit_w is None and site.grid_meter is None
+    assert cfg.http is None and cfg.smgw is None and cfg.rules == () and cfg.buses == {}
+
+
+def test_unbalanced_limit_can_be_switched_off() -> None:
+    assert parse_config({"site": {"main_fuse_a": 25, "unbalanced_limit_a": None}}).site.unbalanced_limit_a is None
+
+
+def test_config_is_frozen() -> None:
+    cfg = load_config(SPEC_EXAMPLE)
+    with pytest.raises(Exception):
+        cfg.site.main_fuse_a = 63  # type: ignore[misc]
+
+
+# --------------------------------------------------------------------------- one mistake, one exact path
+
+CASES: list[tuple[str, list[tuple[str, Any]], list[tuple[str, str]]]] = [
+    # unknown keys at several depths
+    ("unknown top-level key", [("sites", {})], [("sites", "unknown key (did you mean 'site'?)")]),
+    ("unknown site key", [("site.main_fuse", 35)], [("site.main_fuse", "did you mean 'main_fuse_a'?")]),
+    ("unknown bus key", [("buses.rs485.paritty", "E")], [("buses.rs485.paritty", "did you mean 'parity'?")]),
+    ("unknown tcp bus key", [("buses.garage.baudrate", 9600)], [("buses.garage.baudrate", "unknown key")]),
+    ("unknown charger key", [("chargers.E1.priorty", 2)], [("chargers.E1.priorty", "did you mean 'priority'?")]),
+    ("unknown gpio input key", [("inputs.RSE1.pullup", True)], [("inputs.RSE1.pullup", "did you mean 'pull_up'?")]),
+    ("unknown modbus input key", [("inputs.RSE2.gpioo", 3)], [("inputs.RSE2.gpioo", "unknown key")]),
+    ("unknown rule key", [("rules.0.chargerz", ["E1"])], [("rules.0.chargerz", "did you mean 'chargers'?")]),
+    ("unknown smgw key", [("smgw.functionz", [])], [("smgw.functionz", "did you mean 'functions'?")]),
+    ("unknown key lists the allowed", [("http.zzz", 1)], [("http.zzz", "allowed: listen, user, password, password_hash")]),
+    # wrong types and ranges
+    ("number as text", [("site.main_fuse_a", "35")], [("site.main_fuse_a", "valid number")]),
+    ("bool as number", [("site.cycle_s", True)], [("site.cycle_s", "valid number")]),
+    ("float unit", [("chargers.E1.unit", 2.0)], [("chargers.E1.unit", "valid integer")]),
+    ("bool phases", [("chargers.E1.phases", True)], [("chargers.E1.phases", "valid integer")]),
+    ("phases 2", [("chargers.E1.phases", 2)], [("chargers.E1.phases", "Input should be 1 or 3")]),
+    ("odd baudrate", [("buses.rs485.baudrate", 19201)], [("buses.rs485.baudrate", "19200")]),
+    ("parity word", [("buses.rs485.parity", "even")], [("buses.rs485.parity", "'N', 'E' or 'O'")]),
+    ("negative fuse", [("site.main_fuse_a", -5)], [("site.main_fuse_a", "greater than 0")]),
+    ("cycle too short", [("site.cycle_s", 0.01)], [("site.cycle_s", "greater than or equal to 0.1")]),
+    ("unit too big", [("chargers.E2.unit", 300)], [("chargers.E2.unit", "less than or equal to 255")]),
+    ("gpio too big", [("inputs.RSE1.gpio", 40)], [("inputs.RSE1.gpio", "less than or equal to 27")]),
+    ("section not a mapping", [("site", [1, 2])], [("site", "must be a mapping")]),
+    ("rules not a list", [("rules", {"a": 1})], [("rules", "must be a list")]),
+    ("unknown bus type", [("buses.shed.type", "udp")], [("buses.shed.type", "unknown bus type 'udp'")]),
+    ("missing bus type", [("buses.shed.type", DELETE)], [("buses.shed.type", "required, but missing")]),
+    ("relative state_dir", [("state_dir", "state")], [("state_dir", "absolute path")]),
+    ("serial port not a path", [("buses.rs485.port", "COM3")], [("buses.rs485.port", "absolute path")]),
+    ("host is a URL", [("buses.garage.host", "http://192.168.1.50")], [("buses.garage.host", "not a host name")]),
+    ("listen without port", [("http.listen", "0.0.0.0")], [("http.listen", "host:port")]),
+    ("smgw function unknown", [("smgw.functions", ["vars", "root"])], [("smgw.functions.1", "'vars', 'status', 'admin' or 'ocpp'")]),
+    ("smgw functions empty", [("smgw.functions", [])], [("smgw.functions", "is empty")]),
+    ("nan", [("site.failsafe_limit_w", float("nan"))], [("site.failsafe_limit_w", "finite number")]),
+    ("min current below IEC", [("chargers.E1.min_current_a", 5)], [("chargers.E1.min_current_a", "greater than or equal to 6")]),
+    ("fail-safe between 0 and 6", [("chargers.E1.failsafe_current_a", 3)], [("chargers.E1.failsafe_current_a", "0 (stop) or at least 6 A")]),
+    # missing required fields
+    ("missing fuse", [("site.main_fuse_a", DELETE)], [("site.main_fuse_a", "required, but missing")]),
+    ("missing site", [("site", DELETE)], [("site", "required, but missing")]),
+    ("missing tls cert", [("smgw.cert", DELETE)], [("smgw.cert", "required, but missing")]),
+    ("missing serial port", [("buses.rs485.port", DELETE)], [("buses.rs485.port", "required, but missing")]),
+    ("missing rule name", [("rules.0.name", DELETE)], [("rules.0.name", "required, but missing")]),
+    ("missing gpio", [("inputs.RSE1", {"pull_up": True})], [("inputs.RSE1.gpio", "required, but missing")]),
+    # formulas
+    ("bad formula", [("chargers.E2.max_current_a", "32 * (AVAIL")], [("chargers.E2.max_current_a", "formula does not parse")]),
+    ("forbidden formula", [("site.grid_limit_w", "__import__('os')")], [("site.grid_limit_w", "")]),
+    ("bad variable formula", [("variables.TARIF", "1 +")], [("variables.TARIF", "formula does not parse")]),
+    ("bad rule condition", [("rules.0.when", "TARIF ==")], [("rules.0.when", "formula does not parse")]),
+    ("bool as a limit", [("site.grid_limit_w", True)], [("site.grid_limit_w", "not true/false")]),
+    ("negative limit", [("chargers.E1.max_current_a", -1)], [("chargers.E1.max_current_a", "must not be negative")]),
+    ("negative limit in quotes", [("rules.0.max_current_a", "-5")], [("rules.0.max_current_a", "must not be negative")]),
+    ("bool limit in quotes", [("site.chargers_limit_w", "True")], [("site.chargers_limit_w", "not true/false")]),
+    ("attribute of no device", [("site.grid_limit_w", "55000 - M9.power_w")], [("site.grid_limit_w", "'M9.power_w': no device named 'M9'")]),
+    ("variable cycle", [("variables.A", "B + 1"), ("variables.B", "A * 2")], [("variables", "dependency cycle: A -> B -> A")]),
+    ("self reference", [("variables.AVAIL", "AVAIL + 1")], [("variables", "dependency cycle")]),
+    # cross-references
+    ("unknown bus", [("chargers.E2.bus", "garagee")], [("chargers.E2.bus", "no bus named 'garagee' (buses: garage, rs485, shed)")]),
+    ("unknown input bus", [("inputs.RSE2.bus", "rs458")], [("inputs.RSE2.bus", "no bus named 'rs458'")]),
+    ("bus and host", [("chargers.E1.host", "10.0.0.9")], [("chargers.E1.host", "either bus or host, not both")]),
+    ("neither bus nor host", [("meters.M1.bus", DELETE)], [("meters.M1.bus", "required: give bus")]),
+    ("port with bus", [("chargers.E2.port", 503)], [("chargers.E2.port", "only with host")]),
+    ("host is a declared bus", [("chargers.E3.host", "192.168.1.50")], [("chargers.E3.host", "is bus 'garage'")]),
+    ("rtu unit 0", [("chargers.E1.unit", 0)], [("chargers.E1.unit", "1..247 on an RS485 bus")]),
+    ("rtu unit 250 through a gateway", [("buses.shed.host", "192.168.1.60"), ("chargers.E2.bus", "shed"), ("chargers.E2.unit", 250)],
+     [("chargers.E2.unit", "1..247 on an RS485 bus")]),
+    ("unknown model", [("chargers.E1.model", "heidelburg")], [("chargers.E1.model", "unknown model 'heidelburg' (did you mean 'heidelberg'?)")]),
+    ("unknown model, no guess", [("meters.M1.model", "xyz")], [("meters.M1.model", "known: sdm630")]),
+    ("charger profile for a meter", [("meters.M1.model", "heidelberg")], [("meters.M1.model", "'heidelberg' is a charger profile, but a meter is needed here")]),
+    ("meter profile for a charger", [("chargers.E2.model", "sdm630")], [("chargers.E2.model", "'sdm630' is a meter profile, but a charger is needed here")]),
+    ("meter profile for an input", [("inputs.RSE2.model", "sdm630")], [("inputs.RSE2.model", "'sdm630' is a meter profile, but an input is needed here")]),
+    ("no model", [("meters.M1.model", DELETE)], [("meters.M1.model", "required: give model")]),
+    ("model and profile", [("meters.M1.profile", CUSTOM_METER_PROFILE)], [("meters.M1.profile", "either model or profile")]),
+    ("grid meter unknown", [("site.grid_meter", "M2")], [("site.grid_meter", "'M2' is not a meter")]),
+    ("grid meter is a charger", [("site.grid_meter", "E1")], [("site.grid_meter", "'E1' is a charger, not a meter")]),
+    ("duplicate id meter/charger", [("chargers.M1", {"model": "alfen", "host": "10.0.0.7"})], [("chargers.M1", "id 'M1' is already used by meters.M1")]),
+    ("variable named like a device", [("variables.E1", 5)], [("variables.E1", "id 'E1' is already used by chargers.E1")]),
+    ("input named like a charger", [("inputs.E2", {"gpio": 4})], [("inputs.E2", "already used by chargers.E2")]),
+    ("bad id", [("meters.1M", {"model": "sdm630", "bus": "rs485", "unit": 9})], [("meters.1M", "a letter, then")]),
+    ("id is a function", [("meters.min", {"model": "sdm630", "bus": "rs485", "unit": 9})], [("meters.min", "a function")]),
+    ("bad variable name", [("variables.hour", 5)], [("variables.hour", "a time value")]),
+    ("bus name with a colon", [("buses.tcp:x", {"type": "tcp", "host": "h"})], [("buses.tcp:x", "a bus name is a letter")]),
+    ("duplicate unit on a bus", [("chargers.E1.unit", 1)], [("chargers.E1.unit", "unit 1 on bus 'rs485' is already meters.M1")]),
+    ("duplicate implicit endpoint", [("chargers.E4", {"model": "abb_terra_ac", "host": "192.168.1.51"})],
+     [("chargers.E4.unit", "unit 1 on bus 'tcp:192.168.1.51:502' is already chargers.E3")]),
+    ("two rtu buses on one port", [("buses.other", {"type": "rtu", "port": "/dev/gridcharge-rs485-0"})],
+     [("buses.other.port", "is already bus 'rs485'")]),
+    ("two inputs on one pin", [("inputs.RSE3", {"gpio": 17})], [("inputs.RSE3.gpio", "GPIO 17 is already inputs.RSE1")]),
+    ("input without index", [("inputs.RSE2.discrete_input", DELETE)], [("inputs.RSE2.discrete_input", "exactly one of discrete_input or coil")]),
+    ("input with both", [("inputs.RSE2.coil", 1)], [("inputs.RSE2.discrete_input", "exactly one of discrete_input or coil")]),
+    ("rule names unknown charger", [("rules.0.chargers", ["E1", "E9"])], [("rules.0.chargers.1", "no charger named 'E9'")]),
+    ("rule with empty chargers", [("rules.0.chargers", [])], [("rules.0.chargers", "leave it out")]),
+    ("rule with two caps", [("rules.0.max_power_w", 4200)], [("rules.0.max_current_a", "exactly one of max_current_a or max_power_w")]),
+    ("rule without cap", [("rules.0.max_current_a", DELETE)], [("rules.0.max_current_a", "exactly one of")]),
+    ("duplicate rule name", [("rules.1", {"name": "charge only at the reduced tariff", "max_power_w": 0})],
+     [("rules.1.name", "duplicate rule name")]),
+    # charger semantics
+    ("phase on a 3-phase charger", [("chargers.E1.phase", "L2")], [("chargers.E1.phase", "only for a 1-phase charger")]),
+    ("max below min", [("chargers.E1.max_current_a", 5)], [("chargers.E1.max_current_a", "5 A is below min_current_a (6 A)")]),
+    ("max above IEC", [("chargers.E1.max_current_a", 100)], [("chargers.E1.max_current_a", "at most 80 A")]),
+    ("fail-safe above max", [("chargers.E1.failsafe_current_a", 20)], [("chargers.E1.failsafe_current_a", "above max_current_a (16 A)")]),
+    # site and listeners
+    ("stale shorter than a cycle", [("site.stale_s", 0.5)], [("site.stale_s", "at least cycle_s")]),
+    ("watchdog too short", [("site.watchdog_s", 1)], [("site.watchdog_s", "at least twice cycle_s")]),
+    ("no password", [("http.password", DELETE)], [("http.password", "exactly one of password or password_hash")]),
+    ("password and hash", [("http.password_hash", "scrypt:32768:8:1$abc$0123abcd")], [("http.password", "exactly one of")]),
+    ("short password", [("http.password", "1234")], [("http.password", "at least 8 characters")]),
+    ("password as number", [("http.password", 12345678)], [("http.password", "valid string")]),
+    ("bad hash", [("http.password", DELETE), ("http.password_hash", "md5$x$y")], [("http.password_hash", "must be a werkzeug hash")]),
+    ("user with colon", [("http.user", "ad:min")], [("http.user", "without ':' or spaces")]),
+    ("listeners on one port", [("smgw.listen", "0.0.0.0:80")], [("smgw.listen", "port 80 is already http.listen")]),
+]
+
+
+@pytest.mark.parametrize("edits, expected", [pytest.param(e, x, id=name) for name, e, x in CASES])
+def test_each_mistake_is_reported_at_its_exact_path(edits: list[tuple[str, Any]], expected: list[tuple[str, str]]) -> None:
+    errors = errors_of(changed(*edits))
+    assert len(errors) == len(expected), errors
+    for error, (path, fragment) in zip(errors, expected):
+        assert error.startswith(f"{path}: "), (error, path)
+        assert fragment in error, (error, fragment)
+
+
+def test_valid_alternatives_pass() -> None:
+    cfg = parse_config(changed(
+        ("http.password", DELETE),
+        ("http.password_hash", "scrypt:32768:8:1$k1aT9$0123456789abcdef"),
+        ("http.listen", "[::]:8080"),
+        ("chargers.E3.port", 5020),
+        ("chargers.E1.failsafe_current_a", 0),
+        ("chargers.E1.max_current_a", "clamp(32 - M1.current_a[0], 0, 16)"),
+        ("inputs.RSE2.discrete_input", DELETE),
+        ("inputs.RSE2.coil", 3),
+        ("rules.0.max_current_a", DELETE),
+        ("rules.0.max_power_w", "RSE1 ? 4200 : 11000"),
+        ("rules.0.when", True),
+        ("variables.LIMIT", "AVAIL > 50 && TARIF == 0"),
+        ("variables.FLAG", False),
+        ("variables._tmp", 1.5),
+        ("site.grid_limit_w", 30000),
+        ("meters.M2", {"profile": CUSTOM_METER_PROFILE, "host": "10.0.0.8", "unit": 255}),
+    ))
+    assert cfg.http is not None and (cfg.http.host, cfg.http.port) == ("::", 8080)
+    assert cfg.chargers["E3"].bus_name == "tcp:192.168.1.51:5020"
+    rse2 = cfg.inputs["RSE2"]
+    assert isinstance(rse2, ModbusInputConfig) and (rse2.table, rse2.index) == ("coil", 3)
+    assert device_profile(cfg.meters["M2"], "meters.M2").kind == "meter"
+
+
+@pytest.mark.parametrize("method", ["scrypt", "pbkdf2"])
+def test_werkzeug_password_hashes_are_accepted(method: str) -> None:
+    from werkzeug.security import generate_password_hash
+
+    password_hash = generate_password_hash("a long password", method=method)
+    cfg = parse_config(changed(("http.password", DELETE), ("http.password_hash", password_hash)))
+    assert cfg.http is not None and cfg.http.password_hash == password_hash and cfg.http.password is None
+
+
+def test_password_is_not_in_the_repr() -> None:
+    assert "1234abcd" not in repr(load_config(SPEC_EXAMPLE))
+
+
+# --------------------------------------------------------------------------- inline profiles
+
+
+def test_inline_profile_errors_carry_the_config_path() -> None:
+    broken = {**CUSTOM_METER_PROFILE, "values": {"power_w": {"table": "input", "address": 12, "type": "flaot32"}}}
+    errors = errors_of(changed(("meters.M1.model", DELETE), ("meters.M1.profile", broken)))
+    assert errors and all(e.startswith("meters.M1.profile.") for e in errors), errors
+    assert any(e.startswith("meters.M1.profile.values.power_w.type: ") and "flaot32" in e for e in errors), errors
+
+
+def test_inline_profile_of_the_wrong_kind() -> None:
+    errors = errors_of(changed(("chargers.E2.model", DELETE), ("chargers.E2.profile", CUSTOM_METER_PROFILE)))
+    assert errors == ["chargers.E2.profile.kind: is 'meter', but a charger is needed here"]
+
+
+def test_input_index_beyond_the_module() -> None:
+    count = device_profile(load_config(SPEC_EXAMPLE).inputs["RSE2"]).inputs.count  # type: ignore[arg-type,union-attr]
+    errors = errors_of(changed(("inputs.RSE2.discrete_input", count)))
+    assert errors == [f"inputs.RSE2.discrete_input: {count} is beyond the {count} inputs of 'modbus_io' (counted from 0)"]
+
+
+# --------------------------------------------------------------------------- all errors together
+
+
+def test_three_mistakes_give_three_messages_sorted_by_path() -> None:
+    errors = errors_of(changed(
+        ("site.main_fuse_a", "35"),  # wrong type (pydantic)
+        ("chargers.E2.bus", "garagee"),  # unknown bus (cross-reference)
+        ("buses.rs485.paritty", "E"),  # unknown key (pydantic)
+    ))
+    assert [e.split(":")[0] for e in errors] == ["buses.rs485.paritty", "chargers.E2.bus", "site.main_fuse_a"]
+
+
+def test_cross_checks_still_run_when_other_items_are_broken() -> None:
+    errors = errors_of(changed(
+        ("chargers.E1.unit", "two"),  # E1 broken: its own cross checks are skipped
+        ("chargers.E2.bus", "nope"),
+        ("rules.0.chargers", ["E1", "E7"]),  # E1 exists (though broken): only E7 is reported
+        ("variables.A", "B"), ("variables.B", "A"),
+        ("site.grid_meter", "M7"),
+    ))
+    paths = [e.split(": ")[0] for e in errors]
+    assert paths == ["chargers.E1.unit", "chargers.E2.bus", "rules.0.chargers.1", "site.grid_meter", "variables"], errors
+
+
+def test_a_broken_bus_is_not_also_a_missing_bus() -> None:
+    errors = errors_of(changed(("buses.rs485.baudrate", 1000)))
+    assert [e.split(":")[0] for e in errors] == ["buses.rs485.baudrate"]
+
+
+def test_paths_sort_numerically() -> None:
+    rules = [{"name": f"r{i}", "max_current_a": 6, "chargers": ["X"]} for i in range(12)]
+    errors = errors_of(changed(("rules", rules)))
+    assert [e.split(":")[0] for e in errors] == [f"rules.{i}.chargers.0" for i in range(12)]
+
+
+def test_config_error_text_lists_everything() -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config(changed(("site.main_fuse_a", DELETE), ("chargers.E2.bus", "x")), source="my.yaml")
+    assert str(info.value).splitlines() == [
+        "my.yaml: 2 errors",
+        "  chargers.E2.bus: no bus named 'x' (buses: garage, rs485, shed)",
+        "  site.main_fuse_a: required, but missing",
+    ]
+
+
+# --------------------------------------------------------------------------- YAML
+
+
+@pytest.mark.parametrize(
+    "old, new, path, fragment",
+    [
+        ("pull_up: true", "pull_up: no", "inputs.RSE1.pull_up", "'no' is read by YAML as false: write false"),
+        ("active_low: true", "active_low: on", "inputs.RSE1.active_low", "'on' is read by YAML as true"),
+        ('password: "1234abcd"', "password: off", "http.password", '"off" in quotes for text'),
+        ("unit: 2, phases: 3", "unit: 010, phases: 3", "chargers.E1.unit", "010 is read by YAML as the octal number 8: write 8, or 10"),
+        ("gpio: 17", "gpio: 017", "inputs.RSE1.gpio", "octal number 15"),
+        ("TARIF: 0", "TARIF: 0755", "variables.TARIF", "octal number 493"),
+        ("min_pause_s: 60", "min_pause_s: 1:30", "site.min_pause_s", "1:30 is read by YAML as 90 (base 60)"),
+        ("  AVAIL: 100", "  AVAIL: 100\n  ON: 1", "variables.ON", "'ON' is read by YAML as true"),
+    ],
+)
+def test_yaml_11_guesses_are_errors_with_their_path(tmp_path: Path, old: str, new: str, path: str, fragment: str) -> None:
+    errors = yaml_errors(tmp_path, spec_text_with(old, new))
+    assert len(errors) == 1, errors
+    assert errors[0].startswith(f"{path}: ") and fragment in errors[0], errors
+    assert "(line " in errors[0]
+
+
+def test_quoted_and_explicit_values_are_fine(tmp_path: Path) -> None:
+    text = spec_text_with('password: "1234abcd"', "password: 'no-no-no-no'")
+    text = text.replace("unit: 2, phases: 3", "unit: 0x02, phases: 3").replace("pull_up: true", "pull_up: false")
+    cfg = load_config(_write(tmp_path, text))
+    assert cfg.chargers["E1"].unit == 2 and cfg.http is not None and cfg.http.password == "no-no-no-no"
+
+
+def test_yaml_syntax_error_gives_line_and_column(tmp_path: Path) -> None:
+    errors = yaml_errors(tmp_path, "site:\n  main_fuse_a: 35\n  voltage_v: [230\n")
+    assert len(errors) == 1 and errors[0].startswith("line 4, column 1: "), errors
+
+
+def test_yaml_tab_indentation_is_a_syntax_error(tmp_path: Path) -> None:
+    errors = yaml_errors(tmp_path, "site:\n\tmain_fuse_a: 35\n")
+    assert errors[0].startswith("line 2, column 1: "), errors
+
+
+def test_duplicate_yaml_keys_are_errors(tmp_path: Path) -> None:
+    text = spec_text_with("  E3: {", "  E1: {model: alfen, host: 10.0.0.3}\n  E3: {")
+    errors = yaml_errors(tmp_path, text)
+    assert len(errors) == 1 and errors[0].startswith("chargers.E1: duplicate key (line "), errors
+
+
+def test_yaml_anchors_and_merge_keys_work(tmp_path: Path) -> None:
+    text = SPEC_TEXT.replace("chargers:\n", "x-box: &box {model: alfen, bus: garage}\nchargers:\n", 1)
+    errors = yaml_errors(tmp_path, text)
+    assert errors == ["x-box: unknown key (allowed: site, state_dir, http, smgw, buses, meters, chargers, inputs, variables, rules)"]
+    text = SPEC_TEXT.replace("  E3: {", "  E4: {<<: {model: alfen, bus: garage}, unit: 2}\n  E3: {")
+    assert load_config(_write(tmp_path, text)).chargers["E4"].model == "alfen"
+
+
+@pytest.mark.parametrize("text, fragment", [
+    ("", "not empty"), ("# only a comment\n", "not empty"), ("- a\n- b\n", "not a list"), ("42\n", "not a number"), ("just text\n", "not text"),
+])
+def test_top_level_must_be_a_mapping(tmp_path: Path, text: str, fragment: str) -> None:
+    errors = yaml_errors(tmp_path, text)
+    assert len(errors) == 1 and errors[0].startswith("top level: must be a mapping"), errors
+    assert errors[0].endswith(f", {fragment}"), errors
+
+
+def test_non_mapping_from_python() -> None:
+    assert errors_of([1, 2]) == ["top level: must be a mapping of sections (site:, buses:, ...), not a list"]
+
+
+def test_missing_and_unreadable_files(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(tmp_path / "nope.yaml")
+    assert info.value.errors[0].startswith("top level: cannot read the file")
+    bad = tmp_path / "latin1.yaml"
+    bad.write_bytes(b"site: {main_fuse_a: 35}\n# K\xf6ln\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(bad)
+    assert info.value.errors == ["line 2: not UTF-8 text (save the file as UTF-8)"]
+
+
+def test_python_tags_are_refused(tmp_path: Path) -> None:
+    errors = yaml_errors(tmp_path, "site: !!python/object:os.system {}\n")
+    assert len(errors) == 1 and errors[0].startswith("line 1, column 7: "), errors
+
+
+# --------------------------------------------------------------------------- helpers for the rest of the code
+
+
+def test_buses_and_devices_on_them() -> None:
+    cfg = load_config(SPEC_EXAMPLE)
+    implicit = implicit_buses(cfg)
+    assert list(implicit) == ["tcp:192.168.1.51:502"]
+    bus = implicit["tcp:192.168.1.51:502"]
+    assert isinstance(bus, TcpBus) and (bus.host, bus.port) == ("192.168.1.51", 502)
+    assert set(cfg.all_buses()) == {"rs485", "garage", "shed", "tcp:192.168.1.51:502"}
+    assert cfg.devices_on_bus() == {"rs485": ("M1", "E1", "RSE2"), "garage": ("E2",), "tcp:192.168.1.51:502": ("E3",)}
+    assert [d for d, _ in cfg.modbus_devices()] == ["M1", "E1", "E2", "E3", "RSE2"]
+
+
+@pytest.mark.parametrize("phase, index", [("L1", 0), ("L2", 1), ("L3", 2)])
+def test_phase_index(phase: str, index: int) -> None:
+    charger = ChargerConfig.model_validate({"model": "alfen", "host": "10.0.0.1", "phases": 1, "phase": phase})
+    assert charger.phase_index == index
+
+
+@pytest.mark.parametrize(
+    "listen, expected",
+    [("0.0.0.0:80", ("0.0.0.0", 80)), ("[::1]:8443", ("::1", 8443)), ("localhost:8080", ("localhost", 8080))],
+)
+def test_split_listen(listen: str, expected: tuple[str, int]) -> None:
+    assert split_listen(listen) == expected
+
+
+@pytest.mark.parametrize("listen", ["0.0.0.0", "0.0.0.0:0", "0.0.0.0:99999", ":80x", "a b:80"])
+def test_split_listen_rejects(listen: str) -> None:
+    with pytest.raises(ValueError):
+        split_listen(listen)
+
+
+def test_json_schema_for_the_web_ui() -> None:
+    schema = Config.model_json_schema()
+    assert "site" in schema["properties"] and schema["additionalProperties"] is False
+
+
+# --------------------------------------------------------------------------- warnings
+
+
+def test_warnings_for_what_this_machine_lacks(tmp_path: Path) -> None:
+    cfg = load_config(SPEC_EXAMPLE)
+    warnings = config_warnings(cfg, gpiochip_glob=str(tmp_path / "gpiochip*"))
+    assert "buses.rs485.port: /dev/gridcharge-rs485-0 does not exist on this machine" in warnings
+    assert "smgw.cert: /etc/gridcharge/tls/cm.pem does not exist on this machine" in warnings
+    assert "smgw.client_ca: /etc/gridcharge/tls/smgw-ca.pem does not exist on this machine" in warnings
+    assert any(w.startswith("inputs.RSE1.gpio: this machine has no GPIO chip") for w in warnings)
+    assert not any(w.startswith("inputs.RSE2") for w in warnings)  # a Modbus input needs no GPIO
+    assert not any(w.startswith("variables") or w.startswith("site.grid_limit_w") for w in warnings)  # AVAIL is defined
+
+
+def test_no_warnings_when_everything_is_there(tmp_path: Path) -> None:
+    for name in ("cm.pem", "cm.key", "ca.pem", "ttyUSB0", "gpiochip0"):
+        (tmp_path / name).write_text("x")
+    cfg = parse_config(changed(
+        ("smgw.cert", str(tmp_path / "cm.pem")), ("smgw.key", str(tmp_path / "cm.key")),
+        ("smgw.client_ca", str(tmp_path / "ca.pem")), ("buses.rs485.port", str(tmp_path / "ttyUSB0")),
+        ("state_dir", str(tmp_path / "state" / "deeper")),
+    ))
+    assert config_warnings(cfg, gpiochip_glob=str(tmp_path / "gpiochip*")) == []
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root can write anywhere")
+def test_unwritable_state_dir_is_a_warning(tmp_path: Path) -> None:
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    cfg = parse_config(changed(("state_dir", str(locked / "state"))))
+    warnings = config_warnings(cfg, gpiochip_glob="/nonexistent*")
+    assert f"state_dir: {locked / 'state'} is not writable by this user" in warnings
+
+
+def test_unwritable_state_dir_probe(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(os, "access", lambda path, mode: False)
+    cfg = parse_config(changed(("state_dir", str(tmp_path / "state"))))
+    warnings = config_warnings(cfg, gpiochip_glob="/nonexistent*")
+    assert f"state_dir: {tmp_path / 'state'} is not writable by this user" in warnings
+
+
+def test_formula_names_nothing_defines_are_warnings() -> None:
+    cfg = parse_config(changed(("site.grid_limit_w", "55000 * AVIAL / 100"), ("variables.X", "M1 + 1"), ("chargers", {}),
+                               ("rules", [])))
+    warnings = config_warnings(cfg, gpiochip_glob="/*")
+    assert ("site.grid_limit_w: 'AVIAL' is not defined in variables "
+            "(an evaluation error until it is set over the API)") in warnings
+    assert "variables.X: 'M1' is a device; use one of its values, e.g. M1.power_w" in warnings
+    assert "chargers: none configured" in warnings
+
+
+def test_three_yaml_mistakes_give_three_messages(tmp_path: Path) -> None:
+    text = spec_text_with("pull_up: true", "pull_up: no")
+    text = text.replace("bus: garage, unit: 1", "bus: garagee, unit: 1").replace("parity: E,", "paritty: E,")
+    errors = yaml_errors(tmp_path, text)
+    assert [e.split(": ")[0] for e in errors] == ["buses.rs485.paritty", "chargers.E2.bus", "inputs.RSE1.pull_up"], errors
+
+
+# --------------------------------------------------------------------------- robustness (hypothesis)
+
+_PATHS = sorted({p for p in (lambda walk: walk(walk, BASE, ""))(
+    lambda self, node, prefix: [prefix.rstrip(".")] + [
+        q for k, v in (node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else [])
+        for q in self(self, v, f"{prefix}{k}.")
+    ]) if p})
+_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers(-10**6, 10**6) | st.floats(allow_nan=True) | st.text(max_size=12),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
+    max_leaves=6,
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(edits=st.lists(st.tuples(st.sampled_from(_PATHS), _VALUES), min_size=1, max_size=3))
+def test_any_edit_gives_a_config_or_path_errors_never_a_crash(edits: list[tuple[str, Any]]) -> None:
+    data = copy.deepcopy(BASE)
+    for path, value in edits:  # a later edit may land inside a value an earlier one replaced
+        try:
+            data = _edited(data, path, value)
+        except (TypeError, KeyError, IndexError):
+            continue
+    try:
+        parse_config(data)
+    except ConfigError as exc:
+        assert exc.errors and all(": " in e for e in exc.errors)
+        assert exc.errors == sorted(set(exc.errors), key=exc.errors.index)  # no duplicates
+
+
+@settings(max_examples=200, deadline=None)
+@given(text=st.text(alphabet=st.sampled_from(list("site: {}[]-#&*!|>'\"\n\t 0123abnoy_.,?%@`")), max_size=60))
+def test_any_yaml_text_gives_a_config_or_errors_never_a_crash(tmp_path_factory: pytest.TempPathFactory, text: str) -> None:
+    file = tmp_path_factory.mktemp("fuzz") / "config.yaml"
+    file.write_text(text, encoding="utf-8")
+    try:
+        load_config(file)
+    except ConfigError as exc:
+        assert exc.errors
