@@ -1,0 +1,139 @@
+"""Build the hardware a validated config describes: buses, profile devices, GPIO inputs.
+
+The only place where config meets ``hal``: everything after this talks to devices through the
+small protocols in ``hal.types``. A device given by ``host:`` instead of ``bus:`` gets an implicit
+TCP bus of its own (``tcp:HOST:PORT``), which is also its worker group, so every TCP box is read
+in parallel with the others.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from hal.devices import ModbusInput, ProfileCharger, ProfileMeter
+from hal.gpio import GpioInput
+from hal.modbus import BusSpec, ModbusBus
+from hal.profile import Profile, load_profile, parse_profile
+from hal.types import RequestPolicy, Table
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DeviceHandle:
+    id: str
+    kind: str  # "meter" | "charger" | "input"
+    model: str
+    address: str  # for humans: "rs485 unit 2", "192.168.1.50:502 unit 1", "GPIO17"
+    group: str | None  # worker group (the bus name); None = read on the loop thread (GPIO)
+    device: Any
+
+
+@dataclass
+class Hardware:
+    meters: dict[str, DeviceHandle] = field(default_factory=dict)
+    chargers: dict[str, DeviceHandle] = field(default_factory=dict)
+    inputs: dict[str, DeviceHandle] = field(default_factory=dict)
+    buses: dict[str, ModbusBus] = field(default_factory=dict)
+    gpio: list[GpioInput] = field(default_factory=list)
+
+    def all(self) -> list[DeviceHandle]:
+        return [*self.meters.values(), *self.chargers.values(), *self.inputs.values()]
+
+    def groups(self) -> list[str]:
+        return sorted({h.group for h in self.all() if h.group is not None} | {"local"})
+
+    def close(self) -> None:
+        for bus in self.buses.values():
+            bus.close()
+        for pin in self.gpio:
+            pin.close()
+
+
+def bus_spec(name: str, bus_cfg: Any) -> BusSpec:
+    kind = bus_cfg.type
+    common = dict(name=name, kind=kind, timeout_s=bus_cfg.timeout_s, retries=getattr(bus_cfg, "retries", 0))
+    if kind == "rtu":
+        return BusSpec(port=bus_cfg.port, baudrate=bus_cfg.baudrate, parity=bus_cfg.parity,
+                       stopbits=bus_cfg.stopbits, **common)
+    if kind == "rtu-over-tcp":
+        return BusSpec(host=bus_cfg.host, tcp_port=bus_cfg.port, baudrate=bus_cfg.baudrate,
+                       parity=bus_cfg.parity, stopbits=bus_cfg.stopbits, **common)
+    return BusSpec(host=bus_cfg.host, tcp_port=bus_cfg.port, **common)
+
+
+def device_profile(dev_cfg: Any, source: str) -> Profile:
+    inline = getattr(dev_cfg, "profile", None)
+    if inline is not None:
+        return parse_profile(inline, source)
+    return load_profile(dev_cfg.model)
+
+
+class _Builder:
+    def __init__(self, cfg: Any) -> None:
+        self.cfg = cfg
+        self.hw = Hardware()
+
+    def bus_for(self, dev_cfg: Any) -> tuple[str, ModbusBus, float | None]:
+        """The bus a device talks on, created on first use; and the bus's configured timeout."""
+        if getattr(dev_cfg, "bus", None):
+            name = dev_cfg.bus
+            bus_cfg = self.cfg.buses[name]
+            if name not in self.hw.buses:
+                self.hw.buses[name] = ModbusBus(bus_spec(name, bus_cfg))
+            return name, self.hw.buses[name], bus_cfg.timeout_s
+        port = getattr(dev_cfg, "port", None) or 502
+        name = f"tcp:{dev_cfg.host}:{port}"
+        if name not in self.hw.buses:
+            self.hw.buses[name] = ModbusBus(BusSpec(name=name, kind="tcp", host=dev_cfg.host, tcp_port=port,
+                                                    timeout_s=1.0))
+        return name, self.hw.buses[name], None
+
+    def policy(self, dev_cfg: Any, profile_policy: RequestPolicy, bus_timeout_s: float | None) -> RequestPolicy:
+        timeout = getattr(dev_cfg, "timeout_s", None) or bus_timeout_s or profile_policy.timeout_s
+        gap = getattr(dev_cfg, "gap_s", None)
+        return RequestPolicy(timeout_s=timeout, gap_s=profile_policy.gap_s if gap is None else gap,
+                             retries=profile_policy.retries)
+
+    def profile_device(self, kind: str, dev_id: str, dev_cfg: Any) -> DeviceHandle:
+        profile = device_profile(dev_cfg, f"{kind}s.{dev_id}.profile")
+        group, bus, timeout = self.bus_for(dev_cfg)
+        unit = getattr(dev_cfg, "unit", 1)
+        policy = self.policy(dev_cfg, profile.request, timeout)
+        cls = ProfileMeter if kind == "meter" else ProfileCharger
+        device = cls(dev_id, profile, bus, unit, policy)
+        return DeviceHandle(dev_id, kind, profile.model, f"{group} unit {unit}", group, device)
+
+    def input_device(self, dev_id: str, in_cfg: Any, on_edge: Callable[[str], None] | None,
+                     pin_factory: Any) -> DeviceHandle:
+        if getattr(in_cfg, "gpio", None) is not None:
+            pin = GpioInput(dev_id, in_cfg.gpio, pull_up=in_cfg.pull_up, active_low=in_cfg.active_low,
+                            normally_closed=in_cfg.normally_closed, bounce_s=in_cfg.bounce_s,
+                            on_edge=on_edge, pin_factory=pin_factory)
+            self.hw.gpio.append(pin)
+            return DeviceHandle(dev_id, "input", "gpio", f"GPIO{in_cfg.gpio}", None, pin)
+        group, bus, timeout = self.bus_for(in_cfg)
+        coil = getattr(in_cfg, "coil", None)
+        table, index = (Table.COIL, coil) if coil is not None else (Table.DISCRETE, in_cfg.discrete_input)
+        active_low = bool(in_cfg.active_low) != bool(getattr(in_cfg, "normally_closed", False))
+        profile = load_profile(getattr(in_cfg, "model", None) or "modbus_io")
+        device = ModbusInput(dev_id, bus, in_cfg.unit, index, table=table, active_low=active_low,
+                             policy=self.policy(in_cfg, profile.request, timeout))
+        return DeviceHandle(dev_id, "input", profile.model, f"{group} unit {in_cfg.unit} {table.value} {index}",
+                            group, device)
+
+
+def build_hardware(cfg: Any, *, on_edge: Callable[[str], None] | None = None,
+                   pin_factory: Any = None) -> Hardware:
+    """Create every bus and device of ``cfg``; nothing is contacted yet."""
+    b = _Builder(cfg)
+    for dev_id, dev_cfg in cfg.meters.items():
+        b.hw.meters[dev_id] = b.profile_device("meter", dev_id, dev_cfg)
+    for dev_id, dev_cfg in cfg.chargers.items():
+        b.hw.chargers[dev_id] = b.profile_device("charger", dev_id, dev_cfg)
+    for dev_id, in_cfg in cfg.inputs.items():
+        b.hw.inputs[dev_id] = b.input_device(dev_id, in_cfg, on_edge, pin_factory)
+    return b.hw

@@ -1,0 +1,162 @@
+"""The ``gridcharge`` command line (SPEC §4a): run, demo, check-config, read.
+
+Exit codes: 0 clean stop, 1 bad config, 2 usage, 3 a device did not answer (``read``).
+Logs go to stderr, where journald picks them up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+DEFAULT_CONFIG = "/etc/gridcharge/config.yaml"
+EXIT_OK, EXIT_CONFIG, EXIT_USAGE, EXIT_DEVICE = 0, 1, 2, 3
+log = logging.getLogger("gridcharge")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="gridcharge", description="Grid-friendly EV charging manager.")
+    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    sub = p.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run the controller (the service)")
+    run.add_argument("--config", default=DEFAULT_CONFIG)
+    demo = sub.add_parser("demo", help="simulated site on loopback with the controller and a scripted scenario")
+    demo.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+    demo.add_argument("--no-scenario", action="store_true", help="just run, no scripted events")
+    check = sub.add_parser("check-config", help="validate a config file without contacting any device")
+    check.add_argument("--config", default=DEFAULT_CONFIG)
+    read = sub.add_parser("read", help="read one device once and print its values")
+    read.add_argument("device", help="device id from the config, e.g. M1 or E2")
+    read.add_argument("--config", default=DEFAULT_CONFIG)
+    return p
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(level=getattr(logging, level), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
+
+
+def _load(path: str) -> Any:
+    """Load and validate a config, or print every error with its path and return None."""
+    from controller.config import ConfigError, load_config
+
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        print(f"{path}: {len(exc.errors)} error(s)", file=sys.stderr)
+        for line in exc.errors:
+            print(f"  {line}", file=sys.stderr)
+        return None
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    from controller.config import config_warnings
+
+    cfg = _load(args.config)
+    if cfg is None:
+        return EXIT_CONFIG
+    for warning in config_warnings(cfg):
+        print(f"warning: {warning}")
+    print(describe(cfg))
+    print("config OK")
+    return EXIT_OK
+
+
+def describe(cfg: Any) -> str:
+    """What would run, in a few lines an installer can check against the wiring."""
+    s = cfg.site
+    lines = [f"site: main fuse {s.main_fuse_a:g} A per phase at {s.voltage_v:g} V, cycle {s.cycle_s:g} s, "
+             f"grid meter {s.grid_meter or 'none'}, fail-safe {s.failsafe_limit_w:g} W"]
+    if s.grid_limit_w is not None:
+        lines.append(f"  grid_limit_w = {s.grid_limit_w}")
+    if s.chargers_limit_w is not None:
+        lines.append(f"  chargers_limit_w = {s.chargers_limit_w}")
+    for name, bus in cfg.buses.items():
+        where = getattr(bus, "port", "") if bus.type == "rtu" else f"{bus.host}:{bus.port}"
+        lines.append(f"bus {name}: {bus.type} {where}")
+    for group, items in (("meter", cfg.meters), ("charger", cfg.chargers)):
+        for dev_id, d in items.items():
+            model = d.model if getattr(d, "model", None) else "custom profile"
+            via = d.bus if getattr(d, "bus", None) else f"{d.host}:{getattr(d, 'port', None) or 502}"
+            lines.append(f"{group} {dev_id}: {model} on {via} unit {getattr(d, 'unit', 1)}")
+    for dev_id, i in cfg.inputs.items():
+        lines.append(f"input {dev_id}: " + (f"GPIO{i.gpio}" if getattr(i, "gpio", None) is not None
+                                          else f"{i.bus or i.host} unit {i.unit}"))
+    for name, expr in cfg.variables.items():
+        lines.append(f"variable {name} = {expr}")
+    for rule in cfg.rules:
+        lines.append(f'rule "{rule.name}": when {rule.when}')
+    return "\n".join(lines)
+
+
+def cmd_read(args: argparse.Namespace) -> int:
+    from controller.build import build_hardware
+
+    cfg = _load(args.config)
+    if cfg is None:
+        return EXIT_CONFIG
+    hw = build_hardware(cfg)
+    try:
+        handle = next((h for h in hw.all() if h.id == args.device), None)
+        if handle is None:
+            print(f"no device {args.device!r} in {args.config}", file=sys.stderr)
+            return EXIT_USAGE
+        reader = getattr(handle.device, "read_values", handle.device.read)
+        try:
+            values = reader()
+        except Exception as exc:
+            print(f"{handle.id} ({handle.model} at {handle.address}): {exc}", file=sys.stderr)
+            return EXIT_DEVICE
+        print(f"{handle.id} ({handle.model} at {handle.address})")
+        items = values.items() if isinstance(values, dict) else vars(values).items()
+        for key, value in items:
+            print(f"  {key:16} {value}")
+        return EXIT_OK
+    finally:
+        hw.close()
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from controller.config import config_warnings
+    from controller.service import Service
+
+    cfg = _load(args.config)
+    if cfg is None:
+        return EXIT_CONFIG
+    for warning in config_warnings(cfg):
+        log.warning("config: %s", warning)
+    service = Service(cfg)
+    _stop_on_signals(service.stop)
+    service.run()
+    return EXIT_OK
+
+
+def _stop_on_signals(stop: Any) -> None:
+    def handler(signum: int, _frame: Any) -> None:
+        log.info("%s: stopping", signal.Signals(signum).name)
+        stop()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from controller.demo import run_demo
+
+    return run_demo(duration_s=args.duration, scenario=not args.no_scenario, on_signal=_stop_on_signals)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    _setup_logging(args.log_level)
+    commands = {"run": cmd_run, "demo": cmd_demo, "check-config": cmd_check_config, "read": cmd_read}
+    return commands[args.command](args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,501 @@
+"""The control loop: read → evaluate → allocate → write → publish, at a fixed rate.
+
+One thread owns the cycle. Device I/O runs on one worker per bus (``hal.executor``) with a
+deadline, so a dead bus only makes its own readings age. A variable change or an input edge sets
+the wake event and a cycle runs at once. Time comes from an injected clock; tests call
+``run_once()`` and move a ``FakeClock`` instead of sleeping.
+
+Safety rules implemented here (SPEC §5, §6): writes of decreases finish before any increase is
+written; a grid meter older than ``stale_s`` puts the chargers under ``failsafe_limit_w``; a
+silent charger keeps its fail-safe current reserved; a failed formula takes its fail-safe value;
+no exception escapes a cycle; on stop every charger is left at (at most) its fail-safe current.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from typing import Any
+
+from controller.allocation import (
+    Allocation,
+    AllocationState,
+    ChargerInput,
+    Settings,
+    SiteInput,
+    allocate,
+)
+from controller.build import DeviceHandle, Hardware
+from controller.clock import Clock, SystemClock
+from controller.evaluation import Evaluated, compile_limits, evaluate_cycle, truthy
+from controller.formulas import Evaluator
+from controller.rules import RuleSpec, rule_caps
+from controller.status import (
+    EMPTY_STATUS,
+    BusStatus,
+    ChargerStatus,
+    DeviceStatus,
+    Status,
+)
+from controller.symbols import device_symbols, time_symbols
+from controller.tracking import DeviceTracker, FaultLog
+from controller.variables import VariableStore
+from hal.executor import GroupExecutor
+from hal.types import ChargerReading, IecState, MeterReading, Phases3
+
+log = logging.getLogger(__name__)
+PHASE_INDEX = {"L1": 0, "L2": 1, "L3": 2}
+
+
+@dataclass(frozen=True)
+class Override:
+    """An API override of one charger, kept until its car is unplugged (cFos override_device)."""
+
+    current_a: float | None = None
+    enabled: bool = True
+
+
+def charger_draw(reading: ChargerReading, phases: int, phase: int) -> Phases3:
+    """Per-phase draw at the grid: a 1-phase box reports its current on L1, whatever it is wired to."""
+    if phases == 3:
+        return reading.current_a
+    draw = [0.0, 0.0, 0.0]
+    draw[phase] = max(reading.current_a)
+    return (draw[0], draw[1], draw[2])
+
+
+class ControlLoop:
+    def __init__(
+        self,
+        cfg: Any,
+        hardware: Hardware,
+        store: VariableStore,
+        *,
+        clock: Clock | None = None,
+        executor: GroupExecutor | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.hw = hardware
+        self.store = store
+        self.clock = clock or SystemClock()
+        self.executor = executor or GroupExecutor(hardware.groups())
+        self.site = cfg.site
+        self.limits = compile_limits(cfg)
+        self.evaluator = Evaluator()
+        self.settings = Settings(increase_step_a=self.site.increase_step_a, min_pause_s=self.site.min_pause_s)
+        self.trackers: dict[str, DeviceTracker[Any]] = {h.id: DeviceTracker(h.id) for h in hardware.all()}
+        self._alloc_state = AllocationState(chargers={})
+        self._written: dict[str, tuple[float, float]] = {}  # charger → (current_a, when written)
+        self._needs_setup: set[str] = set(hardware.chargers)
+        self._overrides: dict[str, Override] = {}
+        self._pending_overrides: list[tuple[str, Override | None]] = []
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._status: Status = EMPTY_STATUS
+        self._listeners: list[Callable[[Status], None]] = []
+        self._faults = FaultLog()
+        self._cycle_count = 0
+        self._overruns = 0
+        self._failed = 0
+        self._wire_time_prev: dict[str, float] = {}
+        self._thread: threading.Thread | None = None
+        store.add_listener(lambda old, new, source: self.wake(f"variables ({source})"))
+
+    # ---- interface for the other threads -------------------------------------------------
+    @property
+    def status(self) -> Status:
+        return self._status
+
+    def add_cycle_listener(self, callback: Callable[[Status], None]) -> None:
+        """Called on the loop thread after every cycle (sd_notify watchdog, demo view, logs)."""
+        self._listeners.append(callback)
+
+    def wake(self, reason: str = "") -> None:
+        """Run a cycle at once (a grid signal arrived)."""
+        log.debug("wake: %s", reason)
+        self._wake.set()
+
+    def set_override(self, charger_id: str, override: Override | None) -> None:
+        """Queue an override for the next cycle (None removes it) and wake the loop."""
+        if charger_id not in self.hw.chargers:
+            raise KeyError(charger_id)
+        with self._lock:
+            self._pending_overrides.append((charger_id, override))
+        self.wake(f"override {charger_id}")
+
+    # ---- running ---------------------------------------------------------------------------
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self.run_forever, name="control-loop", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """Stop after the cycle in progress, leave every charger at its fail-safe current."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+
+    def run_forever(self) -> None:
+        next_tick = self.clock.monotonic()
+        cycle_s = self.site.cycle_s
+        while not self._stop.is_set():
+            self.clock.wait(self._wake, next_tick - self.clock.monotonic())
+            if self._stop.is_set():
+                break
+            self._wake.clear()
+            start = self.clock.monotonic()
+            self.run_once()
+            if start >= next_tick:  # the scheduled cycle, not one woken by a grid signal
+                next_tick += cycle_s
+                end = self.clock.monotonic()
+                if end > next_tick:
+                    self._overruns += 1
+                    next_tick = end
+        self.write_failsafe()
+
+    def run_once(self) -> Status:
+        """One complete cycle. Never raises: a failing cycle is counted, logged and survived."""
+        start = self.clock.monotonic()
+        try:
+            status = self._cycle(start)
+        except Exception:
+            self._failed += 1
+            log.exception("cycle %d failed", self._cycle_count + 1)
+            status = replace(self._status, failed_cycles=self._failed, failsafe="cycle failed")
+        self._status = status
+        for callback in self._listeners:
+            try:
+                callback(status)
+            except Exception:
+                log.exception("cycle listener failed")
+        return status
+
+    # ---- one cycle -------------------------------------------------------------------------
+    def _cycle(self, now: float) -> Status:
+        self._take_overrides()
+        self._read_all(now)
+        symbols = self._symbols(now)
+        varset = self.store.snapshot()
+        ev = evaluate_cycle(self.evaluator, varset, self.limits, symbols)
+        site, faults = self._site_input(now, ev)
+        chargers = self._charger_inputs(now, ev)
+        alloc = allocate(site, list(chargers.values()), self.settings, self._alloc_state, now)
+        self._alloc_state = alloc.state
+        self._write(now, alloc)
+        faults.update({f"formula {e.where}": e.error for e in ev.errors})
+        self._faults.update(faults)
+        self._cycle_count += 1
+        return self._build_status(now, site, chargers, alloc, ev, faults)
+
+    def _take_overrides(self) -> None:
+        with self._lock:
+            pending, self._pending_overrides = self._pending_overrides, []
+        for cid, override in pending:
+            if override is None:
+                self._overrides.pop(cid, None)
+            else:
+                self._overrides[cid] = override
+
+    def _read_all(self, now: float) -> None:
+        jobs: dict[str, list[tuple[str, Callable[[], Any]]]] = {}
+        for h in self.hw.all():
+            if h.group is None:  # local inputs (GPIO): no bus, read here
+                self._record(h.id, *self._call(h.device.read), now)
+            else:
+                jobs.setdefault(h.group, []).append((h.id, h.device.read))
+        busy = {g for g in jobs if self.executor.busy(g)}
+        results = self.executor.run(jobs, self.read_budget_s)
+        for group, items in jobs.items():
+            for key, _ in items:
+                res = results[key]
+                if res.done:
+                    self._record(key, res.value, res.error, now)
+                else:
+                    why = "bus busy (previous request unfinished)" if group in busy else "no answer in time"
+                    self.trackers[key].fail(why, now)
+
+    @property
+    def read_budget_s(self) -> float:
+        return 0.7 * self.site.cycle_s
+
+    @staticmethod
+    def _call(fn: Callable[[], Any]) -> tuple[Any, BaseException | None]:
+        try:
+            return fn(), None
+        except Exception as exc:
+            return None, exc
+
+    def _record(self, dev_id: str, value: Any, error: BaseException | None, now: float) -> None:
+        tracker = self.trackers[dev_id]
+        if error is None:
+            tracker.ok(value, now)
+            if dev_id in self._overrides and isinstance(value, ChargerReading) and value.state == IecState.A:
+                log.info("%s: car unplugged, override ends", dev_id)
+                del self._overrides[dev_id]
+        else:
+            tracker.fail(str(error) or type(error).__name__, now)
+
+    def _fresh(self, dev_id: str, now: float) -> Any:
+        tracker = self.trackers[dev_id]
+        return tracker.reading if tracker.fresh(now, self.site.stale_s) else None
+
+    def _symbols(self, now: float) -> dict[str, Any]:
+        symbols: dict[str, Any] = time_symbols(self.clock.now())
+        for h in self.hw.all():
+            symbols.update(device_symbols(h.id, h.kind, self._fresh(h.id, now)))
+        return symbols
+
+    def _site_input(self, now: float, ev: Evaluated) -> tuple[SiteInput, dict[str, str]]:
+        faults: dict[str, str] = {}
+        reasons: list[str] = []
+        grid_current: Phases3 | None = None
+        grid_power: float | None = None
+        meter_id = self.site.grid_meter
+        if meter_id is not None:
+            reading: MeterReading | None = self._fresh(meter_id, now)
+            if reading is None or reading.current_a is None:
+                tracker = self.trackers[meter_id]
+                why = tracker.fault_text(now, self.site.stale_s) or "no phase currents"
+                reasons.append(f"grid meter {meter_id}: {why}")
+            else:
+                grid_current, grid_power = reading.current_a, reading.power_w
+        grid_limit, error = ev.grid_limit_w
+        if error is not None:
+            reasons.append(f"grid_limit_w: {error}")
+        chargers_limit, error = ev.chargers_limit_w
+        if error is not None:
+            reasons.append(f"chargers_limit_w: {error}")
+        failsafe = "; ".join(reasons) or None
+        if failsafe:
+            faults["fail-safe"] = failsafe
+        site = SiteInput(
+            voltage_v=self.site.voltage_v,
+            main_fuse_a=self.site.main_fuse_a,
+            grid_current_a=grid_current,
+            grid_power_w=grid_power,
+            grid_limit_w=grid_limit,
+            chargers_limit_w=chargers_limit,
+            unbalanced_limit_a=self.site.unbalanced_limit_a,
+            failsafe_limit_w=self.site.failsafe_limit_w,
+            failsafe_reason=failsafe,
+        )
+        return site, faults
+
+    def _charger_inputs(self, now: float, ev: Evaluated) -> dict[str, ChargerInput]:
+        readings: dict[str, ChargerReading | None] = {cid: self._fresh(cid, now) for cid in self.hw.chargers}
+        caps = self._caps(ev, readings)
+        out: dict[str, ChargerInput] = {}
+        for cid, cc in self.cfg.chargers.items():
+            reading = readings[cid]
+            phase = PHASE_INDEX.get(getattr(cc, "phase", "L1") or "L1", 0)
+            charging = reading is not None and reading.state.charging
+            value, error = ev.charger_max_a[cid]
+            max_reason = None
+            if error is not None:
+                max_a = cc.min_current_a if charging else 0.0
+                max_reason = f"max_current_a error: {error}"
+            elif value is None:
+                max_a = float(self.site.main_fuse_a)
+            else:
+                max_a = max(0.0, float(value))
+            cap_a, cap_reason = caps.get(cid, (None, None))
+            out[cid] = ChargerInput(
+                id=cid,
+                phases=cc.phases,
+                phase=phase,
+                min_current_a=cc.min_current_a,
+                max_current_a=max_a,
+                max_reason=max_reason,
+                priority=cc.priority,
+                online=reading is not None,
+                state=reading.state if reading is not None else None,
+                drawn_a=charger_draw(reading, cc.phases, phase) if reading is not None else (0.0, 0.0, 0.0),
+                failsafe_current_a=cc.failsafe_current_a,
+                cap_a=cap_a,
+                cap_reason=cap_reason,
+            )
+        return out
+
+    def _caps(
+        self, ev: Evaluated, readings: Mapping[str, ChargerReading | None]
+    ) -> dict[str, tuple[float | None, str | None]]:
+        specs: list[tuple[RuleSpec, bool | None, str | None]] = []
+        forced: dict[str, list[tuple[float | None, str]]] = {}
+        for rr in ev.rules:
+            when = truthy(rr.when)
+            value, error = rr.value
+            if error is not None:  # the rule's value failed: §3 fail-safe for the chargers it covers
+                if when is False:
+                    continue
+                for cid in rr.rule.chargers or tuple(self.hw.chargers):
+                    r = readings.get(cid)
+                    cap = self.cfg.chargers[cid].min_current_a if r is not None and r.state.charging else 0.0
+                    forced.setdefault(cid, []).append((cap, f'rule "{rr.rule.name}" (value error: {error})'))
+                continue
+            is_current = rr.rule.max_current_a is not None
+            spec = RuleSpec(
+                name=rr.rule.name,
+                chargers=rr.rule.chargers,
+                max_current_a=(value if value is not None else None) if is_current else None,
+                max_power_w=None if is_current else value,
+            )
+            if spec.max_current_a is None and spec.max_power_w is None:
+                continue  # the rule's value is None: no limit
+            specs.append((spec, when, rr.when[1]))
+        for cid, ov in self._overrides.items():
+            if not ov.enabled:
+                forced.setdefault(cid, []).append((0.0, "disabled by override (flags=C)"))
+            elif ov.current_a is not None:
+                forced.setdefault(cid, []).append((ov.current_a, f"override {ov.current_a:g} A"))
+        overrides = {cid: min(items, key=lambda item: item[0] if item[0] is not None else 1e9)
+                     for cid, items in forced.items()}
+        phases = {cid: (cc.phases, self.site.voltage_v) for cid, cc in self.cfg.chargers.items()}
+        return rule_caps(specs, phases, overrides)
+
+    # ---- writing ---------------------------------------------------------------------------
+    def _write(self, now: float, alloc: Allocation) -> None:
+        first: dict[str, list[tuple[str, Callable[[], Any]]]] = {}
+        later: dict[str, list[tuple[str, Callable[[], Any]]]] = {}
+        pending: dict[str, float] = {}
+        for cid, h in self.hw.chargers.items():
+            if self._fresh(cid, now) is None:
+                # Offline: forget what it had, so it is configured and written again on return.
+                self._written.pop(cid, None)
+                self._needs_setup.add(cid)
+                continue
+            group = h.group or "local"
+            if cid in self._needs_setup:
+                first.setdefault(group, []).append((f"{cid}:setup", functools.partial(
+                    h.device.setup, self.site.watchdog_s, self.cfg.chargers[cid].failsafe_current_a)))
+            target = alloc.commands[cid].current_a
+            last = self._written.get(cid)
+            keepalive = getattr(h.device, "keepalive_s", None)
+            due = (
+                last is None
+                or last[0] != target
+                or (keepalive is not None and now - last[1] >= keepalive)
+            )
+            if not due:
+                continue
+            batch = first if last is None or target <= last[0] else later
+            batch.setdefault(group, []).append((cid, functools.partial(h.device.apply, target)))
+            pending[cid] = target
+        for batch in (first, later):  # every decrease is on the wire before any increase
+            if not batch:
+                continue
+            setups = sum(key.endswith(":setup") for items in batch.values() for key, _ in items)
+            # A wallbox's setup is several writes with the bus's gaps between them: give it time.
+            budget = self.write_budget_s + (2.0 if setups else 0.0)
+            results = self.executor.run(batch, budget)
+            for key, res in results.items():
+                cid, _, what = key.partition(":")
+                if not res.done:
+                    self.trackers[cid].fail(f"{what or 'write'}: no answer in time", now)
+                elif res.error is not None:
+                    self.trackers[cid].fail(f"{what or 'write'} failed: {res.error}", now)
+                elif what == "setup":
+                    self._needs_setup.discard(cid)
+                else:
+                    self._written[cid] = (pending[cid], now)
+
+    @property
+    def write_budget_s(self) -> float:
+        return 0.4 * self.site.cycle_s
+
+    def write_failsafe(self) -> None:
+        """On stop: leave each charger at no more than its fail-safe current (SPEC §4, SIGTERM)."""
+        jobs: dict[str, list[tuple[str, Callable[[], Any]]]] = {}
+        for cid, h in self.hw.chargers.items():
+            last = self._written.get(cid)
+            failsafe = self.cfg.chargers[cid].failsafe_current_a
+            target = failsafe if last is None else min(last[0], failsafe)
+            jobs.setdefault(h.group or "local", []).append((cid, functools.partial(h.device.apply, target)))
+        results = self.executor.run(jobs, 2.0)
+        failed = [k for k, r in results.items() if not r.done or r.error is not None]
+        log.info("stopped: fail-safe currents written%s", f" (failed: {', '.join(failed)})" if failed else "")
+
+    # ---- status ----------------------------------------------------------------------------
+    def _device_status(self, h: DeviceHandle, now: float) -> DeviceStatus:
+        tracker = self.trackers[h.id]
+        fault = tracker.fault_text(now, self.site.stale_s)
+        return DeviceStatus(
+            id=h.id,
+            kind=h.kind,
+            model=h.model,
+            address=h.address,
+            online=fault is None,
+            age_s=tracker.age_s(now),
+            error=fault,
+            error_s=tracker.error_s(now),
+            reading=tracker.reading,
+        )
+
+    def _bus_status(self) -> tuple[BusStatus, ...]:
+        out = []
+        for name, bus in self.hw.buses.items():
+            st = bus.stats()
+            wire_total = getattr(st, "wire_time_s", None)
+            per_cycle = None
+            if wire_total is not None and getattr(bus, "is_rtu", False):
+                per_cycle = wire_total - self._wire_time_prev.get(name, 0.0)
+                self._wire_time_prev[name] = wire_total
+            out.append(BusStatus(name, st.requests, st.errors, per_cycle,
+                                 getattr(st, "latency_p95_s", None), st.last_error))
+        return tuple(out)
+
+    def _build_status(
+        self, now: float, site: SiteInput, chargers: Mapping[str, ChargerInput], alloc: Allocation,
+        ev: Evaluated, faults: dict[str, str],
+    ) -> Status:
+        charger_status = []
+        for cid, h in self.hw.chargers.items():
+            ci = chargers[cid]
+            cmd = alloc.commands[cid]
+            ov = self._overrides.get(cid)
+            written = self._written.get(cid)
+            charger_status.append(ChargerStatus(
+                device=self._device_status(h, now),
+                phases=ci.phases,
+                phase=ci.phase,
+                priority=ci.priority,
+                min_current_a=ci.min_current_a,
+                max_current_a=ci.max_current_a,
+                command_a=cmd.current_a,
+                written_a=written[0] if written else None,
+                reason=cmd.reason,
+                enabled=ov.enabled if ov else True,
+                override_a=ov.current_a if ov else None,
+            ))
+        fault_lines = tuple(f"{k}: {v}" for k, v in sorted(faults.items()))
+        device_faults = tuple(
+            f"{h.id}: {t}" for h in self.hw.all()
+            if (t := self.trackers[h.id].fault_text(now, self.site.stale_s)) is not None
+        )
+        return Status(
+            cycle_count=self._cycle_count,
+            overruns=self._overruns,
+            failed_cycles=self._failed,
+            cycle_time_s=self.clock.monotonic() - now,
+            monotonic_s=now,
+            wall_time=time.time(),
+            failsafe=site.failsafe_reason,
+            grid_limit_w=site.grid_limit_w,
+            chargers_limit_w=site.chargers_limit_w,
+            headroom_a=alloc.headroom_a,
+            power_headroom_w=alloc.power_headroom_w,
+            limiting=tuple(alloc.limiting),
+            grid_power_w=site.grid_power_w,
+            grid_current_a=site.grid_current_a,
+            meters=tuple(self._device_status(h, now) for h in self.hw.meters.values()),
+            chargers=tuple(charger_status),
+            inputs=tuple(self._device_status(h, now) for h in self.hw.inputs.values()),
+            variables=ev.variables,
+            formula_errors=ev.errors,
+            buses=self._bus_status(),
+            faults=fault_lines + device_faults,
+        )

@@ -1,0 +1,74 @@
+"""Every reading is a value or a fault with an age.
+
+A ``DeviceTracker`` remembers a device's last good reading and when it was taken, and the fault
+in force with the time it started. It logs a fault once when it starts and once when it ends
+(Home Assistant's rule: never a log line per failed poll). Used by the loop thread only.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+log = logging.getLogger("gridcharge.faults")
+R = TypeVar("R")
+
+
+@dataclass
+class DeviceTracker(Generic[R]):
+    id: str
+    reading: R | None = None
+    read_at_s: float | None = None
+    error: str | None = None
+    error_since_s: float | None = None
+
+    def ok(self, reading: R, now_s: float) -> None:
+        if self.error is not None:
+            lasted = now_s - (self.error_since_s or now_s)
+            log.warning("%s: back after %.1f s (%s)", self.id, lasted, self.error)
+        self.reading, self.read_at_s = reading, now_s
+        self.error, self.error_since_s = None, None
+
+    def fail(self, error: str, now_s: float) -> None:
+        if self.error is None:
+            log.warning("%s: fault: %s", self.id, error)
+            self.error_since_s = now_s
+        self.error = error
+
+    def age_s(self, now_s: float) -> float | None:
+        return None if self.read_at_s is None else now_s - self.read_at_s
+
+    def fresh(self, now_s: float, stale_s: float) -> bool:
+        """A usable reading: one no older than ``stale_s``."""
+        age = self.age_s(now_s)
+        return age is not None and age <= stale_s
+
+    def error_s(self, now_s: float) -> float:
+        return 0.0 if self.error_since_s is None else now_s - self.error_since_s
+
+    def fault_text(self, now_s: float, stale_s: float) -> str | None:
+        """The fault in force for the status API: an error, or a reading too old to use."""
+        if self.error is not None and not self.fresh(now_s, stale_s):
+            return self.error
+        if self.read_at_s is None:
+            return self.error or "not read yet"
+        if not self.fresh(now_s, stale_s):
+            return f"stale ({self.age_s(now_s):.1f} s)"
+        return None
+
+
+class FaultLog:
+    """Logs named conditions (formula errors, fail-safe) once at start and once at end."""
+
+    def __init__(self) -> None:
+        self._active: dict[str, str] = {}
+
+    def update(self, current: dict[str, str]) -> None:
+        for key, text in current.items():
+            if key not in self._active:
+                log.warning("%s: %s", key, text)
+        for key, text in self._active.items():
+            if key not in current:
+                log.warning("%s: cleared (was: %s)", key, text)
+        self._active = dict(current)

@@ -1,0 +1,94 @@
+"""Run device I/O in parallel, one worker thread per bus.
+
+Each group (a bus, or any other channel to devices) gets one worker thread, so requests on one
+bus are serialised by construction while different buses run at the same time. The caller waits
+with a deadline: a group whose previous job is still stuck (a dead RS485 line, a TCP host that
+does not answer) gets no new job until it finishes, so a dead bus never stalls the others and
+its queue never grows.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import logging
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class JobResult(Generic[T]):
+    """What became of one job: a value, an exception, or neither (not run / not finished in time)."""
+
+    value: T | None = None
+    error: BaseException | None = None
+    done: bool = False
+
+
+class GroupExecutor:
+    """One single-thread worker per group; groups run in parallel."""
+
+    def __init__(self, groups: Sequence[str], *, name: str = "bus") -> None:
+        self._pools = {
+            g: cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{name}-{g}") for g in groups
+        }
+        self._busy: dict[str, cf.Future[Any]] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def groups(self) -> tuple[str, ...]:
+        return tuple(self._pools)
+
+    def busy(self, group: str) -> bool:
+        """True while the group's last batch has not finished (its bus is stuck)."""
+        with self._lock:
+            fut = self._busy.get(group)
+        return fut is not None and not fut.done()
+
+    def run(
+        self, jobs: Mapping[str, Sequence[tuple[str, Callable[[], T]]]], timeout_s: float
+    ) -> dict[str, JobResult[T]]:
+        """Run each group's jobs in order on its worker; wait at most ``timeout_s`` for all.
+
+        ``jobs`` maps group → [(key, fn), ...]. Returns key → JobResult for every key; jobs of a
+        busy group or not finished by the deadline come back with ``done=False``.
+        """
+        results: dict[str, JobResult[T]] = {}
+        futures: list[cf.Future[Any]] = []
+        lock = threading.Lock()
+
+        def batch(items: Sequence[tuple[str, Callable[[], T]]]) -> None:
+            for key, fn in items:
+                try:
+                    res = JobResult(value=fn(), done=True)
+                except Exception as exc:  # a device fault, never the caller's crash
+                    res = JobResult(error=exc, done=True)
+                with lock:
+                    results[key] = res
+
+        for group, items in jobs.items():
+            if not items:
+                continue
+            if self.busy(group):
+                log.debug("group %s still busy: skipping %d jobs", group, len(items))
+                continue
+            fut = self._pools[group].submit(batch, items)
+            with self._lock:
+                self._busy[group] = fut
+            futures.append(fut)
+        if futures:
+            cf.wait(futures, timeout=max(0.0, timeout_s))
+        with lock:
+            out = dict(results)
+        for items in jobs.values():
+            for key, _ in items:
+                out.setdefault(key, JobResult())
+        return out
+
+    def shutdown(self) -> None:
+        for pool in self._pools.values():
+            pool.shutdown(wait=False, cancel_futures=True)

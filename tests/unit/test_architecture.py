@@ -1,0 +1,40 @@
+"""The dependency direction of ARCHITECTURE.md, kept by a test that scans the imports.
+
+web → controller → hal; hal imports neither; web never imports hal; pymodbus (whose API moves
+between 3.x releases) is imported by hal/modbus.py alone.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def imports(package: str) -> dict[str, set[str]]:
+    found: dict[str, set[str]] = {}
+    for path in sorted((ROOT / package).rglob("*.py")):
+        names: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                names.update(alias.name.split(".")[0] for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                names.add(node.module.split(".")[0])
+        found[str(path.relative_to(ROOT))] = names
+    return found
+
+
+def test_hal_imports_neither_controller_nor_web() -> None:
+    bad = {p: n & {"controller", "web"} for p, n in imports("hal").items() if n & {"controller", "web"}}
+    assert not bad
+
+
+def test_web_never_imports_hal() -> None:
+    bad = {p for p, n in imports("web").items() if "hal" in n}
+    assert not bad
+
+
+def test_pymodbus_is_imported_in_one_module_only() -> None:
+    users = {p for pkg in ("hal", "controller", "web") for p, n in imports(pkg).items() if "pymodbus" in n}
+    assert users == {"hal/modbus.py"}
