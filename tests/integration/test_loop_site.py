@@ -1,0 +1,225 @@
+"""The control loop against a simulated site over real Modbus TCP sockets.
+
+Time for staleness and pauses is a FakeClock moved by the test; the devices answer in real time.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from controller.clock import FakeClock
+from controller.service import Service
+from hal.sim.site import SimulatedSite
+from site_helpers import cycles, make_config
+
+Build = Callable[..., tuple[Service, FakeClock]]
+EPS = 0.05
+
+
+def total_power_w(status: Any) -> float:
+    return sum(c.command_a * 230 * c.phases for c in status.chargers)
+
+
+def test_two_cars_share_the_fuse_and_never_exceed_it(sim: SimulatedSite, controller: Build) -> None:
+    service, clock = controller()
+    for i, status in enumerate(cycles(service, clock, 8)):
+        grid = sim.physics.grid_currents_a()
+        # Before the first write the boxes offer their own maximum; from then on the fuse holds.
+        assert max(grid) <= 25 + EPS, (i, grid, [c.reason for c in status.chargers])
+    e1, e2 = status.charger("E1"), status.charger("E2")
+    assert e1.command_a == pytest.approx(7.5, abs=0.11) and e2.command_a == pytest.approx(7.5, abs=0.11)
+    assert "fuse L1" in e1.reason
+    assert sim.wallbox("E1").values()["limit_written_a"] == pytest.approx(e1.command_a, abs=0.1)
+    assert status.failsafe is None and status.cycle_count == 8 and status.failed_cycles == 0
+
+
+def test_base_load_rise_is_answered_in_the_next_cycle(sim: SimulatedSite, controller: Build) -> None:
+    service, clock = controller()
+    cycles(service, clock, 4)
+    sim.set_base_load(16.0, 5.0, 5.0)
+    status = cycles(service, clock, 2)[-1]
+    assert max(sim.physics.grid_currents_a()) <= 25 + EPS
+    assert sum(c.command_a for c in status.chargers) <= 25 - 16 + EPS
+
+
+def test_wallbox_watchdog_is_configured_at_start(sim: SimulatedSite, controller: Build) -> None:
+    service, clock = controller(site={"watchdog_s": 20})
+    cycles(service, clock, 1)
+    box = sim.wallbox("E1").values()  # Heidelberg: registers 257 and 262 set by the setup
+    assert box["watchdog_timeout_s"] == pytest.approx(20)
+    assert box["failsafe_current_a"] == pytest.approx(service.cfg.chargers["E1"].failsafe_current_a)
+    assert box["standby_enabled"] is False
+
+
+def test_stale_grid_meter_puts_chargers_under_the_failsafe_limit(sim: SimulatedSite, controller: Build) -> None:
+    service, clock = controller()
+    cycles(service, clock, 3)
+    sim.set_silent("M1", True)
+    status = cycles(service, clock, 2)[-1]
+    assert status.failsafe is None  # 2 s old: not stale yet (stale_s 3)
+    status = cycles(service, clock, 3)[-1]
+    assert status.failsafe is not None and "M1" in status.failsafe
+    assert total_power_w(status) <= 4200 + EPS
+    assert any("fail-safe" in line for line in status.faults)
+    sim.set_silent("M1", False)
+    status = cycles(service, clock, 1)[-1]
+    assert status.failsafe is None
+
+
+def test_meter_answering_garbage_is_a_meter_fault(sim: SimulatedSite, controller: Build) -> None:
+    service, clock = controller()
+    cycles(service, clock, 2)
+    bank = sim.bank("M1")
+    real = bank.source
+
+    class Garbage:
+        def values(self) -> dict[str, object]:
+            return {**real.values(), "power_w": float("nan")}
+
+    bank.source = Garbage()
+    status = cycles(service, clock, 5)[-1]
+    assert status.failsafe is not None and "M1" in status.failsafe
+    assert not status.meters[0].online and status.failed_cycles == 0
+    bank.source = real
+    assert cycles(service, clock, 1)[-1].failsafe is None
+
+
+def test_silent_charger_keeps_its_failsafe_current_reserved(sim: SimulatedSite, controller: Build) -> None:
+    service, clock = controller()
+    cycles(service, clock, 3)
+    sim.set_silent("E2", True)
+    status = cycles(service, clock, 5)[-1]
+    e1, e2 = status.charger("E1"), status.charger("E2")
+    assert not e2.device.online and "offline" in e2.reason
+    reserved = service.cfg.chargers["E2"].failsafe_current_a
+    assert e1.command_a <= 25 - 10 - reserved + EPS
+    sim.set_silent("E2", False)
+    status = cycles(service, clock, 2)[-1]
+    assert status.charger("E2").device.online
+
+
+def test_modbus_input_edge_is_seen_at_the_next_poll(sim: SimulatedSite, controller: Build) -> None:
+    service, clock = controller()
+    assert cycles(service, clock, 2)[-1].chargers_limit_w is None
+    sim.set_contact("RSE1", True)
+    status = cycles(service, clock, 1)[-1]
+    assert status.chargers_limit_w == 4200
+    assert total_power_w(status) <= 4200 + EPS
+
+
+def test_broken_input_restricts_charging(sim: SimulatedSite, controller: Build) -> None:
+    service, clock = controller()
+    cycles(service, clock, 2)
+    sim.set_input_broken("RSE1", True)
+    status = cycles(service, clock, 5)[-1]
+    assert status.failsafe is not None and "chargers_limit_w" in status.failsafe
+    assert any(e.where == "site.chargers_limit_w" for e in status.formula_errors)
+    assert total_power_w(status) <= 4200 + EPS
+
+
+def test_rule_pauses_at_the_normal_tariff(sim: SimulatedSite, controller: Build) -> None:
+    rule = {"name": "charge only at the reduced tariff", "chargers": ["E1"], "when": "TARIF == 0",
+            "max_current_a": 0}
+    service, clock = controller(rules=[rule])
+    status = cycles(service, clock, 2)[-1]
+    assert status.charger("E1").command_a == 0 and "reduced tariff" in status.charger("E1").reason
+    service.store.set_many([("TARIF", 1)], source="test")
+    status = cycles(service, clock, 2)[-1]
+    assert status.charger("E1").command_a >= 6
+
+
+def test_charger_max_formula_error_takes_the_failsafe_value(sim: SimulatedSite, controller: Build) -> None:
+    service, clock = controller(chargers={"E1": {"max_current_a": "16 * AVAIL / 100"}})
+    cycles(service, clock, 3)
+    assert service.loop.status.charger("E1").command_a >= 6  # charging
+    service.store.set_many([("AVAIL", "1/0")], source="test")
+    status = cycles(service, clock, 1)[-1]
+    avail = next(v for v in status.variables if v.name == "AVAIL")
+    assert avail.value is None and avail.error
+    e1 = status.charger("E1")
+    assert e1.max_current_a == e1.min_current_a  # charging: its minimum (SPEC §3)
+    assert any(e.where == "chargers.E1.max_current_a" for e in status.formula_errors)
+    sim.unplug("E1")
+    status = cycles(service, clock, 2)[-1]
+    assert status.charger("E1").max_current_a == 0  # not charging: 0
+
+
+def test_decreases_are_written_before_increases(sim: SimulatedSite, controller: Build) -> None:
+    service, clock = controller(rules=[{"name": "E2 off", "chargers": ["E2"], "when": "TARIF == 1",
+                                        "max_current_a": 0},
+                                       {"name": "E1 off", "chargers": ["E1"], "when": "TARIF == 0",
+                                        "max_current_a": 0}])
+    cycles(service, clock, 3)  # E1 paused, E2 charging
+    order: list[tuple[str, float]] = []
+    for cid, handle in service.hw.chargers.items():
+        real_apply = handle.device.apply
+        handle.device.apply = lambda a, cid=cid, real=real_apply: (order.append((cid, a)), real(a))[1]
+    service.store.set_many([("TARIF", 1)], source="test")  # now E2 must drop, E1 may start
+    cycles(service, clock, 1)
+    assert [cid for cid, _ in order][:2] == ["E2", "E1"], order
+    assert order[0][1] == 0 and order[1][1] >= 6
+
+
+def test_a_failing_cycle_is_counted_and_the_next_one_runs(
+    sim: SimulatedSite, controller: Build, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import controller.loop as loop_module
+
+    service, clock = controller()
+    cycles(service, clock, 1)
+    real = loop_module.allocate
+    monkeypatch.setattr(loop_module, "allocate", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("bug")))
+    status = cycles(service, clock, 1)[-1]
+    assert status.failed_cycles == 1
+    monkeypatch.setattr(loop_module, "allocate", real)
+    status = cycles(service, clock, 1)[-1]
+    assert status.failed_cycles == 1 and status.cycle_count == 2
+
+
+def test_variable_change_wakes_the_loop_at_once(sim: SimulatedSite) -> None:
+    """Real clock, long cycle: only the wake-up can explain a fast reaction."""
+    cfg = make_config(sim, site={"cycle_s": 5.0, "stale_s": 10, "grid_limit_w": "11500 * AVAIL / 100"})
+    service = Service(cfg)
+    done = threading.Event()
+    service.loop.add_cycle_listener(lambda s: done.set() if s.grid_limit_w == 5750 else None)
+    service.start()
+    try:
+        deadline = time.monotonic() + 10
+        while service.loop.status.cycle_count < 1 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        t0 = time.monotonic()
+        service.store.set_many([("AVAIL", 50)], source="test")
+        assert done.wait(2.0)
+        assert time.monotonic() - t0 < 1.5
+    finally:
+        service.stop()
+
+
+def test_gpio_edge_wakes_the_loop_at_once(sim: SimulatedSite) -> None:
+    """A ripple-receiver contact on GPIO (gpiozero MockFactory): the edge runs a cycle at once."""
+    from gpiozero.pins.mock import MockFactory
+
+    factory = MockFactory()
+    cfg = make_config(sim, site={"cycle_s": 5.0, "stale_s": 10, "chargers_limit_w": "4200 if RSE9 else None"},
+                      inputs={"RSE9": {"gpio": 17, "pull_up": True, "active_low": True, "bounce_s": 0.01}})
+    service = Service(cfg, pin_factory=factory)
+    dimmed = threading.Event()
+    service.loop.add_cycle_listener(lambda s: dimmed.set() if s.chargers_limit_w == 4200 else None)
+    service.start()
+    try:
+        deadline = time.monotonic() + 10
+        while service.loop.status.cycle_count < 1 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert service.loop.status.chargers_limit_w is None
+        t0 = time.monotonic()
+        factory.pin(17).drive_low()  # contact closes to GND
+        assert dimmed.wait(2.0)
+        assert time.monotonic() - t0 < 1.5
+    finally:
+        service.stop()
+        factory.reset()
