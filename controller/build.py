@@ -13,10 +13,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from controller.config import device_profile
 from hal.devices import ModbusInput, ProfileCharger, ProfileMeter
 from hal.gpio import GpioInput
 from hal.modbus import BusSpec, ModbusBus
-from hal.profile import Profile, load_profile, parse_profile
+from hal.profile import load_profile
 from hal.types import RequestPolicy, Table
 
 log = logging.getLogger(__name__)
@@ -65,13 +66,6 @@ def bus_spec(name: str, bus_cfg: Any) -> BusSpec:
     return BusSpec(host=bus_cfg.host, tcp_port=bus_cfg.port, **common)
 
 
-def device_profile(dev_cfg: Any, source: str) -> Profile:
-    inline = getattr(dev_cfg, "profile", None)
-    if inline is not None:
-        return parse_profile(inline, source)
-    return load_profile(dev_cfg.model)
-
-
 class _Builder:
     def __init__(self, cfg: Any) -> None:
         self.cfg = cfg
@@ -99,7 +93,7 @@ class _Builder:
                              retries=profile_policy.retries)
 
     def profile_device(self, kind: str, dev_id: str, dev_cfg: Any) -> DeviceHandle:
-        profile = device_profile(dev_cfg, f"{kind}s.{dev_id}.profile")
+        profile = device_profile(dev_cfg, f"{kind}s.{dev_id}")
         group, bus, timeout = self.bus_for(dev_cfg)
         unit = getattr(dev_cfg, "unit", 1)
         policy = self.policy(dev_cfg, profile.request, timeout)
