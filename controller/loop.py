@@ -49,6 +49,7 @@ from hal.types import ChargerReading, IecState, MeterReading, Phases3
 
 log = logging.getLogger(__name__)
 PHASE_INDEX = {"L1": 0, "L2": 1, "L3": 2}
+TICK_TOLERANCE_S = 0.005  # a timed wait may return a hair early: that is still the tick
 
 
 @dataclass(frozen=True)
@@ -150,7 +151,7 @@ class ControlLoop:
             self._wake.clear()
             start = self.clock.monotonic()
             self.run_once()
-            if start >= next_tick:  # the scheduled cycle, not one woken by a grid signal
+            if start >= next_tick - TICK_TOLERANCE_S:  # the scheduled cycle, not one woken by a signal
                 next_tick += cycle_s
                 end = self.clock.monotonic()
                 if end > next_tick:
