@@ -442,7 +442,7 @@ class ControlLoop:
             st = bus.stats()
             wire_total = getattr(st, "wire_time_s", None)
             per_cycle = None
-            if wire_total is not None and getattr(bus, "is_rtu", False):
+            if wire_total is not None and bus.is_rtu:
                 per_cycle = wire_total - self._wire_time_prev.get(name, 0.0)
                 self._wire_time_prev[name] = wire_total
             out.append(BusStatus(name, st.requests, st.errors, per_cycle,

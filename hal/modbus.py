@@ -217,6 +217,11 @@ class ModbusBus:
         what = f"bus {self.name} unit {unit} FC{fc:02d} @{address}+{len(values)}"
         self._request(what, fc, len(values), policy, send, decode)
 
+    @property
+    def is_rtu(self) -> bool:
+        """RTU framing on an RS485 line (directly or through a gateway): its wire time counts."""
+        return self.spec.kind != "tcp"
+
     def stats(self) -> BusStats:
         with self._stats_lock:
             lat = sorted(self._latencies_s)

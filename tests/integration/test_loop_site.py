@@ -223,3 +223,28 @@ def test_gpio_edge_wakes_the_loop_at_once(sim: SimulatedSite) -> None:
     finally:
         service.stop()
         factory.reset()
+
+
+def test_status_reports_rtu_wire_time_per_cycle() -> None:
+    """An SDM630 and a Heidelberg on one RS485 line (pty, 8N1): the status shows the line's use."""
+    from hal.sim.physics import SimCar
+    from hal.sim.site import SimChargerSpec, SimMeterSpec
+
+    site = SimulatedSite(meter=SimMeterSpec("M1", "sdm630", "rtu", unit=1),
+                         chargers=[SimChargerSpec("E1", "heidelberg", "rtu", unit=2, car=SimCar())],
+                         base_load_a=(5.0, 5.0, 5.0))
+    site.start()
+    try:
+        cfg = make_config(site, site={"chargers_limit_w": None})
+        service = Service(cfg, clock=FakeClock())
+        try:
+            status = cycles(service, service.loop.clock, 3)[-1]  # type: ignore[arg-type]
+        finally:
+            service.hw.close()
+            service.loop.executor.shutdown()
+    finally:
+        site.stop()
+    (bus,) = [b for b in status.buses if b.wire_time_s_per_cycle is not None]
+    # 2 SDM630 blocks + 2 Heidelberg reads at 19200 8N1: about 0.1 s of wire time per cycle.
+    assert 0.05 < bus.wire_time_s_per_cycle < 0.3
+    assert bus.errors == 0

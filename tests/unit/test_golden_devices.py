@@ -206,8 +206,8 @@ def test_heidelberg_reading() -> None:
     assert reading.current_a == pytest.approx((16.0, 15.8, 16.1))
     assert reading.power_w == 11040.0
     assert reading.energy_wh == 100_000.0
-    assert reading.limit_a == pytest.approx(16.0)
-    assert bus.reads == [Read(HOLD, 261, 1, 2), Read(IN, 5, 14, 2)]
+    assert reading.limit_a is None  # holding 261 is not polled: one block read per cycle
+    assert bus.reads == [Read(IN, 5, 14, 2)]
     assert isinstance(box, Charger) and box.keepalive_s is None
 
 
@@ -223,13 +223,6 @@ def test_heidelberg_state_codes(raw: int, state: IecState) -> None:
 def test_heidelberg_unknown_state_code() -> None:
     with pytest.raises(DeviceAnswerError, match="E1: state: unknown state code 12"):
         ProfileCharger("E1", load_profile("heidelberg"), _heidelberg_dump(12), 2).read()
-
-
-def test_heidelberg_firmware_refusing_the_limit_read_back() -> None:
-    bus = _heidelberg_dump()
-    bus.errors[(HOLD, 261)] = DeviceAnswerError("exception 2")
-    reading = ProfileCharger("E1", load_profile("heidelberg"), bus, 2).read()
-    assert reading.limit_a is None and reading.state is IecState.C
 
 
 def test_heidelberg_comm_error_propagates() -> None:

@@ -37,7 +37,7 @@ KINDS = {
 }  # fmt: skip
 #: Reads per cycle: the bus budget each model costs (devices.md A.5).
 BLOCK_COUNTS = {
-    "sdm630": 2, "sdm72": 4, "sdm120": 2, "abb_b23": 2, "heidelberg": 2, "alfen": 2,
+    "sdm630": 2, "sdm72": 4, "sdm120": 2, "abb_b23": 2, "heidelberg": 1, "alfen": 2,
     "abb_terra_ac": 1, "cfos_powerbrain": 2, "modbus_io": 0,
 }  # fmt: skip
 EXTRA_VALUE_NAMES = {"socket_lock"}  # ABB Terra: decides state code 5

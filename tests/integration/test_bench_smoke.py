@@ -1,0 +1,90 @@
+"""Smoke test of the benchmarks in ``tests/bench/``: each runs end to end with tiny parameters.
+
+The benchmarks are scripts that print figures (``make bench``), not timed tests, so nothing here
+checks a performance target: only that each script still runs against the real controller and
+simulators, exits 0 and ends with its JSON line carrying sane figures. The four scripts run in
+parallel (they mostly wait on 1 s control cycles), so the whole module takes about 12 s.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+BENCH = ROOT / "tests" / "bench"
+TIMEOUT_S = 90.0
+
+TINY: dict[str, list[str]] = {
+    "cycle_cost": ["--chargers", "3", "--seconds", "2", "--home-seconds", "2"],
+    "memory": ["--chargers", "3", "--wait-s", "2"],
+    "reaction": ["--chargers", "3", "--changes", "3"],
+    "rtu": ["--seconds", "2"],
+}
+
+
+@pytest.fixture(scope="module")
+def runs() -> Iterator[dict[str, subprocess.CompletedProcess[str]]]:
+    """Start all four benchmarks at once, collect their output."""
+    procs = {
+        name: subprocess.Popen([sys.executable, str(BENCH / f"bench_{name}.py"), *args],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+        for name, args in TINY.items()
+    }
+    done: dict[str, subprocess.CompletedProcess[str]] = {}
+    try:
+        for name, proc in procs.items():
+            out, err = proc.communicate(timeout=TIMEOUT_S)
+            done[name] = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+        yield done
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
+def figures(run: subprocess.CompletedProcess[str]) -> dict[str, Any]:
+    assert run.returncode == 0, f"exit {run.returncode}\nstdout:\n{run.stdout}\nstderr:\n{run.stderr}"
+    lines = run.stdout.strip().splitlines()
+    assert len(lines) >= 3, run.stdout  # a table, then the JSON line
+    return json.loads(lines[-1])
+
+
+def test_cycle_cost_runs(runs: dict[str, subprocess.CompletedProcess[str]]) -> None:
+    data = figures(runs["cycle_cost"])
+    assert data["bench"] == "cycle_cost"
+    assert [r["chargers"] for r in data["results"]] == [3, 2]
+    for r in data["results"]:
+        assert r["cycles"] >= 1 and r["cpu_s"] > 0 and r["failed_cycles"] == 0
+
+
+def test_memory_runs(runs: dict[str, subprocess.CompletedProcess[str]]) -> None:
+    data = figures(runs["memory"])
+    assert data["bench"] == "memory"
+    for r in data["results"]:
+        assert r["exit_code"] == 0 and r["failsafe_left"]
+        assert r["chargers_written"] == r["chargers"]
+        assert 5 < r["rss_mib"] < 1000
+
+
+def test_reaction_runs(runs: dict[str, subprocess.CompletedProcess[str]]) -> None:
+    data = figures(runs["reaction"])
+    assert data["bench"] == "reaction"
+    assert data["changes"] == 3 and data["wrong_limits"] == []
+    assert 0 < data["reaction_s"]["p50"] <= data["reaction_s"]["max"] < 5
+
+
+def test_rtu_runs(runs: dict[str, subprocess.CompletedProcess[str]]) -> None:
+    data = figures(runs["rtu"])
+    assert data["bench"] == "rtu"
+    assert data["cycles"] >= 1 and data["errors"] == 0
+    assert data["transactions_per_cycle"]["mean"] >= 3  # at least one read per device
+    assert data["wire_ms_per_cycle"]["mean"] > 0
+    assert 0 < data["busy_fraction"]["mean"] < 1
