@@ -31,7 +31,16 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from controller import formulas
-from controller.config_checks import ConfigError, Loc, Parts, Problem, compiled_formulas, cross_problems, raise_if
+from controller.config_checks import (
+    ConfigError,
+    Loc,
+    Parts,
+    Problem,
+    compiled_formulas,
+    cross_problems,
+    dangling_bus_references,
+    raise_if,
+)
 from controller.config_schema import (
     BUS_MODELS,
     IEC_MIN_CURRENT_A,
@@ -158,7 +167,10 @@ def _validate(data: Any, source: str, yaml_problems: list[Problem], void: set[Lo
         for problem in _pydantic_problems(exc, data):
             if not any(problem.path[: len(v)] == v for v in void):  # the YAML message says it better
                 problems.append(problem)
-    problems += cross_problems(Parts.of(cfg) if cfg is not None else Parts.salvage(data))
+    parts = Parts.of(cfg) if cfg is not None else Parts.salvage(data)
+    problems += cross_problems(parts)
+    if cfg is None:
+        problems += dangling_bus_references(data, parts)
     raise_if(problems, source)
     assert cfg is not None
     return cfg

@@ -144,6 +144,23 @@ def _good(model: type[BaseModel], raw: Any) -> Any:
         return None
 
 
+def dangling_bus_references(data: Mapping[str, Any], parts: Parts) -> Iterator[Problem]:
+    """``bus:`` references of devices that failed validation for another reason.
+
+    A device with a bad formula still gets its unknown bus reported, so one run of check-config
+    lists every mistake (the checks on valid devices report the rest)."""
+    for section in ("meters", "chargers", "inputs"):
+        raw = data.get(section)
+        good = getattr(parts, section)
+        for dev_id, item in (raw.items() if isinstance(raw, Mapping) else ()):
+            if dev_id in good or not isinstance(item, Mapping):
+                continue
+            bus = item.get("bus")
+            if isinstance(bus, str) and bus not in parts.present["buses"]:
+                known = ", ".join(sorted(parts.present["buses"])) or "none"
+                yield Problem((section, dev_id, "bus"), f"no bus named '{bus}' (buses: {known})")
+
+
 def _good_items(adapter: TypeAdapter[Any], raw: Any) -> dict[Any, Any]:
     result = {}
     for key, value in (raw.items() if isinstance(raw, Mapping) else ()):

@@ -43,13 +43,14 @@ def test_check_config_lists_every_error_with_its_path(tmp_path: Path) -> None:
     bad.write_text(
         "site:\n  main_fuse_a: 35\n  paritty: 1\n"
         "buses:\n  rs485: {type: rtu, port: /dev/ttyUSB0, baudrate: 19200, parity: E}\n"
-        "chargers:\n  E1: {model: heidelberg, bus: rs485, unit: 2, max_current_a: '16 * (AVAIL'}\n"
+        "chargers:\n  E1: {model: heidelberg, bus: rs4855, unit: 2, max_current_a: '16 * (AVAIL'}\n"
         "  E2: {model: alfenn, bus: rs485, unit: 3}\n"
     )
     res = gridcharge("check-config", "--config", str(bad))
     assert res.returncode == 1
     assert "site.paritty" in res.stderr
     assert "chargers.E1.max_current_a" in res.stderr and "parse" in res.stderr
+    assert "chargers.E1.bus: no bus named 'rs4855'" in res.stderr  # reported along with the formula
     assert "chargers.E2.model" in res.stderr
 
 
