@@ -13,6 +13,8 @@ from typing import Any
 from controller.build import Hardware, build_hardware
 from controller.clock import Clock
 from controller.loop import ControlLoop
+from controller.sdnotify import Notifier
+from controller.status import Status
 from controller.variables import VariableStore
 
 log = logging.getLogger(__name__)
@@ -31,6 +33,24 @@ class Service:
         self.hw: Hardware = build_hardware(cfg, on_edge=self._edge, pin_factory=pin_factory)
         self._loop = ControlLoop(cfg, self.hw, self.store, clock=clock)
         self._thread: threading.Thread | None = None
+        self.notifier = Notifier()
+        self._ready = False
+        self._failed_cycles = 0
+        self.loop.add_cycle_listener(self._notify_systemd)
+
+    def _notify_systemd(self, status: Status) -> None:
+        """READY after the first cycle, then WATCHDOG after every cycle that completed.
+
+        Sent from the loop thread itself, so a loop that hangs (a stuck call, a deadlock) stops
+        feeding systemd's watchdog and gets restarted, even though the process is alive.
+        """
+        completed = status.failed_cycles == self._failed_cycles
+        self._failed_cycles = status.failed_cycles
+        if not self._ready and completed:
+            self._ready = True
+            self.notifier.notify(f"READY=1\nSTATUS=control loop running, {len(self.hw.chargers)} charger(s)")
+        elif completed:
+            self.notifier.notify("WATCHDOG=1")
 
     @property
     def loop(self) -> ControlLoop:
@@ -48,6 +68,7 @@ class Service:
         try:
             self.loop.run_forever()
         finally:
+            self.notifier.notify("STOPPING=1")
             self.hw.close()
             self.loop.executor.shutdown()
 

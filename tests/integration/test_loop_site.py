@@ -248,3 +248,31 @@ def test_status_reports_rtu_wire_time_per_cycle() -> None:
     # 2 SDM630 blocks + 2 Heidelberg reads at 19200 8N1: about 0.1 s of wire time per cycle.
     assert 0.05 < bus.wire_time_s_per_cycle < 0.3
     assert bus.errors == 0
+
+
+def test_systemd_hears_ready_after_the_first_cycle_then_watchdog(sim: SimulatedSite, tmp_path: Any,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+
+    path = str(tmp_path / "notify.sock")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(path)
+    sock.settimeout(5)
+    monkeypatch.setenv("NOTIFY_SOCKET", path)
+    service = Service(make_config(sim, site={"cycle_s": 0.5, "stale_s": 2}))
+    service.start()
+    try:
+        messages = [sock.recv(4096).decode() for _ in range(3)]
+    finally:
+        service.stop()
+    assert messages[0].startswith("READY=1") and service.loop.status.cycle_count >= 1
+    assert messages[1:] == ["WATCHDOG=1", "WATCHDOG=1"]
+    rest = []
+    sock.settimeout(0.5)
+    try:
+        while True:
+            rest.append(sock.recv(4096).decode())
+    except TimeoutError:
+        pass
+    sock.close()
+    assert rest[-1] == "STOPPING=1"
