@@ -32,6 +32,8 @@ def _parser() -> argparse.ArgumentParser:
     read = sub.add_parser("read", help="read one device once and print its values")
     read.add_argument("device", help="device id from the config, e.g. M1 or E2")
     read.add_argument("--config", default=DEFAULT_CONFIG)
+    hashpw = sub.add_parser("hash-password", help="print a password hash for http.password_hash")
+    hashpw.add_argument("--stdin", action="store_true", help="read the password from standard input")
     return p
 
 
@@ -145,6 +147,26 @@ def _stop_on_signals(stop: Any) -> None:
     signal.signal(signal.SIGINT, handler)
 
 
+def cmd_hash_password(args: argparse.Namespace) -> int:
+    """Print a werkzeug scrypt hash to paste into ``http.password_hash``."""
+    import getpass
+
+    from werkzeug.security import generate_password_hash
+
+    if args.stdin or not sys.stdin.isatty():
+        password = sys.stdin.readline().rstrip("\n")
+    else:
+        password = getpass.getpass("password: ")
+        if getpass.getpass("again: ") != password:
+            print("the passwords differ", file=sys.stderr)
+            return EXIT_USAGE
+    if len(password) < 8:
+        print("use at least 8 characters", file=sys.stderr)
+        return EXIT_USAGE
+    print(generate_password_hash(password, method="scrypt"))
+    return EXIT_OK
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from controller.demo import run_demo
 
@@ -154,7 +176,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     _setup_logging(args.log_level)
-    commands = {"run": cmd_run, "demo": cmd_demo, "check-config": cmd_check_config, "read": cmd_read}
+    commands = {"run": cmd_run, "demo": cmd_demo, "check-config": cmd_check_config, "read": cmd_read,
+                "hash-password": cmd_hash_password}
     return commands[args.command](args)
 
 

@@ -95,3 +95,16 @@ def test_demo_runs_a_short_while() -> None:
     assert res.returncode == 0, res.stderr
     assert "E1 heidelberg" in res.stdout and "fuse 25 A" in res.stdout
     assert "demo stopped" in res.stdout
+
+
+def test_hash_password_prints_a_werkzeug_hash() -> None:
+    from werkzeug.security import check_password_hash
+
+    res = subprocess.run([*GRIDCHARGE, "hash-password", "--stdin"], input="correct horse battery\n",
+                         capture_output=True, text=True, timeout=30, cwd=ROOT)
+    assert res.returncode == 0, res.stderr
+    hashed = res.stdout.strip()
+    assert hashed.startswith("scrypt:") and check_password_hash(hashed, "correct horse battery")
+    short = subprocess.run([*GRIDCHARGE, "hash-password", "--stdin"], input="short\n",
+                           capture_output=True, text=True, timeout=30, cwd=ROOT)
+    assert short.returncode == 2
