@@ -8,8 +8,15 @@ They meet here (SPEC §2, §3):
 - Readers get an immutable ``VariableSet`` snapshot; swapping one reference is atomic, so
   ``snapshot()`` takes no lock and can never see half a change.
 - Every change sets ``wake`` (the loop waits on it between ticks, so a grid signal acts at once)
-  and calls the listeners (persist, grid-signal log) in the order of the changes, outside the
+  and calls the listeners (persistence, grid-signal log) in the order of the changes, outside the
   lock that serialises writers.
+- ``VariableSet.persistent`` is what a restart restores (``controller.persistence`` saves it):
+  ``set_many(..., persist=False)`` (the API's ``tmp=1``, "apply but do not save") changes the
+  variables in force but not ``persistent``. Calls with ``persist=True`` are applied to
+  ``persistent`` as they are to the variables in force, so the saved set is always the state after
+  some prefix of the persisted calls. Because a ``tmp=1`` value can hide a saved one, a persisted
+  call is also rejected (400, nothing changes) when it would leave a dependency cycle in the saved
+  set: such a set could not be restored.
 
 ``evaluate_variables`` evaluates a snapshot in dependency order for the loop.
 """
@@ -38,12 +45,38 @@ _INT_RE = re.compile(r"[+-]?\d+")
 
 @dataclass(frozen=True)
 class VariableSet:
-    """Immutable snapshot of all variables; ``generation`` bumps on every successful change."""
+    """Immutable snapshot of all variables; ``generation`` bumps on every successful change.
+
+    ``persistent`` is what a restart restores: the variables without the effect of ``tmp=1``
+    calls. It is the very ``exprs`` object while no ``tmp=1`` value is in force, and the previous
+    set's ``persistent`` object when a change did not alter it (so listeners can test ``is``).
+    Left out, it defaults to ``exprs``.
+    """
 
     exprs: Mapping[str, Expr]  # name -> expr as given (number or formula string)
     formulas: Mapping[str, Formula]
     order: tuple[str, ...]  # evaluation order
     generation: int
+    persistent: Mapping[str, Expr] = None  # type: ignore[assignment]  # None: the same as exprs
+
+    def __post_init__(self) -> None:
+        if self.persistent is None:
+            object.__setattr__(self, "persistent", self.exprs)
+
+
+def same_exprs(a: Mapping[str, Expr], b: Mapping[str, Expr]) -> bool:
+    """Equal names with equal exprs of the same type (``1``, ``1.0`` and ``True`` differ here:
+    ``get_cm_vars`` shows each as given, so changing one into another is a change)."""
+    if a is b:
+        return True
+    if len(a) != len(b):
+        return False
+    missing = object()
+    for name, expr in a.items():
+        other = b.get(name, missing)
+        if type(other) is not type(expr) or other != expr:
+            return False
+    return True
 
 
 def normalize_expr(expr: object) -> Expr:
@@ -96,24 +129,29 @@ class VariableStore:
         """Call ``callback(old, new, source)`` after every change, in the order of the changes.
 
         Listeners run in the thread that made the change, after ``wake`` is set and before
-        ``set_many`` returns (so a persisting listener has saved the set when the API answers).
+        ``set_many`` returns.
         They must not call ``set_many``; an exception in one is logged and does not undo the change.
+        They run on the API's thread, so they must be quick: the saver only notes that a save
+        is due (its own thread writes the file, coalesced, see ``controller.persistence``).
         """
         with self._write_lock:
             self._listeners = (*self._listeners, callback)
 
     def set_many(self, items: Sequence[tuple[str, Expr]], *, clear: bool = False,
-                 source: str = "") -> VariableSet:
+                 source: str = "", persist: bool = True) -> VariableSet:
         """Set the given variables (after deleting all of them when ``clear``); all-or-nothing.
 
         Raises FormulaError, and changes nothing, for a bad name, a bad formula or a dependency
-        cycle in the resulting set. A later item with the same name wins.
+        cycle in the resulting set (or in the resulting saved set, see the module docstring).
+        A later item with the same name wins. ``persist=False`` (``tmp=1``) applies the change
+        without changing ``persistent``, so it is not saved.
         """
         if self._notifying == threading.get_ident():
             raise RuntimeError("set_many called from a variable-store listener")
         with self._write_lock:
             old = self._current
-            new = self._build(old, items, clear=clear, generation=old.generation + 1)
+            new = self._build(old, items, clear=clear, generation=old.generation + 1,
+                              persist=persist)
             self._current = new
             self._notify_lock.acquire()  # taken under the write lock: listeners run in order
         try:
@@ -134,9 +172,10 @@ class VariableStore:
             log.exception("variable listener %r failed (change from %s kept)", listener, source)
 
     def _build(self, old: VariableSet, items: Sequence[tuple[str, Expr]], *, clear: bool,
-               generation: int) -> VariableSet:
+               generation: int, persist: bool = True) -> VariableSet:
         exprs: dict[str, Expr] = {} if clear else dict(old.exprs)
         formulas: dict[str, Formula] = {} if clear else dict(old.formulas)
+        changed: dict[str, Expr] = {}
         for item in items:
             name, expr = _unpack(item)
             check_name(name, self._reserved)
@@ -147,8 +186,48 @@ class VariableStore:
                 raise FormulaError(f"variable {name}: {exc}") from None
             exprs[name] = value
             formulas[name] = formula
+            changed[name] = value
         order = tuple(evaluation_order(formulas))
-        return VariableSet(MappingProxyType(exprs), MappingProxyType(formulas), order, generation)
+        frozen = MappingProxyType(exprs)
+        persistent = _next_persistent(old, frozen, changed, clear=clear, persist=persist)
+        if persistent is not old.persistent and persistent is not frozen \
+                and not same_exprs(persistent, frozen):
+            _check_saved_order(persistent, frozen, formulas)
+        return VariableSet(frozen, MappingProxyType(formulas), order, generation, persistent)
+
+
+def _next_persistent(old: VariableSet, exprs: Mapping[str, Expr], changed: Mapping[str, Expr],
+                     *, clear: bool, persist: bool) -> Mapping[str, Expr]:
+    """The saved set after a change: the old one for ``tmp=1``, else the old one with the change
+    applied; the old object itself when nothing changed in it (the saver then skips the save)."""
+    if not persist:
+        return old.persistent
+    if clear or old.persistent is old.exprs:
+        candidate: Mapping[str, Expr] = exprs  # no tmp value in force: saved set = set in force
+    else:
+        merged = dict(old.persistent)
+        merged.update(changed)
+        candidate = merged if not same_exprs(merged, exprs) else exprs
+    if same_exprs(candidate, old.persistent):
+        return old.persistent
+    return candidate if candidate is exprs else MappingProxyType(dict(candidate))
+
+
+def _check_saved_order(persistent: Mapping[str, Expr], exprs: Mapping[str, Expr],
+                       formulas: Mapping[str, Formula]) -> None:
+    """Reject a change that would save a set with a dependency cycle (a tmp value hides it now)."""
+    saved_formulas: dict[str, Formula] = {}
+    for name, expr in persistent.items():
+        current = exprs.get(name)
+        if name in formulas and type(current) is type(expr) and current == expr:
+            saved_formulas[name] = formulas[name]
+        else:
+            saved_formulas[name] = compile_formula(expr)  # was valid when it was set
+    try:
+        evaluation_order(saved_formulas)
+    except FormulaError as exc:
+        raise FormulaError(f"the saved variables (without the tmp=1 values in force) would have a "
+                           f"{exc}") from None
 
 
 def _unpack(item: object) -> tuple[str, object]:

@@ -10,7 +10,8 @@ import threading
 import pytest
 
 from controller.formulas import NO_LIMIT, Evaluator, FormulaError, NoValue
-from controller.variables import VariableSet, VariableStore, evaluate_variables, normalize_expr
+from controller.variables import (VariableSet, VariableStore, evaluate_variables, normalize_expr,
+                                  same_exprs)
 
 RESERVED = {"M1", "E1", "E2", "RSE1"}
 
@@ -292,3 +293,72 @@ def test_none_variable_is_no_limit_for_its_readers() -> None:
     assert results["LIM"] == (None, None) and symbols["LIM"] is NO_LIMIT
     assert results["COPY"] == (None, None)
     assert results["SUM"][0] is None and "None" in str(results["SUM"][1])
+
+
+# --------------------------------------------------------------------------- persistent (tmp=1)
+
+
+def test_persistent_is_the_set_in_force_without_tmp() -> None:
+    store = make_store(AVAIL=100, TARIF=0)
+    snap = store.snapshot()
+    assert snap.persistent is snap.exprs
+    new = store.set_many([("TARIF", 1)], source="api")
+    assert new.persistent is new.exprs and dict(new.persistent) == {"AVAIL": 100, "TARIF": 1}
+
+
+def test_tmp_set_applies_but_keeps_persistent() -> None:
+    store = make_store(AVAIL=100)
+    before = store.snapshot()
+    tmp = store.set_many([("AVAIL", 50), ("X", 1)], persist=False)
+    assert dict(tmp.exprs) == {"AVAIL": 50, "X": 1}
+    assert tmp.persistent is before.persistent and dict(tmp.persistent) == {"AVAIL": 100}
+    assert store.wake.is_set()
+    later = store.set_many([("TARIF", 2)])  # a saved call is applied to the saved set only
+    assert dict(later.exprs) == {"AVAIL": 50, "X": 1, "TARIF": 2}
+    assert dict(later.persistent) == {"AVAIL": 100, "TARIF": 2}
+    again = store.set_many([("AVAIL", 70)])
+    assert dict(again.persistent) == {"AVAIL": 70, "TARIF": 2}
+
+
+def test_tmp_clear_keeps_the_saved_set() -> None:
+    store = make_store(AVAIL=100)
+    tmp = store.set_many([("X", 1)], clear=True, persist=False)
+    assert dict(tmp.exprs) == {"X": 1} and dict(tmp.persistent) == {"AVAIL": 100}
+    saved_clear = store.set_many([("Y", 2)], clear=True)
+    assert dict(saved_clear.exprs) == {"Y": 2}
+    assert saved_clear.persistent is saved_clear.exprs  # no tmp value in force any more
+
+
+def test_unchanged_persistent_keeps_its_identity() -> None:
+    store = make_store(AVAIL=100)
+    first = store.snapshot()
+    same = store.set_many([("AVAIL", 100)])
+    assert same.persistent is first.persistent and same.generation == 1
+    changed_type = store.set_many([("AVAIL", 100.0)])  # shown differently by get_cm_vars
+    assert changed_type.persistent is not same.persistent
+
+
+def test_saved_set_with_a_cycle_is_rejected() -> None:
+    """A tmp value can hide a saved formula; a saved call must not make the saved set cyclic."""
+    store = make_store(A="B")
+    store.set_many([("A", 1)], persist=False)
+    before = store.snapshot()
+    with pytest.raises(FormulaError, match=r"saved variables .*dependency cycle: A -> B -> A"):
+        store.set_many([("B", "A")])
+    assert store.snapshot() is before
+    store.set_many([("B", "A")], persist=False)  # not saved: allowed, no cycle in force
+    assert dict(store.snapshot().persistent) == {"A": "B"}
+
+
+@pytest.mark.parametrize("a, b, same", [
+    ({}, {}, True), ({"A": 1}, {"A": 1}, True), ({"A": 1}, {"A": 1.0}, False),
+    ({"A": 1}, {"A": True}, False), ({"A": "x"}, {"A": "x "}, False), ({"A": 1}, {"B": 1}, False),
+    ({"A": 1}, {"A": 1, "B": 2}, False), ({"A": 1, "B": 2}, {"B": 2, "A": 1}, True),
+])
+def test_same_exprs(a: dict, b: dict, same: bool) -> None:
+    assert same_exprs(a, b) is same and same_exprs(b, a) is same
+
+
+def test_variable_set_defaults_persistent_to_exprs() -> None:
+    exprs = {"A": 1}
+    assert VariableSet(exprs, {}, ("A",), 3).persistent is exprs  # type: ignore[arg-type]
