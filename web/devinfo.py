@@ -1,0 +1,169 @@
+"""``get_dev_info``: the published ``Status`` in the shape and units of the cFos call (SPEC §2).
+
+Pure: a ``Status`` in, a JSON-ready dict out. Units are cFos units: currents in mA (integers),
+power in W, energy in Wh, voltage in V, times in ms or s as named.
+
+Decisions the spec left open (also in README's API section):
+
+- ``params.max_total_current`` (mA) is the per-phase current the main fuse leaves for the
+  chargers this cycle: the lowest of the three phases of ``Status.headroom_a`` (fuse minus the
+  house's own load on that phase minus the reserve of silent chargers). The power limits in force
+  are ``grid_limit_w``, ``chargers_limit_w`` and ``power_headroom_w``; before the first cycle it
+  is 0 and ``failsafe`` says "not started".
+- A value a device does not report, or cannot report now (offline, fault), is ``null``, never a
+  made-up 0: a grid operator must not read a stale current as a live one. ``state`` 6 and
+  ``com_err`` say that a device is offline; ``com_err_secs`` how long.
+- ``name`` is the device id (the config has no display names), ``dev_type`` is ``evse_<model>``,
+  ``meter_<model>`` or ``input_<model>``, ``model`` is the profile name.
+- ``last_set_charging_cur`` is -1 before the first write (the cFos convention).
+- Extras of ours, beside those SPEC §2 lists: params ``power_headroom_w``, ``grid_power_w``,
+  ``limiting``, ``faults``, ``failed_cycles``, ``time`` (unix, as cFos); per device ``age_s``
+  (seconds since the last good reading); per charger ``used_phases`` (cFos bitmask L1=1 L2=2
+  L3=4), ``override_cur`` (mA or null) and ``assigned_cur`` (mA, what the allocation decided).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from controller.status import ChargerStatus, DeviceStatus, Status
+
+OFFLINE_STATE = 6  # cFos: offline (states 1..5 are IEC A..E/F)
+
+
+def _finite(value: float | None) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+def milliamps(current_a: float | None) -> int | None:
+    value = _finite(current_a)
+    return None if value is None else int(round(value * 1000))
+
+
+def whole(value: float | None) -> int | None:
+    """Rounded to an integer (W, Wh), None when unknown or not finite."""
+    number = _finite(value)
+    return None if number is None else int(round(number))
+
+
+def _tenth(value: float | None) -> float | None:
+    number = _finite(value)
+    return None if number is None else round(number, 1)
+
+
+def _phases(values: tuple[float, float, float] | None, convert: Any, prefix: str) -> dict[str, Any]:
+    items = values if values is not None else (None, None, None)
+    return {f"{prefix}_l{i + 1}": convert(v) for i, v in enumerate(items)}
+
+
+def _common(dev: DeviceStatus, kind: str) -> dict[str, Any]:
+    return {
+        "dev_id": dev.id,
+        "dev_type": f"{kind}_{dev.model}",
+        "model": dev.model,
+        "name": dev.id,
+        "address": dev.address,
+        "device_enabled": 1,
+        "com_err": dev.error is not None,
+        "com_err_secs": int(dev.error_s) if dev.error is not None else 0,
+        "last_error": dev.error or "",
+        "age_s": _tenth(dev.age_s),
+    }
+
+
+def _live(dev: DeviceStatus, field: str) -> Any:
+    """The reading when it is current, None while the device is in a fault.
+
+    Read by attribute (``field`` proves the kind of reading): the web layer does not import
+    ``hal``, where the reading types live.
+    """
+    reading = dev.reading if dev.error is None else None
+    return reading if hasattr(reading, field) else None
+
+
+def charger_info(ch: ChargerStatus) -> dict[str, Any]:
+    dev = ch.device
+    live = _live(dev, "state")
+    out = _common(dev, "evse")
+    out.update(
+        is_evse=True,
+        state=live.state.cfos_state if live is not None else OFFLINE_STATE,
+        **_phases(live.current_a if live is not None else None, milliamps, "current"),
+        cur_charging_power=whole(live.power_w) if live is not None else None,
+        total_energy=whole(live.energy_wh) if live is not None else None,
+        charging_enabled=ch.enabled,
+        paused=ch.paused,
+        last_set_charging_cur=milliamps(ch.written_a) if ch.written_a is not None else -1,
+        min_charging_cur=milliamps(ch.min_current_a),
+        max_charging_cur=milliamps(ch.max_current_a),
+        prio=ch.priority,
+        lreason=ch.reason,
+        used_phases=7 if ch.phases == 3 else 1 << ch.phase,
+        override_cur=milliamps(ch.override_a),
+        assigned_cur=milliamps(ch.command_a),
+    )
+    return out
+
+
+def meter_info(dev: DeviceStatus) -> dict[str, Any]:
+    live = _live(dev, "import_wh")
+    out = _common(dev, "meter")
+    out.update(
+        is_evse=False,
+        power_w=whole(live.power_w) if live is not None else None,
+        **{"import": whole(live.import_wh) if live is not None else None},
+        export=whole(live.export_wh) if live is not None else None,
+        **_phases(live.current_a if live is not None else None, milliamps, "current"),
+        **_phases(live.voltage_v if live is not None else None, _tenth, "voltage"),
+    )
+    return out
+
+
+def input_info(dev: DeviceStatus) -> dict[str, Any]:
+    live = _live(dev, "active")
+    return {
+        "id": dev.id,
+        "active": live.active if live is not None else None,
+        "com_err": dev.error is not None,
+        "com_err_secs": int(dev.error_s) if dev.error is not None else 0,
+        "last_error": dev.error or "",
+        "dev_type": f"input_{dev.model}",
+        "address": dev.address,
+    }
+
+
+def params(status: Status, version: str) -> dict[str, Any]:
+    headroom = [_finite(a) for a in status.headroom_a]
+    known = [a for a in headroom if a is not None]
+    return {
+        "max_total_current": milliamps(min(known)) if known else None,
+        "cycle_time": int(round(status.cycle_time_s * 1000)) if _finite(status.cycle_time_s) is not None else None,
+        "version": version,
+        "time": whole(status.wall_time),
+        "grid_limit_w": whole(status.grid_limit_w),
+        "chargers_limit_w": whole(status.chargers_limit_w),
+        "power_headroom_w": whole(status.power_headroom_w),
+        "grid_power_w": whole(status.grid_power_w),
+        "failsafe": status.failsafe,
+        "limiting": list(status.limiting),
+        "faults": list(status.faults),
+        "overruns": status.overruns,
+        "failed_cycles": status.failed_cycles,
+        "cycle_count": status.cycle_count,
+    }
+
+
+def dev_info(status: Status, version: str) -> dict[str, Any]:
+    """The ``get_dev_info`` body: ``{"params": ..., "devices": [...], "inputs": [...]}``.
+
+    Devices are the chargers, then the meters, each in config order (as the loop publishes them).
+    """
+    devices = [charger_info(ch) for ch in status.chargers] + [meter_info(m) for m in status.meters]
+    return {
+        "params": params(status, version),
+        "devices": devices,
+        "inputs": [input_info(i) for i in status.inputs],
+    }
