@@ -127,12 +127,24 @@ def cmd_run(args: argparse.Namespace) -> int:
     from controller.config import config_warnings
     from controller.service import Service
 
+    from web.runtime import start_web  # the entry point wires the web layer onto the controller
+
     cfg = _load(args.config)
     if cfg is None:
         return EXIT_CONFIG
     for warning in config_warnings(cfg):
         log.warning("config: %s", warning)
-    service = Service(cfg)
+    try:
+        service = Service(cfg)
+    except OSError as exc:
+        log.error("state_dir %s: %s", cfg.state_dir, exc)
+        return EXIT_CONFIG
+    try:
+        start_web(service)
+    except OSError as exc:
+        log.error("cannot start the HTTP API: %s", exc)
+        service.close()
+        return EXIT_CONFIG
     _stop_on_signals(service.stop)
     service.run()
     return EXIT_OK

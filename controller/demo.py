@@ -10,14 +10,17 @@ variable, the supplier flips the tariff. A compact live view is printed after ev
 from __future__ import annotations
 
 import logging
+import secrets
+import shutil
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TextIO
 
-from controller.config import parse_config
+from controller.config import Http, parse_config
 from controller.service import Service
 from controller.status import Status
 from hal.sim.physics import SimCar
@@ -70,9 +73,9 @@ SCENARIO: tuple[Step, ...] = (
 )
 
 
-def demo_config(site: SimulatedSite) -> Any:
+def demo_config(site: SimulatedSite, state_dir: str) -> Any:
     data = site.config_dict()
-    data.update(site=DEMO_SITE, variables=DEMO_VARIABLES, rules=DEMO_RULES, state_dir="/tmp/gridcharge-demo")
+    data.update(site=DEMO_SITE, variables=DEMO_VARIABLES, rules=DEMO_RULES, state_dir=state_dir)
     return parse_config(data, source="demo")
 
 
@@ -99,6 +102,37 @@ def render(status: Status, elapsed_s: float, main_fuse_a: float) -> str:
     return "\n".join(lines)
 
 
+DEMO_LISTEN = "127.0.0.1:8080"
+
+
+def curl_lines(port: int, password: str) -> str:
+    """Ready-to-paste calls of the cFos-compatible API against the demo."""
+    base = f"http://127.0.0.1:{port}/cnf"
+    auth = f"--user admin:{password}"
+    return "\n".join([
+        f"  curl {auth} '{base}?cmd=get_cm_vars'",
+        f"  curl {auth} '{base}?cmd=set_cm_vars&name=AVAIL&val=50'        # grid operator: house at 50 %",
+        f"  curl {auth} '{base}?cmd=set_cm_vars&name=TARIF&val=1'         # supplier: reduced tariff",
+        f"  curl {auth} -d '{{\"vars\": [{{\"name\": \"AVAIL\", \"expr\": 100}}]}}' '{base}?cmd=set_cm_vars'",
+        f"  curl {auth} '{base}?cmd=override_device&dev_id=E1&mamps=8000'",
+        f"  curl {auth} '{base}?cmd=get_dev_info'",
+        f"  curl {auth} '{base}?cmd=get_grid_log&format=csv'",
+    ])
+
+
+def _start_api(service: Service, password: str) -> int | None:
+    """The demo's API on 127.0.0.1:8080, or on a free port when 8080 is taken."""
+    from web.runtime import start_web  # the entry point wires the web layer onto the controller
+
+    for listen in (DEMO_LISTEN, "127.0.0.1:0"):
+        http = Http.model_construct(listen=listen, user="admin", password=password, password_hash=None)
+        try:
+            return start_web(service, http=http).lan_port
+        except OSError as exc:
+            log.warning("demo API on %s: %s", listen, exc)
+    return None
+
+
 def run_demo(
     *,
     duration_s: float | None = None,
@@ -110,13 +144,15 @@ def run_demo(
     site.start()
     if scenario:
         site.unplug("E2")  # the scenario brings its car
+    state_dir = tempfile.mkdtemp(prefix="gridcharge-demo-")
     service: Service | None = None
     try:
-        cfg = demo_config(site)
+        cfg = demo_config(site, state_dir)
         service = Service(cfg)
+        password = secrets.token_urlsafe(9)
+        port = _start_api(service, password)
         started = time.monotonic()
         steps = list(SCENARIO if scenario else ())
-        done = threading.Event()
 
         def show(status: Status) -> None:
             elapsed = time.monotonic() - started
@@ -127,7 +163,6 @@ def run_demo(
             out.write(render(status, elapsed, cfg.site.main_fuse_a) + "\n")
             out.flush()
             if duration_s is not None and elapsed >= duration_s:
-                done.set()
                 service.stop(timeout_s=0)
 
         service.loop.add_cycle_listener(show)
@@ -137,6 +172,9 @@ def run_demo(
             f"house connection: grid_limit_w = {DEMO_SITE['grid_limit_w']}, "
             f"chargers_limit_w = {DEMO_SITE['chargers_limit_w']}\n"
         )
+        if port is not None:
+            out.write(f"HTTP API on http://127.0.0.1:{port} (user admin, password {password}); try:\n"
+                      f"{curl_lines(port, password)}\n")
         if on_signal is not None:
             on_signal(service.stop)
         service.run()
@@ -144,5 +182,6 @@ def run_demo(
         return 0
     finally:
         if service is not None:
-            service.hw.close()
+            service.close()
         site.stop()
+        shutil.rmtree(state_dir, ignore_errors=True)

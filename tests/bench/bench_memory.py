@@ -29,6 +29,7 @@ import common
 
 RSS_TARGET_MIB = 80.0
 FAILSAFE_CURRENT_A = 6.0  # the config default of chargers.*.failsafe_current_a
+READY_TIMEOUT_S = 30.0  # at most this much longer until every box has its limit
 STOP_TIMEOUT_S = 20.0
 
 
@@ -59,6 +60,12 @@ def measure(name: str, sim_spec: Mapping[str, Any], site: Mapping[str, Any], wai
             try:
                 deadline = time.monotonic() + wait_s
                 while proc.poll() is None and time.monotonic() < deadline:
+                    time.sleep(0.2)
+                # A loaded machine may take longer to start: measure a controller that is running
+                # (every box written), never one still importing its modules.
+                deadline = time.monotonic() + READY_TIMEOUT_S
+                while (proc.poll() is None and time.monotonic() < deadline
+                       and any(v is None for v in sim.limits().values())):
                     time.sleep(0.2)
                 alive = proc.poll() is None
                 vm = proc_status_kib(proc.pid) if alive else {}

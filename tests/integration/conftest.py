@@ -34,5 +34,4 @@ def controller(sim: SimulatedSite) -> Iterator[Callable[..., tuple[Service, Fake
 
     yield build
     for service in made:
-        service.hw.close()
-        service.loop.executor.shutdown()
+        service.close()

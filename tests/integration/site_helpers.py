@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 from typing import Any
 
 from controller.clock import FakeClock
@@ -42,6 +43,7 @@ def make_config(sim: SimulatedSite, **overrides: Any) -> Any:
     data["site"] = {**BASE_SITE, **overrides.pop("site", {})}
     data["variables"] = overrides.pop("variables", {"AVAIL": 100, "TARIF": 0})
     data["rules"] = overrides.pop("rules", [])
+    data["state_dir"] = overrides.pop("state_dir", None) or tempfile.mkdtemp(prefix="gridcharge-test-")
     for charger_id, patch in overrides.pop("chargers", {}).items():
         data["chargers"][charger_id].update(patch)
     for key, value in overrides.items():

@@ -240,8 +240,7 @@ def test_status_reports_rtu_wire_time_per_cycle() -> None:
         try:
             status = cycles(service, service.loop.clock, 3)[-1]  # type: ignore[arg-type]
         finally:
-            service.hw.close()
-            service.loop.executor.shutdown()
+            service.close()
     finally:
         site.stop()
     (bus,) = [b for b in status.buses if b.wire_time_s_per_cycle is not None]

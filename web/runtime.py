@@ -1,0 +1,54 @@
+"""Attach the HTTP listeners to a running controller (``gridcharge run`` and ``demo``).
+
+The web layer depends on the controller, never the other way round: the command line builds the
+``Service`` and then hands it here. The listeners are stopped by the service's stop hook, before
+the loop's last cycle writes the fail-safe currents.
+"""
+
+from __future__ import annotations
+
+import logging
+from importlib import metadata
+from typing import Any
+
+from controller.service import Service
+from web.app import ApiContext
+from web.server import WebServers
+from web.tls import TlsStore
+
+log = logging.getLogger(__name__)
+
+
+def version() -> str:
+    try:
+        return metadata.version("gridcharge")
+    except metadata.PackageNotFoundError:
+        return "0+unknown"
+
+
+def start_web(service: Service, *, http: Any = None, smgw: Any = None) -> WebServers:
+    """Start the LAN listener (``http:``) and the SMGW listener (``smgw:``) of ``service``.
+
+    ``http``/``smgw`` override the config's sections (the demo's own listener). Raises OSError,
+    leaving nothing listening, when a port cannot be bound.
+    """
+    cfg = service.cfg
+    http = http if http is not None else cfg.http
+    smgw = smgw if smgw is not None else cfg.smgw
+    tls = TlsStore(smgw, service.state_dir) if smgw is not None else None
+    ctx = ApiContext(
+        store=service.store,
+        status=lambda: service.loop.status,
+        set_override=service.loop.set_override,
+        grid_log=service.grid_log,
+        tls=tls,
+        version=version(),
+    )
+    servers = WebServers(ctx, http, smgw, tls)
+    servers.start()
+    service.add_stop_hook(servers.stop)
+    if servers.lan_port is not None:
+        log.info("HTTP API on %s (port %d)", http.listen, servers.lan_port)
+    if servers.smgw_port is not None:
+        log.info("SMGW listener on %s (port %d)", smgw.listen, servers.smgw_port)
+    return servers
