@@ -33,14 +33,16 @@ def free_port() -> int:
 
 
 def start(config: Path) -> subprocess.Popen[str]:
+    """The service, its log in a file next to the config (a pipe nobody reads would fill up)."""
+    log = (config.parent / "gridcharge.log").open("a")
     return subprocess.Popen([sys.executable, "-m", "controller.cli", "run", "--config", str(config)],
-                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=log, text=True)
 
 
 def wait_ready(url: str, proc: subprocess.Popen[str], timeout_s: float = 30) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+        assert proc.poll() is None, "gridcharge run exited early"
         try:
             r = requests.get(url, params={"cmd": "get_dev_info"}, auth=("admin", PASSWORD), timeout=2)
             if r.status_code == 200 and r.json()["params"]["cycle_count"] >= 1:
