@@ -363,6 +363,9 @@ class Api:
     # ---- variables ------------------------------------------------------------------------
     def set_cm_vars(self, principal: Principal) -> Response:
         clear, tmp = flag("clear"), flag("tmp")
+        if tmp and not principal.may(Scope.ADMIN):  # SPEC §2 lists tmp=1 among the admin calls
+            raise ApiError(403, "tmp=1 needs the 'admin' function, which this "
+                                f"{self.listener} client does not have (smgw.functions)")
         body = request.get_data(cache=True)
         has_query = one("name") is not None or one("val") is not None
         if body.strip():

@@ -593,6 +593,8 @@ def test_smgw_scopes_are_enforced_without_a_password(smgw_web: Any, pki: Pki) ->
     r = smgw_get(servers, pki, "set_cm_vars", name="AVAIL", val="50")
     assert r.status_code == 200 and exprs(web)["AVAIL"] == 50
     assert smgw_get(servers, pki, "get_cm_vars").status_code == 200
+    assert_error(smgw_get(servers, pki, "set_cm_vars", name="AVAIL", val="40", tmp="1"), 403, "'admin'")
+    assert exprs(web)["AVAIL"] == 50
     refused = (("get_dev_info", {}), ("get_grid_log", {}), ("override_device", {"dev_id": "E1", "flags": "C"}))
     for cmd, params in refused:
         assert_error(smgw_get(servers, pki, cmd, **params), 403, cmd)
