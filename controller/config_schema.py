@@ -193,7 +193,21 @@ def _password_hash(value: str) -> str:
     return value
 
 
-class Http(_Strict):
+class _Listener(_Strict):
+    """A section with a ``listen: "host:port"`` address."""
+
+    listen: Listen
+
+    @property
+    def host(self) -> str:
+        return split_listen(self.listen)[0]
+
+    @property
+    def port(self) -> int:
+        return split_listen(self.listen)[1]
+
+
+class Http(_Listener):
     """LAN listener of the cFos-compatible API (basic auth). Absent section: no LAN API."""
 
     listen: Listen = "0.0.0.0:80"
@@ -201,19 +215,11 @@ class Http(_Strict):
     password: Annotated[str, Strict(), Field(min_length=8, max_length=256)] | None = Field(None, repr=False)
     password_hash: Annotated[str, Strict(), AfterValidator(_password_hash)] | None = Field(None, repr=False)
 
-    @property
-    def host(self) -> str:
-        return split_listen(self.listen)[0]
-
-    @property
-    def port(self) -> int:
-        return split_listen(self.listen)[1]
-
 
 SmgwFunction = Literal["vars", "status", "admin", "ocpp"]
 
 
-class Smgw(_Strict):
+class Smgw(_Listener):
     """The smart meter gateway's CLS channel: HTTPS with a client certificate (SPEC §1.4)."""
 
     listen: Listen = "0.0.0.0:8443"
@@ -221,14 +227,6 @@ class Smgw(_Strict):
     key: AbsPath
     client_ca: AbsPath
     functions: tuple[SmgwFunction, ...] = ("vars",)
-
-    @property
-    def host(self) -> str:
-        return split_listen(self.listen)[0]
-
-    @property
-    def port(self) -> int:
-        return split_listen(self.listen)[1]
 
 
 Baudrate = Annotated[Literal[1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200], IntOnly]

@@ -367,12 +367,7 @@ class _Parser:
         if not self.keys(data, path, _LIMIT_KEYS, required=("address", "type")):
             return None
         before = len(self.errors)
-        self.writable_table(data, path)
-        address = self.integer(data, "address", path, _MISSING, 0, 65535)
-        type_name = self.type_name(data, path, numeric_only=True)
-        scale = self.number(data, "scale", path, 1.0, gt=0)
-        order = self.choice(data, "word_order", path, codec.WORD_ORDERS, word_order)
-        single = self.single(data, path, type_name)
+        address, type_name, scale, order, single = self.register_write(data, path, word_order)
         pause = self.writes(data.get("pause"), f"{path}.pause", word_order, setup=False)
         resume = self.writes(data.get("resume"), f"{path}.resume", word_order, setup=False)
         if bool(pause) != bool(resume):
@@ -380,6 +375,15 @@ class _Parser:
         if len(self.errors) > before:
             return None
         return LimitSpec(address, type_name, float(scale), order, single, pause, resume)
+
+    def register_write(self, data: Any, path: str, word_order: str) -> tuple[Any, Any, Any, Any, Any]:
+        """The fields every holding-register write has: address, type, scale, word order, FC06/16."""
+        self.writable_table(data, path)
+        address = self.integer(data, "address", path, _MISSING, 0, 65535)
+        type_name = self.type_name(data, path, numeric_only=True)
+        scale = self.number(data, "scale", path, 1.0, gt=0)
+        order = self.choice(data, "word_order", path, codec.WORD_ORDERS, word_order)
+        return address, type_name, scale, order, self.single(data, path, type_name)
 
     def writes(self, data: Any, path: str, word_order: str, *, setup: bool) -> tuple[WriteSpec, ...]:
         if data is None:
@@ -395,12 +399,7 @@ class _Parser:
         if not self.keys(data, path, allowed, required=("address", "type", "value")):
             return None
         before = len(self.errors)
-        self.writable_table(data, path)
-        address = self.integer(data, "address", path, _MISSING, 0, 65535)
-        type_name = self.type_name(data, path, numeric_only=True)
-        scale = self.number(data, "scale", path, 1.0, gt=0)
-        order = self.choice(data, "word_order", path, codec.WORD_ORDERS, word_order)
-        single = self.single(data, path, type_name)
+        address, type_name, scale, order, single = self.register_write(data, path, word_order)
         flash = self.boolean(data, "flash", path, False)
         value = data["value"]
         if isinstance(value, str):
