@@ -347,6 +347,56 @@ class CycleWatcher:
         return self.wait_for(lambda s: s.cycle_count >= start + n, timeout_s, f"{n} more cycles")
 
 
+class CycleStarts:
+    """Every cycle's start, to tell scheduled cycles from woken ones and measure start jitter.
+
+    A cycle listener (pass :meth:`on_cycle` to :func:`start_controller`'s ``listeners``): it notes
+    ``status.monotonic_s`` (when the cycle started) and ``status.overruns`` of every cycle from the
+    first. :func:`scheduled_jitter` replays ``ControlLoop.run_forever``'s schedule over them.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.starts: list[tuple[float, int]] = []  # (monotonic_s, overruns) per cycle, in order
+
+    def on_cycle(self, status: Any) -> None:
+        with self._lock:
+            self.starts.append((status.monotonic_s, status.overruns))
+
+    def jitter_s(self, cycle_s: float, from_s: float, to_s: float) -> list[float]:
+        """Start jitter of the scheduled cycles whose tick lies in ``[from_s, to_s]``."""
+        with self._lock:
+            starts = list(self.starts)
+        return [j for tick, j in scheduled_jitter(starts, cycle_s) if from_s <= tick <= to_s]
+
+
+def scheduled_jitter(starts: Sequence[tuple[float, int]], cycle_s: float) -> list[tuple[float, float]]:
+    """(scheduled tick, actual start - tick) of each scheduled cycle; woken cycles are left out.
+
+    Replays the loop's schedule: the ticks are the first cycle's start + k * ``cycle_s``; a cycle
+    that starts before its tick (minus ``TICK_TOLERANCE_S``) was woken (a variable set, an input
+    edge) and does not move the schedule. After an overrun the loop moves the tick to the end of
+    the late cycle and runs the next one at once; that cycle (the first whose ``overruns`` count
+    went up) becomes the new anchor and, like the very first cycle, is not counted.
+    """
+    from controller.loop import TICK_TOLERANCE_S  # the loop's own "a wait may return a hair early"
+
+    out: list[tuple[float, float]] = []
+    next_tick: float | None = None
+    seen_overruns = 0
+    for start_s, overruns in starts:
+        anchor = next_tick is None or overruns > seen_overruns
+        seen_overruns = overruns
+        if anchor:
+            next_tick = start_s
+        assert next_tick is not None
+        if start_s >= next_tick - TICK_TOLERANCE_S:
+            if not anchor:
+                out.append((next_tick, start_s - next_tick))
+            next_tick += cycle_s
+    return out
+
+
 def all_written(status: Any) -> bool:
     """Every device online, no fail-safe, every charger has had its limit written."""
     devices = [*status.meters, *(c.device for c in status.chargers)]
@@ -354,13 +404,20 @@ def all_written(status: Any) -> bool:
             and all(c.written_a is not None for c in status.chargers))
 
 
-def start_controller(config: Mapping[str, Any]) -> tuple[Any, CycleWatcher]:
-    """Build the real ``Service`` from a config dict and run its loop on a background thread."""
+def start_controller(config: Mapping[str, Any], *,
+                     listeners: Iterable[Callable[[Any], None]] = ()) -> tuple[Any, CycleWatcher]:
+    """Build the real ``Service`` from a config dict and run its loop on a background thread.
+
+    ``listeners``: more cycle listeners, added before the first cycle (a :class:`CycleStarts`
+    must see every cycle from the first to rebuild the loop's schedule).
+    """
     from controller.config import parse_config
     from controller.service import Service
 
     service = Service(parse_config(config, source="bench"))
     watcher = CycleWatcher(service.loop)
+    for listener in listeners:
+        service.loop.add_cycle_listener(listener)
     service.start()
     return service, watcher
 

@@ -2,8 +2,9 @@
 
 The benchmarks are scripts that print figures (``make bench``), not timed tests, so nothing here
 checks a performance target: only that each script still runs against the real controller and
-simulators, exits 0 and ends with its JSON line carrying sane figures. The four scripts run in
-parallel (they mostly wait on 1 s control cycles), so the whole module takes about 12 s.
+simulators, exits 0 and ends with its JSON line carrying sane figures. The five scripts run in
+parallel (they mostly wait on 1 s control cycles; ``bench_api`` loads the CPU for its 2 s of
+``get_cm_vars``), so the whole module takes about 15 s.
 """
 
 from __future__ import annotations
@@ -26,12 +27,13 @@ TINY: dict[str, list[str]] = {
     "memory": ["--chargers", "3", "--wait-s", "2"],
     "reaction": ["--chargers", "3", "--changes", "3"],
     "rtu": ["--seconds", "2"],
+    "api": ["--chargers", "3", "--seconds", "2", "--changes", "3"],
 }
 
 
 @pytest.fixture(scope="module")
 def runs() -> Iterator[dict[str, subprocess.CompletedProcess[str]]]:
-    """Start all four benchmarks at once, collect their output."""
+    """Start all the benchmarks at once, collect their output."""
     procs = {
         name: subprocess.Popen([sys.executable, str(BENCH / f"bench_{name}.py"), *args],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
@@ -88,3 +90,15 @@ def test_rtu_runs(runs: dict[str, subprocess.CompletedProcess[str]]) -> None:
     assert data["transactions_per_cycle"]["mean"] >= 3  # at least one read per device
     assert data["wire_ms_per_cycle"]["mean"] > 0
     assert 0 < data["busy_fraction"]["mean"] < 1
+
+
+def test_api_runs(runs: dict[str, subprocess.CompletedProcess[str]]) -> None:
+    data = figures(runs["api"])
+    assert data["bench"] == "api"
+    load = data["load"]
+    assert load["requests"] > 0 and load["non_200"] == 0 and load["errors"] == 0
+    assert load["connects"] == load["clients"] == 4  # keep-alive: one connection per client
+    assert data["jitter_ms"]["n"] >= 1 and 0 <= data["jitter_ms"]["max"] < 1000
+    assert data["set"]["changes"] == 3 and data["set"]["wrong_limits"] == []
+    assert 0 < data["set"]["written_ms"]["p50"] <= data["set"]["written_ms"]["max"] < 5000
+    assert data["failed_cycles"] == 0
