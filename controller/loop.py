@@ -210,13 +210,15 @@ class ControlLoop:
             else:
                 jobs.setdefault(h.group, []).append((h.id, h.device.read))
         busy = {g for g in jobs if self.executor.busy(g)}
-        results = self.executor.run(jobs, self.read_budget_s)
+        results = self.executor.run(jobs, self.read_budget_s, late_tag="read")
         for group, items in jobs.items():
             for key, _ in items:
                 res = results[key]
                 if res.done:
                     self._record(key, res.value, res.error, now)
-                else:
+                elif not self.trackers[key].fresh(now, self.site.stale_s):
+                    # A slow bus delivers next cycle (late results); only a reading that has
+                    # grown stale is a fault.
                     why = "bus busy (previous request unfinished)" if group in busy else "no answer in time"
                     self.trackers[key].fail(why, now)
 

@@ -53,6 +53,7 @@ class Service:
         GridSignalRecorder(self.grid_log).attach(self.store, self.loop)
         self._stop_hooks: list[Callable[[], None]] = []
         self._thread: threading.Thread | None = None
+        self._background = False  # saver and grid log threads run (only under run())
         self.notifier = Notifier()
         self._ready = False
         self._failed_cycles = 0
@@ -96,6 +97,7 @@ class Service:
                  len(self.hw.meters), len(self.hw.chargers), len(self.hw.inputs), self.cfg.site.cycle_s)
         self.grid_log.start()
         self.saver.start()
+        self._background = True
         try:
             self.loop.run_forever()
         finally:
@@ -111,8 +113,9 @@ class Service:
                 hook()
             except Exception:
                 log.exception("stop hook %r failed", hook)
-        self.saver.stop()
-        self.grid_log.stop()
+        self.saver.stop()  # flushes a pending save, also when never started
+        if self._background:
+            self.grid_log.stop()
         self.hw.close()
         self.loop.executor.shutdown()
 

@@ -4,7 +4,9 @@ Each group (a bus, or any other channel to devices) gets one worker thread, so r
 bus are serialised by construction while different buses run at the same time. The caller waits
 with a deadline: a group whose previous job is still stuck (a dead RS485 line, a TCP host that
 does not answer) gets no new job until it finishes, so a dead bus never stalls the others and
-its queue never grows.
+its queue never grows. A slow bus (many devices on a 9600 baud line) may finish after the
+deadline: with a ``late_tag`` those results are kept and handed out by the next call, so a bus
+that needs longer than one deadline still delivers every reading, just a cycle later.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ class JobResult(Generic[T]):
     value: T | None = None
     error: BaseException | None = None
     done: bool = False
+    late: bool = False  # finished after the deadline of an earlier call
 
 
 class GroupExecutor:
@@ -37,6 +40,7 @@ class GroupExecutor:
             g: cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{name}-{g}") for g in groups
         }
         self._busy: dict[str, cf.Future[Any]] = {}
+        self._late: dict[tuple[str, str], JobResult[Any]] = {}
         self._lock = threading.Lock()
 
     @property
@@ -50,25 +54,36 @@ class GroupExecutor:
         return fut is not None and not fut.done()
 
     def run(
-        self, jobs: Mapping[str, Sequence[tuple[str, Callable[[], T]]]], timeout_s: float
+        self,
+        jobs: Mapping[str, Sequence[tuple[str, Callable[[], T]]]],
+        timeout_s: float,
+        *,
+        late_tag: str | None = None,
     ) -> dict[str, JobResult[T]]:
         """Run each group's jobs in order on its worker; wait at most ``timeout_s`` for all.
 
         ``jobs`` maps group → [(key, fn), ...]. Returns key → JobResult for every key; jobs of a
-        busy group or not finished by the deadline come back with ``done=False``.
+        busy group or not finished by the deadline come back with ``done=False``, unless an
+        earlier call with the same ``late_tag`` finished that key after its deadline: then that
+        result comes back, marked ``late``.
         """
         results: dict[str, JobResult[T]] = {}
         futures: list[cf.Future[Any]] = []
         lock = threading.Lock()
+        closed = False
 
         def batch(items: Sequence[tuple[str, Callable[[], T]]]) -> None:
             for key, fn in items:
                 try:
-                    res = JobResult(value=fn(), done=True)
+                    res: JobResult[T] = JobResult(value=fn(), done=True)
                 except Exception as exc:  # a device fault, never the caller's crash
                     res = JobResult(error=exc, done=True)
                 with lock:
-                    results[key] = res
+                    if not closed:
+                        results[key] = res
+                    elif late_tag is not None:
+                        with self._lock:
+                            self._late[(late_tag, key)] = res
 
         for group, items in jobs.items():
             if not items:
@@ -83,10 +98,14 @@ class GroupExecutor:
         if futures:
             cf.wait(futures, timeout=max(0.0, timeout_s))
         with lock:
+            closed = True
             out = dict(results)
-        for items in jobs.values():
-            for key, _ in items:
-                out.setdefault(key, JobResult())
+        with self._lock:
+            for items in jobs.values():
+                for key, _ in items:
+                    late = self._late.pop((late_tag, key), None) if late_tag is not None else None
+                    if key not in out:
+                        out[key] = JobResult(late.value, late.error, True, True) if late else JobResult()
         return out
 
     def shutdown(self) -> None:

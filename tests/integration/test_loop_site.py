@@ -275,3 +275,36 @@ def test_systemd_hears_ready_after_the_first_cycle_then_watchdog(sim: SimulatedS
         pass
     sock.close()
     assert rest[-1] == "STOPPING=1"
+
+
+def test_a_slow_rs485_line_still_delivers_every_reading() -> None:
+    """Four devices whose reads take longer than the loop's read deadline (real clock): readings
+    arrive a cycle late instead of never, and nothing is reported as a fault."""
+    from hal.sim.physics import SimCar
+    from hal.sim.site import SimChargerSpec, SimMeterSpec
+
+    site = SimulatedSite(meter=SimMeterSpec("M1", "sdm630", "rtu", unit=1),
+                         chargers=[SimChargerSpec(f"E{i}", "heidelberg", "rtu", unit=i + 1, car=SimCar())
+                                   for i in range(1, 4)],
+                         base_load_a=(5.0, 5.0, 5.0))
+    site.start()
+    try:
+        slow = {"gap_s": 0.25}  # 4 devices x >= 0.25 s > the 0.7 s read deadline of a 1 s cycle
+        cfg = make_config(site, site={"chargers_limit_w": None, "main_fuse_a": 63},
+                          chargers={f"E{i}": slow for i in range(1, 4)})
+        service = Service(cfg)
+        service.start()
+        try:
+            deadline = time.monotonic() + 15
+            while time.monotonic() < deadline:
+                last = service.loop.status
+                if last.cycle_count >= 5 and all(c.command_a >= 6 for c in last.chargers):
+                    break
+                time.sleep(0.2)
+        finally:
+            service.stop()
+    finally:
+        site.stop()
+    assert all(c.device.online and c.device.reading is not None for c in last.chargers), last.faults
+    assert last.meters[0].online and not last.faults
+    assert all(c.command_a >= 6 for c in last.chargers)

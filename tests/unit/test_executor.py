@@ -54,3 +54,44 @@ def test_a_stuck_group_does_not_stall_the_others_and_gets_no_new_work() -> None:
     time.sleep(0.05)
     assert not ex.busy("dead")
     ex.shutdown()
+
+
+def test_a_slow_group_delivers_its_results_to_the_next_call() -> None:
+    """A bus that needs longer than one deadline still delivers every reading, a call later."""
+    ex = GroupExecutor(["slow"])
+    release = threading.Event()
+
+    def slow() -> str:
+        release.wait(5)
+        return "reading"
+
+    out = ex.run({"slow": [("M1", slow)]}, timeout_s=0.05, late_tag="read")
+    assert not out["M1"].done
+    release.set()
+    deadline = time.monotonic() + 2
+    while ex.busy("slow") and time.monotonic() < deadline:
+        time.sleep(0.01)
+    out = ex.run({"slow": [("M1", lambda: "fresh")]}, timeout_s=1, late_tag="read")
+    assert out["M1"].value == "fresh" and not out["M1"].late  # a new result wins over a late one
+    release.clear()
+    ex.run({"slow": [("M1", slow)]}, timeout_s=0.05, late_tag="read")
+    release.set()
+    while ex.busy("slow") and time.monotonic() < deadline + 2:
+        time.sleep(0.01)
+    # The group is free again but this call's job does not finish in time: the late result comes.
+    release.clear()
+    out = ex.run({"slow": [("M1", slow)]}, timeout_s=0.05, late_tag="read")
+    assert out["M1"].done and out["M1"].late and out["M1"].value == "reading"
+    release.set()
+    ex.shutdown()
+
+
+def test_late_results_are_kept_only_with_a_tag() -> None:
+    ex = GroupExecutor(["g"])
+    release = threading.Event()
+    ex.run({"g": [("k", lambda: release.wait(5) or "w")]}, timeout_s=0.05)
+    release.set()
+    time.sleep(0.1)
+    out = ex.run({"g": [("k", lambda: (_ for _ in ()).throw(RuntimeError("x")))]}, timeout_s=1)
+    assert isinstance(out["k"].error, RuntimeError)
+    ex.shutdown()
