@@ -2,8 +2,9 @@
 
 Split from ``hal/modbus.py`` to keep both readable; the pymodbus names it needs come through
 ``hal.modbus``, the only module that imports pymodbus. A ``ModbusServer`` asks its banks on
-every request (the simulators compute live values and react to writes), answers nothing for unknown or silenced units (a dead RS485 device), and
-runs on an asyncio loop thread of its own or one shared by many servers.
+every request (the simulators compute live values and react to writes), answers nothing for
+unknown or silenced units (a dead RS485 device), and runs on an asyncio loop thread of its own
+or one shared by many servers.
 """
 
 from __future__ import annotations
