@@ -15,6 +15,7 @@ needs; tests set ``GPIOZERO_PIN_FACTORY=mock`` or pass a MockFactory.
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -49,9 +50,13 @@ class GpioInput:
         try:
             from gpiozero import DigitalInputDevice
 
-            self._device = DigitalInputDevice(
-                pin, pull_up=pull_up, bounce_time=bounce_s or None, pin_factory=pin_factory
-            )
+            with warnings.catch_warnings():
+                # gpiozero warns once per pin factory it falls back from; the error below says
+                # the same in one line when none works.
+                warnings.simplefilter("ignore")
+                self._device = DigitalInputDevice(
+                    pin, pull_up=pull_up, bounce_time=bounce_s or None, pin_factory=pin_factory
+                )
             self._device.when_activated = self._edge
             self._device.when_deactivated = self._edge
         except Exception as exc:  # BadPinFactory, pin in use, no /dev/gpiochip*
