@@ -13,7 +13,6 @@ no exception escapes a cycle; on stop every charger is left at (at most) its fai
 
 from __future__ import annotations
 
-import functools
 import logging
 import threading
 import time
@@ -44,6 +43,7 @@ from controller.status import (
 from controller.symbols import device_symbols, time_symbols
 from controller.tracking import DeviceTracker, FaultLog
 from controller.variables import VariableStore
+from controller.writer import LimitWriter
 from hal.executor import GroupExecutor
 from hal.types import ChargerReading, IecState, MeterReading, Phases3
 
@@ -90,8 +90,7 @@ class ControlLoop:
         self.settings = Settings(increase_step_a=self.site.increase_step_a, min_pause_s=self.site.min_pause_s)
         self.trackers: dict[str, DeviceTracker[Any]] = {h.id: DeviceTracker(h.id) for h in hardware.all()}
         self._alloc_state = AllocationState(chargers={})
-        self._written: dict[str, tuple[float, float]] = {}  # charger → (current_a, when written)
-        self._needs_setup: set[str] = set(hardware.chargers)
+        self.writer = LimitWriter(cfg, hardware, self.executor, self.trackers)
         self._overrides: dict[str, Override] = {}
         self._pending_overrides: list[tuple[str, Override | None]] = []
         self._lock = threading.Lock()
@@ -187,7 +186,7 @@ class ControlLoop:
         chargers = self._charger_inputs(now, ev)
         alloc = allocate(site, list(chargers.values()), self.settings, self._alloc_state, now)
         self._alloc_state = alloc.state
-        self._write(now, alloc)
+        self.writer.write(now, alloc.commands, lambda cid: self._fresh(cid, now) is not None)
         faults.update({f"formula {e.where}": e.error for e in ev.errors})
         self._faults.update(faults)
         self._cycle_count += 1
@@ -360,69 +359,9 @@ class ControlLoop:
         phases = {cid: (cc.phases, self.site.voltage_v) for cid, cc in self.cfg.chargers.items()}
         return rule_caps(specs, phases, overrides)
 
-    # ---- writing ---------------------------------------------------------------------------
-    def _write(self, now: float, alloc: Allocation) -> None:
-        first: dict[str, list[tuple[str, Callable[[], Any]]]] = {}
-        later: dict[str, list[tuple[str, Callable[[], Any]]]] = {}
-        pending: dict[str, float] = {}
-        for cid, h in self.hw.chargers.items():
-            if self._fresh(cid, now) is None:
-                # Offline: forget what it had, so it is configured and written again on return.
-                self._written.pop(cid, None)
-                self._needs_setup.add(cid)
-                continue
-            group = h.group or "local"
-            if cid in self._needs_setup:
-                first.setdefault(group, []).append((f"{cid}:setup", functools.partial(
-                    h.device.setup, self.site.watchdog_s, self.cfg.chargers[cid].failsafe_current_a)))
-            target = alloc.commands[cid].current_a
-            last = self._written.get(cid)
-            keepalive = getattr(h.device, "keepalive_s", None)
-            due = (
-                last is None
-                or last[0] != target
-                or (keepalive is not None and now - last[1] >= keepalive)
-            )
-            if not due:
-                continue
-            batch = first if last is None or target <= last[0] else later
-            batch.setdefault(group, []).append((cid, functools.partial(h.device.apply, target)))
-            pending[cid] = target
-        for batch in (first, later):  # every decrease is on the wire before any increase
-            if not batch:
-                continue
-            setups = sum(key.endswith(":setup") for items in batch.values() for key, _ in items)
-            # A wallbox's setup is several writes with the bus's gaps between them: give it time.
-            budget = self.write_budget_s + (2.0 if setups else 0.0)
-            results = self.executor.run(batch, budget)
-            for key, res in results.items():
-                cid, _, what = key.partition(":")
-                if not res.done:
-                    # Its bus is still busy (a slow line): the write is due again next cycle,
-                    # since nothing was recorded as written. Not a fault of the device.
-                    log.debug("%s: %s not done this cycle", cid, what or "write")
-                elif res.error is not None:
-                    self.trackers[cid].fail(f"{what or 'write'} failed: {res.error}", now)
-                elif what == "setup":
-                    self._needs_setup.discard(cid)
-                else:
-                    self._written[cid] = (pending[cid], now)
-
-    @property
-    def write_budget_s(self) -> float:
-        return 0.4 * self.site.cycle_s
-
     def write_failsafe(self) -> None:
         """On stop: leave each charger at no more than its fail-safe current (SPEC §4, SIGTERM)."""
-        jobs: dict[str, list[tuple[str, Callable[[], Any]]]] = {}
-        for cid, h in self.hw.chargers.items():
-            last = self._written.get(cid)
-            failsafe = self.cfg.chargers[cid].failsafe_current_a
-            target = failsafe if last is None else min(last[0], failsafe)
-            jobs.setdefault(h.group or "local", []).append((cid, functools.partial(h.device.apply, target)))
-        results = self.executor.run(jobs, 2.0)
-        failed = [k for k, r in results.items() if not r.done or r.error is not None]
-        log.info("stopped: fail-safe currents written%s", f" (failed: {', '.join(failed)})" if failed else "")
+        self.writer.write_failsafe()
 
     # ---- status ----------------------------------------------------------------------------
     def _device_status(self, h: DeviceHandle, now: float) -> DeviceStatus:
@@ -462,7 +401,6 @@ class ControlLoop:
             ci = chargers[cid]
             cmd = alloc.commands[cid]
             ov = self._overrides.get(cid)
-            written = self._written.get(cid)
             charger_status.append(ChargerStatus(
                 device=self._device_status(h, now),
                 phases=ci.phases,
@@ -471,7 +409,7 @@ class ControlLoop:
                 min_current_a=ci.min_current_a,
                 max_current_a=ci.max_current_a,
                 command_a=cmd.current_a,
-                written_a=written[0] if written else None,
+                written_a=self.writer.written_a(cid),
                 reason=cmd.reason,
                 enabled=ov.enabled if ov else True,
                 override_a=ov.current_a if ov else None,
