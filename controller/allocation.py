@@ -6,27 +6,16 @@ and returns one command per charger, each with the reason it got what it got, pl
 the next cycle. No I/O, no clock reads, no logging, no randomness: the same input gives the same
 output, whatever the order of the chargers.
 
+The value types it takes and returns live in controller/allocation_types.py and the translation of
+the site limits into constraints in controller/allocation_constraints.py; this module re-exports
+the public types, so callers import everything from here.
+
 How a cycle is decided
 ======================
-1. **Site limits become linear constraints** on the chargers' currents ``x_i``:
-
-   * ``fuse Lp`` (hard): ``sum of x_i on phase p <= main_fuse - max(0, other_p) - reserved_p``.
-     ``other_p`` = grid meter current - the chargers' own measured draw on that phase. It is
-     clamped at 0: generation (a negative reading) is never counted as headroom, because it can
-     vanish within one cycle and the fuse must hold even then. Without a grid meter, or when the
-     meter failed (``grid_current_a`` None), other loads are taken as 0, as SPEC §5 says; in the
-     fail-safe case the total power limit below is what protects the site. ``reserved_p`` is the
-     fail-safe current of every offline charger using that phase (it may be charging at that
-     current on its own; we cannot know, so we assume it is, and also count what the meter saw).
-   * ``power`` (soft, contractual): ``sum of phases_i * voltage * x_i <= min(grid_limit_w -
-     other_power_w, chargers_limit_w, failsafe_limit_w if a fail-safe reason is set) - reserved``.
-     ``other_power_w`` = grid power - the chargers' own power (drawn currents x voltage); it is
-     signed (export counts), because these limits are about the net power at the connection.
-   * ``phase imbalance Lp-Lq`` for every ordered phase pair, when ``unbalanced_limit_a`` is set:
-     ``(base_p + load_p) - (base_q + load_q) <= max(limit, base_p - base_q)``, where ``base`` is the
-     grid current minus the chargers' own draw (0 without meter) and ``load`` the commands. Only
-     1-phase chargers change the difference; if other loads already exceed the limit we may not
-     make that pair worse, but may improve it.
+1. **Site limits become linear constraints** on the chargers' currents ``x_i``: the fuse per phase
+   (hard), the total power (soft, contractual) and the phase imbalance. How each bound follows
+   from the meter, the offline chargers' fail-safe reservation and the limits in force is in
+   controller/allocation_constraints.py.
 
 2. **Each charger's bounds** come from its state, rules and memory (see :func:`_prepare`): a
    charger is either fixed at 0 (no car, error state, offline, cap or max below its minimum, pause
@@ -73,256 +62,30 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from hal.types import IecState, Phases3
+from controller.allocation_constraints import Constraint, coefficients, site_constraints
+from controller.allocation_types import (
+    Allocation,
+    AllocationState,
+    ChargerInput,
+    ChargerMemory,
+    Command,
+    Settings,
+    SiteInput,
+)
+from hal.types import IecState
+
+__all__ = [
+    "RESOLUTION_A", "RUNNING_A", "Allocation", "AllocationState", "ChargerInput", "ChargerMemory", "Command",
+    "Settings", "SiteInput", "allocate",
+]
 
 #: Commands are rounded down to this (Heidelberg and most boxes take 0.1 A).
 RESOLUTION_A = 0.1
 #: A last command or first-cycle draw at or above this counts as "running" (below: a start).
 RUNNING_A = 1.0
-PHASE_NAMES = ("L1", "L2", "L3")
 _EPS = 1e-9
-
-
-# ---- inputs ------------------------------------------------------------------------------------
-
-
-def _check_finite(owner: str, **values: float | None) -> None:
-    """Measured values must be finite: the hardware layer rejects NaN/Inf readings as faults."""
-    for name, value in values.items():
-        if value is not None and not math.isfinite(value):
-            raise ValueError(f"{owner}.{name} must be finite, got {value!r}")
-
-
-def _check_limit(owner: str, **values: float | None) -> None:
-    """Limits may be +inf (no limit) but never NaN or -inf, which would disable every check."""
-    for name, value in values.items():
-        if value is not None and (math.isnan(value) or value == -math.inf):
-            raise ValueError(f"{owner}.{name} must be a number or +inf, got {value!r}")
-
-
-@dataclass(frozen=True, kw_only=True)
-class ChargerInput:
-    """One charger as allocate() sees it this cycle (all values already evaluated and checked)."""
-
-    id: str
-    phases: int  # 1 or 3
-    phase: int = 0  # 0, 1, 2 = L1, L2, L3: the site phase of a 1-phase charger (ignored for 3)
-    min_current_a: float = 6.0  # IEC 61851
-    max_current_a: float  # in force this cycle (the loop substitutes the §3 fail-safe value)
-    max_reason: str | None = None  # set when the loop substituted, e.g. "max formula error: ..."
-    priority: int = 0  # higher first
-    online: bool  # read OK and fresh
-    state: IecState | None  # None when offline
-    drawn_a: Phases3 = (0.0, 0.0, 0.0)  # measured per-phase current (zeros when offline)
-    failsafe_current_a: float = 0.0  # what the box falls back to on its own; reserved when offline
-    cap_a: float | None = None  # from rules and overrides (0 pauses); None = no cap
-    cap_reason: str | None = None
-
-    def __post_init__(self) -> None:
-        if self.phases not in (1, 3):
-            raise ValueError(f"charger {self.id}: phases must be 1 or 3, got {self.phases!r}")
-        if self.phase not in (0, 1, 2):
-            raise ValueError(f"charger {self.id}: phase must be 0, 1 or 2, got {self.phase!r}")
-        _check_finite(f"charger {self.id}", min_current_a=self.min_current_a,
-                      failsafe_current_a=self.failsafe_current_a,
-                      drawn_l1=self.drawn_a[0], drawn_l2=self.drawn_a[1], drawn_l3=self.drawn_a[2])
-        _check_limit(f"charger {self.id}", max_current_a=self.max_current_a, cap_a=self.cap_a)
-
-    @property
-    def phase_indices(self) -> tuple[int, ...]:
-        """The site phases this charger loads."""
-        return (0, 1, 2) if self.phases == 3 else (self.phase,)
-
-    @property
-    def draw_a(self) -> float:
-        """The highest phase current the car draws (what it uses of its command)."""
-        return max(0.0, *self.drawn_a)
-
-    def draw_on_phases(self) -> Phases3:
-        """Measured draw per site phase; a 1-phase charger's draw goes to its configured phase."""
-        if self.phases == 3:
-            return (max(0.0, self.drawn_a[0]), max(0.0, self.drawn_a[1]), max(0.0, self.drawn_a[2]))
-        out = [0.0, 0.0, 0.0]
-        out[self.phase] = self.draw_a
-        return (out[0], out[1], out[2])
-
-
-@dataclass(frozen=True, kw_only=True)
-class SiteInput:
-    """The site limits in force this cycle and the grid meter reading."""
-
-    voltage_v: float
-    main_fuse_a: float
-    grid_current_a: Phases3 | None = None  # import positive; None = no grid meter or it failed
-    grid_power_w: float | None = None  # signed, import positive
-    grid_limit_w: float | None = None  # house connection capacity in force (None = no limit)
-    chargers_limit_w: float | None = None  # total for all chargers (§14a dimming acts here)
-    unbalanced_limit_a: float | None = None
-    failsafe_limit_w: float = 4200.0  # chargers' total power while failsafe_reason is set
-    failsafe_reason: str | None = None  # e.g. "grid meter M1 stale (7.0 s)"
-
-    def __post_init__(self) -> None:
-        if self.voltage_v <= 0:
-            raise ValueError(f"site.voltage_v must be positive, got {self.voltage_v!r}")
-        _check_finite("site", voltage_v=self.voltage_v, main_fuse_a=self.main_fuse_a,
-                      grid_power_w=self.grid_power_w, failsafe_limit_w=self.failsafe_limit_w)
-        if self.grid_current_a is not None:
-            _check_finite("site", grid_l1=self.grid_current_a[0], grid_l2=self.grid_current_a[1],
-                          grid_l3=self.grid_current_a[2])
-        _check_limit("site", grid_limit_w=self.grid_limit_w, chargers_limit_w=self.chargers_limit_w,
-                     unbalanced_limit_a=self.unbalanced_limit_a)
-
-
-@dataclass(frozen=True)
-class Settings:
-    """Tuning of the allocation; defaults are what an installation needs."""
-
-    increase_step_a: float = 2.0  # max increase per cycle per charger
-    min_pause_s: float = 60.0  # a paused charger stays paused at least this long
-    #: "Draws clearly less than given" means below command - hysteresis_a; released again at
-    #: command - hysteresis_a / 2. 1.5 A: cars normally draw 0.2-0.7 A below their limit, and
-    #: readings jitter by a few tenths; a smaller value would mistake that for a full battery.
-    hysteresis_a: float = 1.5
-    #: After a raise a car needs time to follow; its draw is not judged before this has passed.
-    settle_s: float = 10.0
-
-    def __post_init__(self) -> None:
-        for name in ("increase_step_a", "min_pause_s", "hysteresis_a", "settle_s"):
-            value = getattr(self, name)
-            if not math.isfinite(value) or value < 0:
-                raise ValueError(f"settings.{name} must be finite and >= 0, got {value!r}")
-
-
-# ---- memory and outputs ------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ChargerMemory:
-    """What allocate() remembers about one charger between cycles."""
-
-    current_a: float  # last commanded (0 = paused)
-    paused_since_s: float | None  # the pause timer; set when a running charger was paused
-    started_s: float | None = None  # when its current run began (None: before our first cycle)
-    increased_s: float | None = None  # when its command was last raised (the car needs settle_s)
-    demand_a: float | None = None  # learned draw-limited demand; None = its maximum
-    offline: bool = False  # it was offline: current_a is not what the box applies now
-
-
-@dataclass(frozen=True)
-class AllocationState:
-    chargers: Mapping[str, ChargerMemory] = field(default_factory=dict)  # empty on the first cycle
-
-
-@dataclass(frozen=True)
-class Command:
-    current_a: float  # 0 or within [min_current_a, max]
-    reason: str  # why it got what it got
-
-
-@dataclass(frozen=True)
-class Allocation:
-    commands: Mapping[str, Command]  # one per charger, offline ones included (0, not written)
-    state: AllocationState
-    headroom_a: Phases3  # per-phase current available to chargers in force this cycle
-    power_headroom_w: float | None  # chargers' total power available, None = no power limit
-    limiting: tuple[str, ...]  # site limits that limited a charger this cycle, and the fail-safe
-
-
-# ---- constraints -------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _Constraint:
-    name: str
-    bound: float  # what the sum of coefficient x current may reach (negative: nothing fits)
-
-    @property
-    def tolerance(self) -> float:
-        return 1e-6 * max(1.0, abs(self.bound))
-
-
-@dataclass(frozen=True)
-class _Site:
-    constraints: tuple[_Constraint, ...]
-    power_index: int | None  # index of the power constraint, if any
-    imbalance: tuple[tuple[int, int, int], ...]  # (constraint index, p, q)
-    headroom_a: Phases3
-    power_headroom_w: float | None
-
-
-def _site_constraints(site: SiteInput, chargers: Sequence[ChargerInput]) -> _Site:
-    """Turn the site limits into linear constraints on the online chargers' commands."""
-    own = [0.0, 0.0, 0.0]
-    reserved = [0.0, 0.0, 0.0]
-    reserved_power_w = 0.0
-    for c in chargers:
-        if c.online:
-            for p, draw in enumerate(c.draw_on_phases()):
-                own[p] += draw
-        else:
-            for p in c.phase_indices:
-                reserved[p] += max(0.0, c.failsafe_current_a)
-            reserved_power_w += max(0.0, c.failsafe_current_a) * c.phases * site.voltage_v
-    base = [0.0, 0.0, 0.0]
-    if site.grid_current_a is not None:
-        base = [site.grid_current_a[p] - own[p] for p in range(3)]
-    fuse = [site.main_fuse_a - max(0.0, base[p]) - reserved[p] for p in range(3)]
-    constraints = [_Constraint(f"fuse {PHASE_NAMES[p]}", fuse[p]) for p in range(3)]
-
-    power_w = _power_limit(site, sum(own) * site.voltage_v)
-    power_index = None
-    power_headroom_w = None
-    if power_w is not None:
-        bound_w, name = power_w
-        power_headroom_w = bound_w - reserved_power_w
-        power_index = len(constraints)
-        constraints.append(_Constraint(name, power_headroom_w))
-
-    imbalance = []
-    if site.unbalanced_limit_a is not None and site.unbalanced_limit_a != math.inf:
-        for p in range(3):
-            for q in range(3):
-                if p != q:
-                    diff = base[p] - base[q]
-                    bound = max(site.unbalanced_limit_a, diff) - diff
-                    imbalance.append((len(constraints), p, q))
-                    constraints.append(_Constraint(f"phase imbalance {PHASE_NAMES[p]}-{PHASE_NAMES[q]}", bound))
-    return _Site(
-        constraints=tuple(constraints),
-        power_index=power_index,
-        imbalance=tuple(imbalance),
-        headroom_a=(max(0.0, fuse[0]), max(0.0, fuse[1]), max(0.0, fuse[2])),
-        power_headroom_w=None if power_headroom_w is None else max(0.0, power_headroom_w),
-    )
-
-
-def _power_limit(site: SiteInput, own_power_w: float) -> tuple[float, str] | None:
-    """The tightest total power limit for the chargers, with its name; None when there is none."""
-    candidates: list[tuple[float, str]] = []
-    if site.grid_limit_w is not None:
-        other_w = site.grid_power_w - own_power_w if site.grid_power_w is not None else 0.0
-        candidates.append((site.grid_limit_w - other_w, "grid limit"))
-    if site.chargers_limit_w is not None:
-        candidates.append((site.chargers_limit_w, "chargers limit"))
-    if site.failsafe_reason is not None:
-        candidates.append((site.failsafe_limit_w, f"fail-safe: {site.failsafe_reason}"))
-    candidates = [c for c in candidates if c[0] != math.inf]
-    return min(candidates, key=lambda c: c[0]) if candidates else None
-
-
-def _coefficients(c: ChargerInput, site: SiteInput, layout: _Site) -> tuple[float, ...]:
-    """How much one ampere of this charger's command loads each constraint."""
-    coeffs = [0.0] * len(layout.constraints)
-    for p in c.phase_indices:
-        coeffs[p] = 1.0
-    if layout.power_index is not None:
-        coeffs[layout.power_index] = c.phases * site.voltage_v
-    if c.phases == 1:
-        for k, p, q in layout.imbalance:
-            coeffs[k] = 1.0 if c.phase == p else -1.0 if c.phase == q else 0.0
-    return tuple(coeffs)
 
 
 # ---- per-charger preparation -------------------------------------------------------------------
@@ -427,7 +190,7 @@ def _demand(c: ChargerInput, mem: ChargerMemory | None, settings: Settings, now_
 # ---- sharing -----------------------------------------------------------------------------------
 
 
-def _first_refusal(cand: _Candidate, constraints: Sequence[_Constraint], usage: Sequence[float]) -> int | None:
+def _first_refusal(cand: _Candidate, constraints: Sequence[Constraint], usage: Sequence[float]) -> int | None:
     """Index of the first constraint that cannot take this candidate at its minimum, or None."""
     for k, a in enumerate(cand.coeffs):
         con = constraints[k]
@@ -436,7 +199,7 @@ def _first_refusal(cand: _Candidate, constraints: Sequence[_Constraint], usage: 
     return None
 
 
-def _admit(cands: Sequence[_Candidate], constraints: Sequence[_Constraint],
+def _admit(cands: Sequence[_Candidate], constraints: Sequence[Constraint],
            usage: list[float]) -> tuple[list[_Candidate], dict[str, int]]:
     """Admit candidates at their minimum in preference order while every constraint holds.
 
@@ -465,7 +228,7 @@ def _admit(cands: Sequence[_Candidate], constraints: Sequence[_Constraint],
     return admitted, refused
 
 
-def _fill(admitted: Sequence[_Candidate], constraints: Sequence[_Constraint],
+def _fill(admitted: Sequence[_Candidate], constraints: Sequence[Constraint],
           usage: list[float]) -> dict[str, tuple[float, str]]:
     """Raise all admitted candidates together from their minimum (progressive filling).
 
@@ -527,7 +290,7 @@ def _round_down(value_a: float, min_a: float) -> float:
 
 
 def _enforce(cands: Mapping[str, _Candidate], result: dict[str, tuple[float, str]],
-             constraints: Sequence[_Constraint], preference: Sequence[str]) -> set[int]:
+             constraints: Sequence[Constraint], preference: Sequence[str]) -> set[int]:
     """Safety net: reduce or pause the least preferred chargers until every constraint holds.
 
     Rounding a charger down can widen a phase difference by up to 0.1 A, and float sums can be a
@@ -558,7 +321,7 @@ def _enforce(cands: Mapping[str, _Candidate], result: dict[str, tuple[float, str
     raise RuntimeError("allocation safety net did not converge")  # cannot happen: every step reduces
 
 
-def _pause_reason(con: _Constraint, min_a: float) -> str:
+def _pause_reason(con: Constraint, min_a: float) -> str:
     return f"paused: {con.name} (min {_fmt(min_a)} A not available)"
 
 
@@ -610,7 +373,7 @@ def allocate(site: SiteInput, chargers: Sequence[ChargerInput], settings: Settin
     ids = [c.id for c in ordered]
     if len(set(ids)) != len(ids):
         raise ValueError(f"duplicate charger ids: {ids}")
-    layout = _site_constraints(site, ordered)
+    layout = site_constraints(site, ordered)
     constraints = layout.constraints
 
     commands: dict[str, Command] = {}
@@ -628,7 +391,7 @@ def allocate(site: SiteInput, chargers: Sequence[ChargerInput], settings: Settin
             continue
         assert prep.upper is not None
         cands[c.id] = _Candidate(c, c.min_current_a, prep.upper[0], prep.upper[1],
-                                 _coefficients(c, site, layout), _order_key(c, prep, prev))
+                                 coefficients(c, site, layout), _order_key(c, prep, prev))
 
     usage = [0.0] * len(constraints)
     result: dict[str, tuple[float, str]] = {}

@@ -1,0 +1,135 @@
+"""Site limits as linear constraints on the chargers' commands (SPEC §5; step 1 of allocate()).
+
+This module owns turning one :class:`SiteInput` snapshot and the chargers into
+:class:`SiteConstraints`: a list of named bounds ``sum of coefficient_i x x_i <= bound`` on the
+chargers' currents ``x_i``, plus the headroom shown in the status, and each charger's coefficients
+in them. It is separate from the sharing algorithm (controller/allocation.py) because it is where
+the electrical safety rules live, which are read and reviewed on their own; the algorithm only sees
+numbers and names.
+
+* ``fuse Lp`` (hard): ``sum of x_i on phase p <= main_fuse - max(0, other_p) - reserved_p``.
+  ``other_p`` = grid meter current - the chargers' own measured draw on that phase. It is
+  clamped at 0: generation (a negative reading) is never counted as headroom, because it can
+  vanish within one cycle and the fuse must hold even then. Without a grid meter, or when the
+  meter failed (``grid_current_a`` None), other loads are taken as 0, as SPEC §5 says; in the
+  fail-safe case the total power limit below is what protects the site. ``reserved_p`` is the
+  fail-safe current of every offline charger using that phase (it may be charging at that
+  current on its own; we cannot know, so we assume it is, and also count what the meter saw).
+* ``power`` (soft, contractual): ``sum of phases_i * voltage * x_i <= min(grid_limit_w -
+  other_power_w, chargers_limit_w, failsafe_limit_w if a fail-safe reason is set) - reserved``.
+  ``other_power_w`` = grid power - the chargers' own power (drawn currents x voltage); it is
+  signed (export counts), because these limits are about the net power at the connection.
+* ``phase imbalance Lp-Lq`` for every ordered phase pair, when ``unbalanced_limit_a`` is set:
+  ``(base_p + load_p) - (base_q + load_q) <= max(limit, base_p - base_q)``, where ``base`` is the
+  grid current minus the chargers' own draw (0 without meter) and ``load`` the commands. Only
+  1-phase chargers change the difference; if other loads already exceed the limit we may not
+  make that pair worse, but may improve it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from controller.allocation_types import ChargerInput, SiteInput
+from hal.types import Phases3
+
+PHASE_NAMES = ("L1", "L2", "L3")
+
+
+@dataclass(frozen=True)
+class Constraint:
+    """One named linear limit on the commands."""
+
+    name: str
+    bound: float  # what the sum of coefficient x current may reach (negative: nothing fits)
+
+    @property
+    def tolerance(self) -> float:
+        """Float slack when checking the bound, relative to its size."""
+        return 1e-6 * max(1.0, abs(self.bound))
+
+
+@dataclass(frozen=True)
+class SiteConstraints:
+    """The constraints of one cycle and what the status shows of them."""
+
+    constraints: tuple[Constraint, ...]
+    power_index: int | None  # index of the power constraint, if any
+    imbalance: tuple[tuple[int, int, int], ...]  # (constraint index, p, q)
+    headroom_a: Phases3
+    power_headroom_w: float | None
+
+
+def site_constraints(site: SiteInput, chargers: Sequence[ChargerInput]) -> SiteConstraints:
+    """Turn the site limits into linear constraints on the online chargers' commands."""
+    own = [0.0, 0.0, 0.0]
+    reserved = [0.0, 0.0, 0.0]
+    reserved_power_w = 0.0
+    for c in chargers:
+        if c.online:
+            for p, draw in enumerate(c.draw_on_phases()):
+                own[p] += draw
+        else:
+            for p in c.phase_indices:
+                reserved[p] += max(0.0, c.failsafe_current_a)
+            reserved_power_w += max(0.0, c.failsafe_current_a) * c.phases * site.voltage_v
+    base = [0.0, 0.0, 0.0]
+    if site.grid_current_a is not None:
+        base = [site.grid_current_a[p] - own[p] for p in range(3)]
+    fuse = [site.main_fuse_a - max(0.0, base[p]) - reserved[p] for p in range(3)]
+    constraints = [Constraint(f"fuse {PHASE_NAMES[p]}", fuse[p]) for p in range(3)]
+
+    power_w = _power_limit(site, sum(own) * site.voltage_v)
+    power_index = None
+    power_headroom_w = None
+    if power_w is not None:
+        bound_w, name = power_w
+        power_headroom_w = bound_w - reserved_power_w
+        power_index = len(constraints)
+        constraints.append(Constraint(name, power_headroom_w))
+
+    imbalance = []
+    if site.unbalanced_limit_a is not None and site.unbalanced_limit_a != math.inf:
+        for p in range(3):
+            for q in range(3):
+                if p != q:
+                    diff = base[p] - base[q]
+                    bound = max(site.unbalanced_limit_a, diff) - diff
+                    imbalance.append((len(constraints), p, q))
+                    constraints.append(Constraint(f"phase imbalance {PHASE_NAMES[p]}-{PHASE_NAMES[q]}", bound))
+    return SiteConstraints(
+        constraints=tuple(constraints),
+        power_index=power_index,
+        imbalance=tuple(imbalance),
+        headroom_a=(max(0.0, fuse[0]), max(0.0, fuse[1]), max(0.0, fuse[2])),
+        power_headroom_w=None if power_headroom_w is None else max(0.0, power_headroom_w),
+    )
+
+
+def _power_limit(site: SiteInput, own_power_w: float) -> tuple[float, str] | None:
+    """The tightest total power limit for the chargers, with its name; None when there is none."""
+    candidates: list[tuple[float, str]] = []
+    if site.grid_limit_w is not None:
+        other_w = site.grid_power_w - own_power_w if site.grid_power_w is not None else 0.0
+        candidates.append((site.grid_limit_w - other_w, "grid limit"))
+    if site.chargers_limit_w is not None:
+        candidates.append((site.chargers_limit_w, "chargers limit"))
+    if site.failsafe_reason is not None:
+        candidates.append((site.failsafe_limit_w, f"fail-safe: {site.failsafe_reason}"))
+    candidates = [c for c in candidates if c[0] != math.inf]
+    return min(candidates, key=lambda c: c[0]) if candidates else None
+
+
+def coefficients(c: ChargerInput, site: SiteInput, layout: SiteConstraints) -> tuple[float, ...]:
+    """How much one ampere of this charger's command loads each constraint."""
+    coeffs = [0.0] * len(layout.constraints)
+    for p in c.phase_indices:
+        coeffs[p] = 1.0
+    if layout.power_index is not None:
+        coeffs[layout.power_index] = c.phases * site.voltage_v
+    if c.phases == 1:
+        for k, p, q in layout.imbalance:
+            coeffs[k] = 1.0 if c.phase == p else -1.0 if c.phase == q else 0.0
+    return tuple(coeffs)
