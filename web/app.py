@@ -32,21 +32,18 @@ Decisions where SPEC §2 is silent (also in README's API section):
   CSV cells that a spreadsheet would run as a formula (``= + - @`` and no number) get a ``'``.
 - ``set_tls_cert`` (POST, admin): ``{"cert": PEM, "key": PEM}``, or the two PEMs concatenated
   as the raw body (``curl --data-binary @cm.pem``). A listener without a TLS store answers 400.
+
+The request parsing lives in ``web.parsing`` and the answer shaping in ``web.render``; this module
+keeps the listener's app, the command table and what each command does.
 """
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import logging
-import math
-import re
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import flask
 from flask import Response, request
@@ -55,10 +52,22 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed, RequestEntityTo
 from controller.formulas import FormulaError
 from controller.loop import Override
 from controller.status import Status
-from controller.variables import Expr, VariableSet, VariableStore
+from controller.variables import VariableStore
 from web.auth import Authenticator, Principal, Scope
 from web.devinfo import dev_info
 from web.errors import ApiError, bad_request, error_response, json_response, short
+from web.parsing import (
+    flag,
+    one,
+    parse_cert_body,
+    parse_enable_flag,
+    parse_limit,
+    parse_mamps,
+    parse_time,
+    required,
+    vars_to_set,
+)
+from web.render import event_row, grid_log_csv, json_value, vars_body
 
 if TYPE_CHECKING:
     from controller.gridlog import GridLog
@@ -68,12 +77,6 @@ log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 64 * 1024
 DRAIN_LIMIT_BYTES = 1024 * 1024  # an oversized body up to this is read and dropped before the 413
-MAX_OVERRIDE_MA = 80_000  # IEC 61851-1 AC charging tops out at 80 A
-MAX_LOG_EVENTS = 10_000
-NOT_EVALUATED = "not evaluated yet (set after the latest cycle)"
-ITEM_KEYS = frozenset({"name", "expr"})
-IGNORED_ITEM_KEYS = frozenset({"val", "error"})  # what get_cm_vars returns, sent back by some clients
-CSV_FIELDS = ("time", "ts", "kind", "name", "old", "new", "source", "grid_power_w")
 
 
 @dataclass(frozen=True)
@@ -86,204 +89,6 @@ class ApiContext:
     grid_log: GridLog | None
     tls: TlsStore | None
     version: str
-
-
-# --------------------------------------------------------------------------- request parsing
-
-
-def one(name: str) -> str | None:
-    """The query parameter ``name``, None when absent; 400 when given more than once."""
-    values = request.args.getlist(name)
-    if len(values) > 1:
-        raise bad_request(f"parameter {name} given {len(values)} times")
-    return values[0] if values else None
-
-
-def required(name: str, what: str) -> str:
-    value = one(name)
-    if value is None:
-        raise bad_request(f"parameter {name} missing: {what}")
-    return value
-
-
-def flag(name: str) -> bool:
-    value = one(name)
-    if value is None or value == "0":
-        return False
-    if value == "1":
-        return True
-    raise bad_request(f"parameter {name} must be 0 or 1, not {short(value, 30)!r}")
-
-
-def _reject_constant(name: str) -> Any:
-    raise bad_request(f"body is not valid JSON: {name} is not a JSON number")
-
-
-def parse_json(body: bytes) -> Any:
-    """The body as JSON whatever the Content-Type (``curl -d`` says form-urlencoded)."""
-    try:
-        text = body.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise bad_request(f"body is not UTF-8 text (byte {exc.start})") from None
-    try:
-        return json.loads(text, parse_constant=_reject_constant)
-    except json.JSONDecodeError as exc:
-        raise bad_request(f"body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
-    except RecursionError:
-        raise bad_request("body is not usable JSON: nested too deeply") from None
-    except ValueError as exc:  # e.g. an integer of more than 4300 digits
-        raise bad_request(f"body is not usable JSON: {exc}") from None
-
-
-def _type_name(value: Any) -> str:
-    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean",
-            type(None): "null", int: "a number", float: "a number"}.get(type(value), type(value).__name__)
-
-
-def parse_vars_body(data: Any, *, clear: bool) -> list[tuple[str, Expr]]:
-    """The (name, expr) pairs of a ``set_cm_vars`` body, checked for shape (the store checks
-    names and formulas)."""
-    shape = '{"vars": [{"name": "N", "expr": 1}, ...]}'
-    if not isinstance(data, dict):
-        raise bad_request(f"body must be a JSON object {shape}, not {_type_name(data)}")
-    unknown = sorted(set(data) - {"vars"})
-    if unknown:
-        raise bad_request(f"unknown key(s) in body: {', '.join(map(repr, unknown))} (expected {shape})")
-    if "vars" not in data:
-        raise bad_request(f'body has no "vars" list (expected {shape})')
-    items = data["vars"]
-    if not isinstance(items, list):
-        raise bad_request(f'"vars" must be a list, not {_type_name(items)}')
-    if not items and not clear:
-        raise bad_request('"vars" is empty: nothing to set (with clear=1 an empty list deletes every variable)')
-    out: list[tuple[str, Expr]] = []
-    seen: set[str] = set()
-    for index, item in enumerate(items):
-        out.append(_parse_item(index, item, seen))
-    return out
-
-
-def _parse_item(index: int, item: Any, seen: set[str]) -> tuple[str, Expr]:
-    where = f"vars[{index}]"
-    if not isinstance(item, dict):
-        raise bad_request(f'{where} must be an object {{"name": ..., "expr": ...}}, not {_type_name(item)}')
-    unknown = sorted(set(item) - ITEM_KEYS - IGNORED_ITEM_KEYS)
-    if unknown:
-        raise bad_request(f"{where}: unknown key(s) {', '.join(map(repr, unknown))} (allowed: name, expr)")
-    for key in ("name", "expr"):
-        if key not in item:
-            raise bad_request(f'{where}: "{key}" missing')
-    name, expr = item["name"], item["expr"]
-    if not isinstance(name, str):
-        raise bad_request(f"{where}: name must be a string, not {_type_name(name)}")
-    if not isinstance(expr, (bool, int, float, str)):
-        raise bad_request(f"{where} ({short(name, 70)}): expr must be a number, a boolean or a formula "
-                          f"string, not {_type_name(expr)}")
-    if name in seen:
-        raise bad_request(f"{where}: variable {short(name, 70)} given twice")
-    seen.add(name)
-    return name, expr
-
-
-_NUMBER_TEXT = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)", re.ASCII)
-_SPACED_OFFSET = re.compile(r"^(.*\d) (\d\d:?\d\d)$", re.ASCII)
-
-
-def parse_time(name: str, text: str) -> float:
-    """Unix seconds or ISO 8601 (no zone = UTC) → unix seconds."""
-    if _NUMBER_TEXT.fullmatch(text.strip()):
-        value = float(text)
-        if math.isfinite(value) and abs(value) < 1e11:
-            return value
-        raise bad_request(f"parameter {name}: {short(text, 40)} is out of range")
-    candidate = _SPACED_OFFSET.sub(r"\1+\2", text.strip())  # '+01:00' arrives as ' 01:00' in a URL
-    try:
-        moment = datetime.fromisoformat(candidate)
-    except ValueError:
-        raise bad_request(f"parameter {name} must be unix seconds or ISO 8601 "
-                          f"(2026-01-05T12:00:00Z), not {short(text, 60)!r}") from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
-    try:
-        return moment.timestamp()
-    except (OverflowError, ValueError, OSError):
-        raise bad_request(f"parameter {name}: {short(text, 40)} is out of range") from None
-
-
-KEY_LABELS = ("PRIVATE KEY", "RSA PRIVATE KEY", "EC PRIVATE KEY", "ENCRYPTED PRIVATE KEY")
-
-
-def pem_blocks(text: str, label: str) -> list[str]:
-    """Every ``-----BEGIN label----- ... -----END label-----`` block, in one linear scan (a regex
-    with a back-reference is quadratic on a hostile body of unterminated BEGIN lines)."""
-    begin, end = f"-----BEGIN {label}-----", f"-----END {label}-----"
-    blocks: list[str] = []
-    pos = 0
-    while (start := text.find(begin, pos)) >= 0:
-        stop = text.find(end, start)
-        if stop < 0:
-            break
-        pos = stop + len(end)
-        blocks.append(text[start:pos])
-    return blocks
-
-
-def split_pems(text: str) -> tuple[str, str]:
-    """A raw body with the certificate(s) and the key concatenated → (certificates, key)."""
-    certs = pem_blocks(text, "CERTIFICATE")
-    keys = [block for label in KEY_LABELS for block in pem_blocks(text, label)]
-    if not certs and not keys:
-        raise bad_request('body must be JSON {"cert": PEM, "key": PEM} or the PEM certificate and key concatenated')
-    return "\n".join(certs) + "\n", "\n".join(keys) + "\n"
-
-
-# --------------------------------------------------------------------------- JSON values
-
-
-def json_value(value: Any) -> Any:
-    """A value safe for JSON: non-finite floats become None, unknown objects their text."""
-    if value is None or isinstance(value, (bool, int, str)):
-        return value
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, (list, tuple)):
-        return [json_value(v) for v in value]
-    if isinstance(value, Mapping):
-        return {str(k): json_value(v) for k, v in value.items()}
-    return str(value)
-
-
-def _same_expr(a: Any, b: Any) -> bool:
-    return type(a) is type(b) and a == b
-
-
-def vars_body(varset: VariableSet, status: Status) -> dict[str, Any]:
-    """The ``get_cm_vars`` body: every variable, sorted by name, with the latest cycle's value."""
-    evaluated = {v.name: v for v in status.variables}
-    out = []
-    for name in sorted(varset.exprs):
-        expr = varset.exprs[name]
-        seen = evaluated.get(name)
-        if seen is not None and _same_expr(seen.expr, expr):
-            val, error = seen.value, seen.error
-        elif not isinstance(expr, str):
-            val, error = expr, None  # a constant's value needs no cycle
-        else:
-            val, error = None, NOT_EVALUATED
-        val = json_value(val)
-        if val is not None and not isinstance(val, (bool, int, float)):
-            val, error = None, error or f"not a number: {short(str(val), 60)}"
-        out.append({"name": name, "expr": json_value(expr), "val": val, "error": error})
-    return {"vars": out}
-
-
-def _csv_cell(value: Any) -> str:
-    if value is None:
-        return ""
-    text = value if isinstance(value, str) else json.dumps(json_value(value))
-    if text[:1] in ("=", "+", "-", "@", "\t", "\r") and not _NUMBER_TEXT.fullmatch(text):
-        return "'" + text
-    return text
 
 
 # --------------------------------------------------------------------------- overrides
@@ -366,16 +171,7 @@ class Api:
         if tmp and not principal.may(Scope.ADMIN):  # SPEC §2 lists tmp=1 among the admin calls
             raise ApiError(403, "tmp=1 needs the 'admin' function, which this "
                                 f"{self.listener} client does not have (smgw.functions)")
-        body = request.get_data(cache=True)
-        has_query = one("name") is not None or one("val") is not None
-        if body.strip():
-            if has_query:
-                raise bad_request("give the variables either as name/val in the query or as a JSON body, not both")
-            items = parse_vars_body(parse_json(body), clear=clear)
-        else:
-            name = required("name", "the variable to set (or POST a JSON body {\"vars\": [...]})")
-            val = required("val", "a number or a formula")
-            items = [(name, val)]
+        items = vars_to_set(request.get_data(cache=True), clear=clear)
         source = self.source()
         try:
             new = self.ctx.store.set_many(items, clear=clear, persist=not tmp, source=source)
@@ -402,45 +198,15 @@ class Api:
         fmt = one("format") or "json"
         if fmt not in ("json", "csv"):
             raise bad_request(f"parameter format must be json or csv, not {short(fmt, 30)!r}")
-        limit_text = one("limit")
-        limit = MAX_LOG_EVENTS
-        if limit_text is not None:
-            if not re.fullmatch(r"[0-9]{1,6}", limit_text) or not 1 <= int(limit_text) <= MAX_LOG_EVENTS:
-                raise bad_request(f"parameter limit must be an integer 1..{MAX_LOG_EVENTS}")
-            limit = int(limit_text)
+        limit = parse_limit(one("limit"))
         if self.ctx.grid_log is None:
             raise bad_request("the grid signal log is not enabled on this controller")
         events = self.ctx.grid_log.query(from_ts, to_ts, limit=limit + 1)
         truncated = len(events) > limit
-        rows = [self._event(e) for e in events[:limit]]
+        rows = [event_row(e) for e in events[:limit]]
         if fmt == "csv":
-            return self._csv(rows)
+            return grid_log_csv(rows)
         return json_response({"events": rows, "truncated": truncated})
-
-    @staticmethod
-    def _event(event: Any) -> dict[str, Any]:
-        ts = float(event.ts)
-        return {
-            "time": datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
-            "ts": ts,
-            "kind": event.kind,
-            "name": event.name,
-            "old": json_value(event.old),
-            "new": json_value(event.new),
-            "source": event.source,
-            "grid_power_w": json_value(event.grid_power_w),
-        }
-
-    @staticmethod
-    def _csv(rows: list[dict[str, Any]]) -> Response:
-        out = io.StringIO()
-        writer = csv.writer(out, lineterminator="\r\n")
-        writer.writerow(CSV_FIELDS)
-        for row in rows:
-            writer.writerow([row["time"], repr(row["ts"])] + [_csv_cell(row[k]) for k in CSV_FIELDS[2:]])
-        response = Response(out.getvalue(), mimetype="text/csv")
-        response.headers["Content-Disposition"] = 'attachment; filename="gridcharge-gridlog.csv"'
-        return response
 
     # ---- admin ----------------------------------------------------------------------------
     def override_device(self, principal: Principal) -> Response:
@@ -448,8 +214,8 @@ class Api:
         mamps_text, flags = one("mamps"), one("flags")
         if mamps_text is None and flags is None:
             raise bad_request("override_device needs mamps (a current cap in mA) and/or flags (C or c)")
-        mamps = None if mamps_text is None else self._mamps(mamps_text)
-        enable = None if flags is None else self._flags(flags)
+        mamps = None if mamps_text is None else parse_mamps(mamps_text)
+        enable = None if flags is None else parse_enable_flag(flags)
         status = self.ctx.status()
         self._check_charger(status, dev_id)
         with self.overrides.lock:
@@ -470,22 +236,6 @@ class Api:
         })
 
     @staticmethod
-    def _mamps(text: str) -> int:
-        if not re.fullmatch(r"-?[0-9]{1,9}", text) or not (text == "-1" or 0 <= int(text) <= MAX_OVERRIDE_MA):
-            raise bad_request(f"parameter mamps must be an integer 0..{MAX_OVERRIDE_MA} (mA), "
-                              f"or -1 to remove the cap, not {short(text, 30)!r}")
-        return int(text)
-
-    @staticmethod
-    def _flags(text: str) -> bool:
-        if text == "C":
-            return False
-        if text == "c":
-            return True
-        raise bad_request(f"parameter flags must be C (disable charging) or c (enable), not {short(text, 30)!r}"
-                          " (the cFos flags E, e, U, u are not supported)")
-
-    @staticmethod
     def _check_charger(status: Status, dev_id: str) -> None:
         if status.cycle_count == 0:
             return  # nothing published yet: set_override itself knows the chargers
@@ -501,21 +251,7 @@ class Api:
 
         if self.ctx.tls is None:
             raise bad_request("no SMGW listener is configured: there is no TLS certificate to set")
-        body = request.get_data(cache=True)
-        if not body.strip():
-            raise bad_request('body missing: JSON {"cert": PEM, "key": PEM} or the PEMs concatenated')
-        if body.lstrip().startswith(b"{"):
-            data = parse_json(body)
-            if not isinstance(data, dict) or set(data) != {"cert", "key"}:
-                raise bad_request('body must be {"cert": PEM, "key": PEM} with exactly these keys')
-            cert, key = data["cert"], data["key"]
-            if not isinstance(cert, str) or not isinstance(key, str):
-                raise bad_request("cert and key must be PEM strings")
-        else:
-            try:
-                cert, key = split_pems(body.decode("ascii"))
-            except UnicodeDecodeError:
-                raise bad_request("body is not PEM text (it has bytes that are not ASCII)") from None
+        cert, key = parse_cert_body(request.get_data(cache=True))
         try:
             self.ctx.tls.install(cert, key)
         except TlsError as exc:

@@ -1,0 +1,101 @@
+"""Shaping answers: controller values → JSON-safe values, the ``get_cm_vars`` body, grid-log rows
+and their CSV download.
+
+Separate from ``web.app`` because these are pure functions of the data the loop published (no
+request, no store, no lock): what a client *sees* is decided here, what a command *does* there.
+JSON and CSV both go through ``json_value`` so that NaN/inf never reach a client as invalid JSON.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from collections.abc import Mapping
+from datetime import datetime, timezone
+from typing import Any
+
+from flask import Response
+
+from controller.status import Status
+from controller.variables import VariableSet
+from web.errors import short
+from web.parsing import NUMBER_TEXT
+
+NOT_EVALUATED = "not evaluated yet (set after the latest cycle)"
+CSV_FIELDS = ("time", "ts", "kind", "name", "old", "new", "source", "grid_power_w")
+
+
+def json_value(value: Any) -> Any:
+    """A value safe for JSON: non-finite floats become None, unknown objects their text."""
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, (list, tuple)):
+        return [json_value(v) for v in value]
+    if isinstance(value, Mapping):
+        return {str(k): json_value(v) for k, v in value.items()}
+    return str(value)
+
+
+def _same_expr(a: Any, b: Any) -> bool:
+    return type(a) is type(b) and a == b
+
+
+def vars_body(varset: VariableSet, status: Status) -> dict[str, Any]:
+    """The ``get_cm_vars`` body: every variable, sorted by name, with the latest cycle's value."""
+    evaluated = {v.name: v for v in status.variables}
+    out = []
+    for name in sorted(varset.exprs):
+        expr = varset.exprs[name]
+        seen = evaluated.get(name)
+        if seen is not None and _same_expr(seen.expr, expr):
+            val, error = seen.value, seen.error
+        elif not isinstance(expr, str):
+            val, error = expr, None  # a constant's value needs no cycle
+        else:
+            val, error = None, NOT_EVALUATED
+        val = json_value(val)
+        if val is not None and not isinstance(val, (bool, int, float)):
+            val, error = None, error or f"not a number: {short(str(val), 60)}"
+        out.append({"name": name, "expr": json_value(expr), "val": val, "error": error})
+    return {"vars": out}
+
+
+def event_row(event: Any) -> dict[str, Any]:
+    """One grid-log event as a ``get_grid_log`` row (UTC time with milliseconds and ``Z``)."""
+    ts = float(event.ts)
+    return {
+        "time": datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        "ts": ts,
+        "kind": event.kind,
+        "name": event.name,
+        "old": json_value(event.old),
+        "new": json_value(event.new),
+        "source": event.source,
+        "grid_power_w": json_value(event.grid_power_w),
+    }
+
+
+def _csv_cell(value: Any) -> str:
+    """A cell a spreadsheet will not run as a formula: ``= + - @`` text that is no number gets a ``'``."""
+    if value is None:
+        return ""
+    text = value if isinstance(value, str) else json.dumps(json_value(value))
+    if text[:1] in ("=", "+", "-", "@", "\t", "\r") and not NUMBER_TEXT.fullmatch(text):
+        return "'" + text
+    return text
+
+
+def grid_log_csv(rows: list[dict[str, Any]]) -> Response:
+    """The ``get_grid_log`` rows as a CSV download."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\r\n")
+    writer.writerow(CSV_FIELDS)
+    for row in rows:
+        writer.writerow([row["time"], repr(row["ts"])] + [_csv_cell(row[k]) for k in CSV_FIELDS[2:]])
+    response = Response(out.getvalue(), mimetype="text/csv")
+    response.headers["Content-Disposition"] = 'attachment; filename="gridcharge-gridlog.csv"'
+    return response
