@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from controller.config import device_profile
+from controller.config import GpioInputConfig, device_profile
 from hal.devices import ModbusInput, ProfileCharger, ProfileMeter
 from hal.gpio import GpioInput
 from hal.modbus import BusSpec, ModbusBus
@@ -56,7 +56,7 @@ class Hardware:
 
 def bus_spec(name: str, bus_cfg: Any) -> BusSpec:
     kind = bus_cfg.type
-    common = dict(name=name, kind=kind, timeout_s=bus_cfg.timeout_s, retries=getattr(bus_cfg, "retries", 0))
+    common = dict(name=name, kind=kind, timeout_s=bus_cfg.timeout_s, retries=bus_cfg.retries)
     if kind == "rtu":
         return BusSpec(port=bus_cfg.port, baudrate=bus_cfg.baudrate, parity=bus_cfg.parity,
                        stopbits=bus_cfg.stopbits, **common)
@@ -69,33 +69,28 @@ def bus_spec(name: str, bus_cfg: Any) -> BusSpec:
 class _Builder:
     def __init__(self, cfg: Any) -> None:
         self.cfg = cfg
+        self.bus_configs = cfg.all_buses()  # declared ones plus the implicit tcp:HOST:PORT ones
         self.hw = Hardware()
 
-    def bus_for(self, dev_cfg: Any) -> tuple[str, ModbusBus, float | None]:
+    def bus_for(self, dev_cfg: Any) -> tuple[str, ModbusBus, float]:
         """The bus a device talks on, created on first use; and the bus's configured timeout."""
-        if getattr(dev_cfg, "bus", None):
-            name = dev_cfg.bus
-            bus_cfg = self.cfg.buses[name]
-            if name not in self.hw.buses:
-                self.hw.buses[name] = ModbusBus(bus_spec(name, bus_cfg))
-            return name, self.hw.buses[name], bus_cfg.timeout_s
-        port = getattr(dev_cfg, "port", None) or 502
-        name = f"tcp:{dev_cfg.host}:{port}"
+        name = dev_cfg.bus_name
+        bus_cfg = self.bus_configs[name]
         if name not in self.hw.buses:
-            self.hw.buses[name] = ModbusBus(BusSpec(name=name, kind="tcp", host=dev_cfg.host, tcp_port=port,
-                                                    timeout_s=1.0))
-        return name, self.hw.buses[name], None
+            self.hw.buses[name] = ModbusBus(bus_spec(name, bus_cfg))
+        return name, self.hw.buses[name], bus_cfg.timeout_s
 
-    def policy(self, dev_cfg: Any, profile_policy: RequestPolicy, bus_timeout_s: float | None) -> RequestPolicy:
-        timeout = getattr(dev_cfg, "timeout_s", None) or bus_timeout_s or profile_policy.timeout_s
-        gap = getattr(dev_cfg, "gap_s", None)
+    def policy(self, dev_cfg: Any, profile_policy: RequestPolicy, bus_timeout_s: float) -> RequestPolicy:
+        """The device's own timeout and gap where given, else the bus's timeout and the profile's gap."""
+        timeout = dev_cfg.timeout_s or bus_timeout_s
+        gap = dev_cfg.gap_s
         return RequestPolicy(timeout_s=timeout, gap_s=profile_policy.gap_s if gap is None else gap,
                              retries=profile_policy.retries)
 
     def profile_device(self, kind: str, dev_id: str, dev_cfg: Any) -> DeviceHandle:
         profile = device_profile(dev_cfg, f"{kind}s.{dev_id}")
         group, bus, timeout = self.bus_for(dev_cfg)
-        unit = getattr(dev_cfg, "unit", 1)
+        unit = dev_cfg.unit
         policy = self.policy(dev_cfg, profile.request, timeout)
         cls = ProfileMeter if kind == "meter" else ProfileCharger
         device = cls(dev_id, profile, bus, unit, policy)
@@ -103,17 +98,16 @@ class _Builder:
 
     def input_device(self, dev_id: str, in_cfg: Any, on_edge: Callable[[str], None] | None,
                      pin_factory: Any) -> DeviceHandle:
-        if getattr(in_cfg, "gpio", None) is not None:
+        if isinstance(in_cfg, GpioInputConfig):
             pin = GpioInput(dev_id, in_cfg.gpio, pull_up=in_cfg.pull_up, active_low=in_cfg.active_low,
                             normally_closed=in_cfg.normally_closed, bounce_s=in_cfg.bounce_s,
                             on_edge=on_edge, pin_factory=pin_factory)
             self.hw.gpio.append(pin)
             return DeviceHandle(dev_id, "input", "gpio", f"GPIO{in_cfg.gpio}", None, pin)
         group, bus, timeout = self.bus_for(in_cfg)
-        coil = getattr(in_cfg, "coil", None)
-        table, index = (Table.COIL, coil) if coil is not None else (Table.DISCRETE, in_cfg.discrete_input)
-        active_low = bool(in_cfg.active_low) != bool(getattr(in_cfg, "normally_closed", False))
-        profile = load_profile(getattr(in_cfg, "model", None) or "modbus_io")
+        table, index = Table(in_cfg.table), in_cfg.index
+        active_low = in_cfg.active_low != in_cfg.normally_closed
+        profile = load_profile(in_cfg.model or "modbus_io")
         device = ModbusInput(dev_id, bus, in_cfg.unit, index, table=table, active_low=active_low,
                              policy=self.policy(in_cfg, profile.request, timeout))
         return DeviceHandle(dev_id, "input", profile.model, f"{group} unit {in_cfg.unit} {table.value} {index}",

@@ -26,11 +26,6 @@ from controller.variables import VariableStore
 log = logging.getLogger(__name__)
 
 
-def reserved_names(cfg: Any) -> set[str]:
-    """Ids a variable may not take: every meter, charger and input."""
-    return {*cfg.meters, *cfg.chargers, *cfg.inputs}
-
-
 GRID_LOG_FILE = "gridlog.sqlite3"
 
 
@@ -42,7 +37,7 @@ class Service:
         self.state_dir = Path(cfg.state_dir)
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.variable_file = VariableFile(self.state_dir)
-        reserved = reserved_names(cfg)
+        reserved = cfg.device_ids  # a variable may not take a device's or an input's name
         initial = initial_variables(dict(cfg.variables), self.variable_file.load(), reserved=reserved)
         self.store = VariableStore(initial, reserved=reserved)
         self.saver = VariableSaver(self.variable_file, self.store)
