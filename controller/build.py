@@ -72,26 +72,25 @@ class _Builder:
         self.bus_configs = cfg.all_buses()  # declared ones plus the implicit tcp:HOST:PORT ones
         self.hw = Hardware()
 
-    def bus_for(self, dev_cfg: Any) -> tuple[str, ModbusBus, float]:
-        """The bus a device talks on, created on first use; and the bus's configured timeout."""
+    def bus_for(self, dev_cfg: Any) -> tuple[str, ModbusBus, Any]:
+        """The bus a device talks on, created on first use; and the bus's config."""
         name = dev_cfg.bus_name
         bus_cfg = self.bus_configs[name]
         if name not in self.hw.buses:
             self.hw.buses[name] = ModbusBus(bus_spec(name, bus_cfg))
-        return name, self.hw.buses[name], bus_cfg.timeout_s
+        return name, self.hw.buses[name], bus_cfg
 
-    def policy(self, dev_cfg: Any, profile_policy: RequestPolicy, bus_timeout_s: float) -> RequestPolicy:
-        """The device's own timeout and gap where given, else the bus's timeout and the profile's gap."""
-        timeout = dev_cfg.timeout_s or bus_timeout_s
-        gap = dev_cfg.gap_s
-        return RequestPolicy(timeout_s=timeout, gap_s=profile_policy.gap_s if gap is None else gap,
-                             retries=profile_policy.retries)
+    def policy(self, dev_cfg: Any, profile_policy: RequestPolicy, bus_cfg: Any) -> RequestPolicy:
+        """The device's own timeout and gap where given, else the bus's timeout and retries and
+        the profile's gap (a device need, e.g. the SDM630's 60 ms)."""
+        gap = profile_policy.gap_s if dev_cfg.gap_s is None else dev_cfg.gap_s
+        return RequestPolicy(timeout_s=dev_cfg.timeout_s or bus_cfg.timeout_s, gap_s=gap, retries=bus_cfg.retries)
 
     def profile_device(self, kind: str, dev_id: str, dev_cfg: Any) -> DeviceHandle:
         profile = device_profile(dev_cfg, f"{kind}s.{dev_id}")
-        group, bus, timeout = self.bus_for(dev_cfg)
+        group, bus, bus_cfg = self.bus_for(dev_cfg)
         unit = dev_cfg.unit
-        policy = self.policy(dev_cfg, profile.request, timeout)
+        policy = self.policy(dev_cfg, profile.request, bus_cfg)
         cls = ProfileMeter if kind == "meter" else ProfileCharger
         device = cls(dev_id, profile, bus, unit, policy)
         return DeviceHandle(dev_id, kind, profile.model, f"{group} unit {unit}", group, device)
@@ -104,12 +103,12 @@ class _Builder:
                             on_edge=on_edge, pin_factory=pin_factory)
             self.hw.gpio.append(pin)
             return DeviceHandle(dev_id, "input", "gpio", f"GPIO{in_cfg.gpio}", None, pin)
-        group, bus, timeout = self.bus_for(in_cfg)
+        group, bus, bus_cfg = self.bus_for(in_cfg)
         table, index = Table(in_cfg.table), in_cfg.index
         active_low = in_cfg.active_low != in_cfg.normally_closed
         profile = load_profile(in_cfg.model or "modbus_io")
         device = ModbusInput(dev_id, bus, in_cfg.unit, index, table=table, active_low=active_low,
-                             policy=self.policy(in_cfg, profile.request, timeout))
+                             policy=self.policy(in_cfg, profile.request, bus_cfg))
         return DeviceHandle(dev_id, "input", profile.model, f"{group} unit {in_cfg.unit} {table.value} {index}",
                             group, device)
 
