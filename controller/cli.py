@@ -71,6 +71,8 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 def describe(cfg: Any) -> str:
     """What would run, in a few lines an installer can check against the wiring."""
+    from controller.config import GpioInputConfig
+
     s = cfg.site
     lines = [f"site: main fuse {s.main_fuse_a:g} A per phase at {s.voltage_v:g} V, cycle {s.cycle_s:g} s, "
              f"grid meter {s.grid_meter or 'none'}, fail-safe {s.failsafe_limit_w:g} W"]
@@ -79,16 +81,16 @@ def describe(cfg: Any) -> str:
     if s.chargers_limit_w is not None:
         lines.append(f"  chargers_limit_w = {s.chargers_limit_w}")
     for name, bus in cfg.buses.items():
-        where = getattr(bus, "port", "") if bus.type == "rtu" else f"{bus.host}:{bus.port}"
+        where = bus.port if bus.type == "rtu" else f"{bus.host}:{bus.port}"
         lines.append(f"bus {name}: {bus.type} {where}")
     for group, items in (("meter", cfg.meters), ("charger", cfg.chargers)):
         for dev_id, d in items.items():
-            model = d.model if getattr(d, "model", None) else "custom profile"
-            via = d.bus if getattr(d, "bus", None) else f"{d.host}:{getattr(d, 'port', None) or 502}"
-            lines.append(f"{group} {dev_id}: {model} on {via} unit {getattr(d, 'unit', 1)}")
+            model = d.model or "custom profile"
+            via = d.bus or f"{d.host}:{d.tcp_port}"
+            lines.append(f"{group} {dev_id}: {model} on {via} unit {d.unit}")
     for dev_id, i in cfg.inputs.items():
-        lines.append(f"input {dev_id}: " + (f"GPIO{i.gpio}" if getattr(i, "gpio", None) is not None
-                                          else f"{i.bus or i.host} unit {i.unit}"))
+        lines.append(f"input {dev_id}: " + (f"GPIO{i.gpio}" if isinstance(i, GpioInputConfig)
+                                          else f"{i.bus_name} unit {i.unit}"))
     for name, expr in cfg.variables.items():
         lines.append(f"variable {name} = {expr}")
     for rule in cfg.rules:

@@ -48,7 +48,6 @@ from hal.executor import GroupExecutor
 from hal.types import ChargerReading, IecState, MeterReading, Phases3
 
 log = logging.getLogger(__name__)
-PHASE_INDEX = {"L1": 0, "L2": 1, "L3": 2}
 TICK_TOLERANCE_S = 0.005  # a timed wait may return a hair early: that is still the tick
 
 
@@ -91,6 +90,7 @@ class ControlLoop:
         self.trackers: dict[str, DeviceTracker[Any]] = {h.id: DeviceTracker(h.id) for h in hardware.all()}
         self._alloc_state = AllocationState(chargers={})
         self.writer = LimitWriter(cfg, hardware, self.executor, self.trackers)
+        self._charger_phases = {cid: (cc.phases, self.site.voltage_v) for cid, cc in cfg.chargers.items()}
         self._overrides: dict[str, Override] = {}
         self._pending_overrides: list[tuple[str, Override | None]] = []
         self._lock = threading.Lock()
@@ -294,7 +294,7 @@ class ControlLoop:
         out: dict[str, ChargerInput] = {}
         for cid, cc in self.cfg.chargers.items():
             reading = readings[cid]
-            phase = PHASE_INDEX.get(getattr(cc, "phase", "L1") or "L1", 0)
+            phase = cc.phase_index
             charging = reading is not None and reading.state.charging
             value, error = ev.charger_max_a[cid]
             max_reason = None
@@ -327,7 +327,7 @@ class ControlLoop:
         self, ev: Evaluated, readings: Mapping[str, ChargerReading | None]
     ) -> dict[str, tuple[float | None, str | None]]:
         specs: list[tuple[RuleSpec, bool | None, str | None]] = []
-        forced: dict[str, list[tuple[float | None, str]]] = {}
+        forced: dict[str, list[tuple[float, str]]] = {}
         for rr in ev.rules:
             when = truthy(rr.when)
             value, error = rr.value
@@ -339,25 +339,20 @@ class ControlLoop:
                     cap = self.cfg.chargers[cid].min_current_a if r is not None and r.state.charging else 0.0
                     forced.setdefault(cid, []).append((cap, f'rule "{rr.rule.name}" (value error: {error})'))
                 continue
-            is_current = rr.rule.max_current_a is not None
-            spec = RuleSpec(
-                name=rr.rule.name,
-                chargers=rr.rule.chargers,
-                max_current_a=(value if value is not None else None) if is_current else None,
-                max_power_w=None if is_current else value,
-            )
-            if spec.max_current_a is None and spec.max_power_w is None:
+            if value is None:
                 continue  # the rule's value is None: no limit
+            is_current = rr.rule.max_current_a is not None
+            spec = RuleSpec(name=rr.rule.name, chargers=rr.rule.chargers,
+                            max_current_a=value if is_current else None,
+                            max_power_w=None if is_current else value)
             specs.append((spec, when, rr.when[1]))
         for cid, ov in self._overrides.items():
             if not ov.enabled:
                 forced.setdefault(cid, []).append((0.0, "disabled by override (flags=C)"))
             elif ov.current_a is not None:
                 forced.setdefault(cid, []).append((ov.current_a, f"override {ov.current_a:g} A"))
-        overrides = {cid: min(items, key=lambda item: item[0] if item[0] is not None else 1e9)
-                     for cid, items in forced.items()}
-        phases = {cid: (cc.phases, self.site.voltage_v) for cid, cc in self.cfg.chargers.items()}
-        return rule_caps(specs, phases, overrides)
+        lowest = {cid: min(items, key=lambda item: item[0]) for cid, items in forced.items()}
+        return rule_caps(specs, self._charger_phases, lowest)
 
     def write_failsafe(self) -> None:
         """On stop: leave each charger at no more than its fail-safe current (SPEC §4, SIGTERM)."""
@@ -383,13 +378,11 @@ class ControlLoop:
         out = []
         for name, bus in self.hw.buses.items():
             st = bus.stats()
-            wire_total = getattr(st, "wire_time_s", None)
             per_cycle = None
-            if wire_total is not None and bus.is_rtu:
-                per_cycle = wire_total - self._wire_time_prev.get(name, 0.0)
-                self._wire_time_prev[name] = wire_total
-            out.append(BusStatus(name, st.requests, st.errors, per_cycle,
-                                 getattr(st, "latency_p95_s", None), st.last_error))
+            if bus.is_rtu:
+                per_cycle = st.wire_time_s - self._wire_time_prev.get(name, 0.0)
+                self._wire_time_prev[name] = st.wire_time_s
+            out.append(BusStatus(name, st.requests, st.errors, per_cycle, st.latency_p95_s, st.last_error))
         return tuple(out)
 
     def _build_status(

@@ -59,7 +59,7 @@ class LimitWriter:
                     h.device.setup, self.cfg.site.watchdog_s, self.cfg.chargers[cid].failsafe_current_a)))
             target = commands[cid].current_a
             last = self._written.get(cid)
-            keepalive = getattr(h.device, "keepalive_s", None)
+            keepalive = h.device.keepalive_s
             due = last is None or last[0] != target or (keepalive is not None and now - last[1] >= keepalive)
             if not due:
                 continue
