@@ -37,8 +37,12 @@ How a cycle is decided
 Choices the brief left open (documented here, tested in tests/unit/test_allocation.py)
 =======================================================================================
 * Offline chargers get command 0 (the loop does not write to them) with reason "offline: reserving
-  X A fail-safe". Their memory keeps the pause timer; on return the measured draw is taken as the
-  last command, as after a start.
+  ..." and the loop's reason for the current it reserves (``ChargerInput.reserved_a``, worked out
+  in controller/assumed_draw.py). Their memory keeps the pause timer; on return the measured draw
+  is taken as the last command, as after a start.
+* The memory is about what the boxes *have*, not what was decided: after the write step the loop
+  calls :func:`acknowledge` with the limits the boxes acknowledged, so a held-back increase ramps
+  from the limit in force next cycle, and a box not yet written counts from its measured draw.
 * The pause timer (``min_pause_s``) starts whenever a charger that was running (last command > 0)
   is set to 0 with a car present, whatever the reason (shortage, imbalance, rule cap 0, override,
   max below min): contactors and cars are spared in every case. "No car" / error state clears it,
@@ -62,7 +66,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from controller.allocation_constraints import Constraint, coefficients, site_constraints
 from controller.allocation_types import (
@@ -78,7 +82,7 @@ from hal.types import IecState
 
 __all__ = [
     "RESOLUTION_A", "RUNNING_A", "Allocation", "AllocationState", "ChargerInput", "ChargerMemory", "Command",
-    "Settings", "SiteInput", "allocate",
+    "Settings", "SiteInput", "acknowledge", "allocate",
 ]
 
 #: Commands are rounded down to this (Heidelberg and most boxes take 0.1 A).
@@ -382,7 +386,7 @@ def allocate(site: SiteInput, chargers: Sequence[ChargerInput], settings: Settin
     for c in ordered:
         prev = state.chargers.get(c.id)
         if not c.online:
-            commands[c.id] = Command(0.0, f"offline: reserving {_fmt(c.failsafe_current_a)} A fail-safe")
+            commands[c.id] = Command(0.0, f"offline: reserving {c.reserved_reason or _fmt(c.reserved_a) + ' A'}")
             continue
         prep = _prepare(c, prev, settings, now_s)
         preps[c.id] = prep
@@ -428,3 +432,22 @@ def allocate(site: SiteInput, chargers: Sequence[ChargerInput], settings: Settin
         power_headroom_w=layout.power_headroom_w,
         limiting=tuple(limits),
     )
+
+
+def acknowledge(state: AllocationState, in_force: Mapping[str, float | None]) -> AllocationState:
+    """The memory after the write step: each charger's last command is the limit its box has.
+
+    ``in_force`` maps a charger to the limit its box acknowledged (None: not written since it
+    appeared, so it draws what it measures). Chargers not in it, or remembered as offline, are
+    kept as they are. Pure, like :func:`allocate`.
+    """
+    chargers = dict(state.chargers)
+    for cid, mem in state.chargers.items():
+        if cid not in in_force or mem.offline:
+            continue
+        applied = in_force[cid]
+        if applied is None:
+            chargers[cid] = replace(mem, offline=True)  # next cycle starts from the measured draw
+        elif applied != mem.current_a:
+            chargers[cid] = replace(mem, current_a=applied)
+    return AllocationState(chargers=chargers)

@@ -11,10 +11,12 @@ numbers and names.
   ``other_p`` = grid meter current - the chargers' own measured draw on that phase. It is
   clamped at 0: generation (a negative reading) is never counted as headroom, because it can
   vanish within one cycle and the fuse must hold even then. Without a grid meter, or when the
-  meter failed (``grid_current_a`` None), other loads are taken as 0, as SPEC §5 says; in the
-  fail-safe case the total power limit below is what protects the site. ``reserved_p`` is the
-  fail-safe current of every offline charger using that phase (it may be charging at that
-  current on its own; we cannot know, so we assume it is, and also count what the meter saw).
+  meter failed (``grid_current_a`` None), other loads are taken as 0; in the fail-safe case the
+  total power limit below is what protects the site. ``reserved_p`` is what every offline
+  charger on that phase is assumed to draw (``ChargerInput.reserved_a``: a silent box keeps its
+  last limit until its own watchdog falls back). That same assumed draw counts as the charger's
+  own draw in ``other_p``, so the meter's view of it is not counted twice, and an assumption
+  above the real draw errs on the safe side.
 * ``power`` (soft, contractual): ``sum of phases_i * voltage * x_i <= min(grid_limit_w -
   other_power_w, chargers_limit_w, failsafe_limit_w if a fail-safe reason is set) - reserved``.
   ``other_power_w`` = grid power - the chargers' own power (drawn currents x voltage); it is
@@ -68,13 +70,13 @@ def site_constraints(site: SiteInput, chargers: Sequence[ChargerInput]) -> SiteC
     reserved = [0.0, 0.0, 0.0]
     reserved_power_w = 0.0
     for c in chargers:
-        if c.online:
-            for p, draw in enumerate(c.draw_on_phases()):
-                own[p] += draw
-        else:
-            for p in c.phase_indices:
-                reserved[p] += max(0.0, c.failsafe_current_a)
-            reserved_power_w += max(0.0, c.failsafe_current_a) * c.phases * site.voltage_v
+        draw = c.draw_on_phases()
+        for p in range(3):
+            own[p] += draw[p]
+        if not c.online:
+            for p in range(3):
+                reserved[p] += draw[p]
+            reserved_power_w += sum(draw) * site.voltage_v
     base = [0.0, 0.0, 0.0]
     if site.grid_current_a is not None:
         base = [site.grid_current_a[p] - own[p] for p in range(3)]

@@ -49,7 +49,10 @@ class ChargerInput:
     online: bool  # read OK and fresh
     state: IecState | None  # None when offline
     drawn_a: Phases3 = (0.0, 0.0, 0.0)  # measured per-phase current (zeros when offline)
-    failsafe_current_a: float = 0.0  # what the box falls back to on its own; reserved when offline
+    #: Offline only: what the silent box is taken to draw on each of its phases (its last limit
+    #: until its own watchdog falls back, see controller/assumed_draw.py), and why.
+    reserved_a: float = 0.0
+    reserved_reason: str | None = None
     cap_a: float | None = None  # from rules and overrides (0 pauses); None = no cap
     cap_reason: str | None = None
 
@@ -59,7 +62,7 @@ class ChargerInput:
         if self.phase not in (0, 1, 2):
             raise ValueError(f"charger {self.id}: phase must be 0, 1 or 2, got {self.phase!r}")
         _check_finite(f"charger {self.id}", min_current_a=self.min_current_a,
-                      failsafe_current_a=self.failsafe_current_a,
+                      reserved_a=self.reserved_a,
                       drawn_l1=self.drawn_a[0], drawn_l2=self.drawn_a[1], drawn_l3=self.drawn_a[2])
         _check_limit(f"charger {self.id}", max_current_a=self.max_current_a, cap_a=self.cap_a)
 
@@ -74,7 +77,14 @@ class ChargerInput:
         return max(0.0, *self.drawn_a)
 
     def draw_on_phases(self) -> Phases3:
-        """Measured draw per site phase; a 1-phase charger's draw goes to its configured phase."""
+        """Its draw per site phase: measured when online, the reservation when offline.
+
+        A 1-phase charger's draw goes to its configured phase.
+        """
+        if not self.online:
+            reserved = max(0.0, self.reserved_a)
+            return (reserved if 0 in self.phase_indices else 0.0, reserved if 1 in self.phase_indices else 0.0,
+                    reserved if 2 in self.phase_indices else 0.0)
         if self.phases == 3:
             return (max(0.0, self.drawn_a[0]), max(0.0, self.drawn_a[1]), max(0.0, self.drawn_a[2]))
         out = [0.0, 0.0, 0.0]

@@ -5,14 +5,21 @@ deadline, so a dead bus only makes its own readings age. A variable change or an
 the wake event and a cycle runs at once. Time comes from an injected clock; tests call
 ``run_once()`` and move a ``FakeClock`` instead of sleeping.
 
-Safety rules implemented here (SPEC §5, §6): writes of decreases finish before any increase is
-written; a grid meter older than ``stale_s`` puts the chargers under ``failsafe_limit_w``; a
-silent charger keeps its fail-safe current reserved; a failed formula takes its fail-safe value;
-no exception escapes a cycle; on stop every charger is left at (at most) its fail-safe current.
+Safety rules implemented here: writes of decreases are acknowledged before any increase is
+written, and increases only go out from readings taken after the last write (the writer and
+controller/write_plan.py); a grid meter older than ``stale_s`` puts the chargers under
+``failsafe_limit_w``; a silent charger keeps what it is assumed to draw reserved
+(controller/assumed_draw.py); a failed formula takes its fail-safe value; no exception escapes
+a cycle; on stop every charger is left at (at most) its fail-safe current.
+
+Every reading and every write that lands gets a number from one counter (``_next_seq``), so the
+writer can tell whether a reading was taken before or after a limit changed, whatever the clock.
 """
 
 from __future__ import annotations
 
+import functools
+import itertools
 import logging
 import threading
 import time
@@ -26,8 +33,10 @@ from controller.allocation import (
     ChargerInput,
     Settings,
     SiteInput,
+    acknowledge,
     allocate,
 )
+from controller.assumed_draw import Assumed, SilentBox, assumed_draw
 from controller.build import DeviceHandle, Hardware
 from controller.clock import Clock, SystemClock
 from controller.evaluation import Evaluated, compile_limits, evaluate_cycle, truthy
@@ -43,12 +52,21 @@ from controller.status import (
 from controller.symbols import device_symbols, time_symbols
 from controller.tracking import DeviceTracker, FaultLog
 from controller.variables import VariableStore
-from controller.writer import LimitWriter
+from controller.writer import LimitWriter, Observed, WriteReport
 from hal.executor import GroupExecutor
 from hal.types import ChargerReading, IecState, MeterReading, Phases3
 
 log = logging.getLogger(__name__)
 TICK_TOLERANCE_S = 0.005  # a timed wait may return a hair early: that is still the tick
+
+
+@dataclass(frozen=True)
+class Sample:
+    """A reading with the moment it was taken and its place in the order of reads and writes."""
+
+    seq: int
+    taken_s: float
+    value: Any
 
 
 @dataclass(frozen=True)
@@ -89,7 +107,9 @@ class ControlLoop:
         self.settings = Settings(increase_step_a=self.site.increase_step_a, min_pause_s=self.site.min_pause_s)
         self.trackers: dict[str, DeviceTracker[Any]] = {h.id: DeviceTracker(h.id) for h in hardware.all()}
         self._alloc_state = AllocationState(chargers={})
-        self.writer = LimitWriter(cfg, hardware, self.executor, self.trackers)
+        self._next_seq = itertools.count(1).__next__
+        self.writer = LimitWriter(cfg, hardware, self.executor, self.trackers, self.clock, self._next_seq)
+        self._report = WriteReport()
         self._charger_phases = {cid: (cc.phases, self.site.voltage_v) for cid, cc in cfg.chargers.items()}
         self._overrides: dict[str, Override] = {}
         self._pending_overrides: list[tuple[str, Override | None]] = []
@@ -185,8 +205,12 @@ class ControlLoop:
         site, faults = self._site_input(now, ev)
         chargers = self._charger_inputs(now, ev)
         alloc = allocate(site, list(chargers.values()), self.settings, self._alloc_state, now)
-        self._alloc_state = alloc.state
-        self.writer.write(now, alloc.commands, lambda cid: self._fresh(cid, now) is not None)
+        commands = {cid: cmd.current_a for cid, cmd in alloc.commands.items()}
+        observed = {cid: Observed(c.online, c.draw_a if c.online else 0.0, self.trackers[cid].read_seq)
+                    for cid, c in chargers.items()}
+        meter_seq = self.trackers[self.site.grid_meter].read_seq if site.grid_current_a is not None else None
+        self._report = self.writer.write(now, commands, observed, meter_seq)
+        self._alloc_state = acknowledge(alloc.state, {cid: self.writer.written_a(cid) for cid in chargers})
         faults.update({f"formula {e.where}": e.error for e in ev.errors})
         self._faults.update(faults)
         self._cycle_count += 1
@@ -201,13 +225,19 @@ class ControlLoop:
             else:
                 self._overrides[cid] = override
 
+    def _sample(self, read: Callable[[], Any]) -> Sample:
+        """Run one read, noting when it started: what it returns describes that moment or later."""
+        seq, taken_s = self._next_seq(), self.clock.monotonic()
+        return Sample(seq, taken_s, read())
+
     def _read_all(self, now: float) -> None:
         jobs: dict[str, list[tuple[str, Callable[[], Any]]]] = {}
         for h in self.hw.all():
+            read = functools.partial(self._sample, h.device.read)
             if h.group is None:  # local inputs (GPIO): no bus, read here
-                self._record(h.id, *self._call(h.device.read), now)
+                self._record(h.id, *self._call(read), now)
             else:
-                jobs.setdefault(h.group, []).append((h.id, h.device.read))
+                jobs.setdefault(h.group, []).append((h.id, read))
         busy = {g for g in jobs if self.executor.busy(g)}
         results = self.executor.run(jobs, self.read_budget_s, late_tag="read")
         for group, items in jobs.items():
@@ -232,10 +262,13 @@ class ControlLoop:
         except Exception as exc:
             return None, exc
 
-    def _record(self, dev_id: str, value: Any, error: BaseException | None, now: float) -> None:
+    def _record(self, dev_id: str, sample: Sample | None, error: BaseException | None, now: float) -> None:
         tracker = self.trackers[dev_id]
-        if error is None:
-            tracker.ok(value, now)
+        if error is None and sample is not None:
+            if tracker.read_seq is not None and sample.seq < tracker.read_seq:
+                return  # older than what we have (cannot happen with one worker per bus; be sure)
+            value = sample.value
+            tracker.ok(value, sample.taken_s, sample.seq)
             if dev_id in self._overrides and isinstance(value, ChargerReading) and value.state == IecState.A:
                 log.info("%s: car unplugged, override ends", dev_id)
                 del self._overrides[dev_id]
@@ -306,6 +339,7 @@ class ControlLoop:
             else:
                 max_a = max(0.0, float(value))
             cap_a, cap_reason = caps.get(cid, (None, None))
+            reserved = self._assumed_draw(cid, now) if reading is None else Assumed(0.0, "")
             out[cid] = ChargerInput(
                 id=cid,
                 phases=cc.phases,
@@ -317,11 +351,38 @@ class ControlLoop:
                 online=reading is not None,
                 state=reading.state if reading is not None else None,
                 drawn_a=charger_draw(reading, cc.phases, phase) if reading is not None else (0.0, 0.0, 0.0),
-                failsafe_current_a=cc.failsafe_current_a,
+                reserved_a=reserved.current_a,
+                reserved_reason=reserved.why or None,
                 cap_a=cap_a,
                 cap_reason=cap_reason,
             )
         return out
+
+    def _assumed_draw(self, cid: str, now: float) -> Assumed:
+        """What a charger without a fresh reading is taken to draw (controller/assumed_draw.py)."""
+        cc = self.cfg.chargers[cid]
+        tracker = self.trackers[cid]
+        landed = self.writer.landed(cid)
+        fallback = self.hw.chargers[cid].device.fallback
+        fallback_s: float | None = None
+        if fallback is not None:
+            # A watchdog that gridcharge configures is armed only once its setup was acknowledged.
+            fallback_s = fallback.timeout_s if fallback.timeout_s is not None else (
+                self.site.watchdog_s if landed.setup_done else None)
+        contact = [t for t in (tracker.read_at_s, landed.contact_s) if t is not None]
+        last = tracker.reading
+        # A maximum given as a formula may be low now and was perhaps not when the box was set.
+        maximum = cc.max_current_a if isinstance(cc.max_current_a, (int, float)) else self.site.main_fuse_a
+        return assumed_draw(SilentBox(
+            landed_a=landed.landed_a,
+            landed_s=landed.landed_s,
+            contact_s=max(contact) if contact else None,
+            measured_a=max(last.current_a) if isinstance(last, ChargerReading) else None,
+            fallback_s=fallback_s,
+            fed_by_any_request=fallback.fed_by_any_request if fallback is not None else True,
+            failsafe_a=cc.failsafe_current_a,
+            maximum_a=float(maximum),
+        ), now)
 
     def _caps(
         self, ev: Evaluated, readings: Mapping[str, ChargerReading | None]
@@ -403,7 +464,7 @@ class ControlLoop:
                 max_current_a=ci.max_current_a,
                 command_a=cmd.current_a,
                 written_a=self.writer.written_a(cid),
-                reason=cmd.reason,
+                reason=self._report.held.get(cid, cmd.reason),
                 enabled=ov.enabled if ov else True,
                 override_a=ov.current_a if ov else None,
             ))

@@ -19,15 +19,17 @@ R = TypeVar("R")
 class DeviceTracker(Generic[R]):
     id: str
     reading: R | None = None
-    read_at_s: float | None = None
+    read_at_s: float | None = None  # when the reading was taken
+    read_seq: int | None = None  # its place in the order of reads and writes (controller/write_plan.py)
     error: str | None = None
     error_since_s: float | None = None
 
-    def ok(self, reading: R, now_s: float) -> None:
+    def ok(self, reading: R, now_s: float, seq: int | None = None) -> None:
+        """A good reading taken at ``now_s``; ``seq`` orders it against the limit writes."""
         if self.error is not None:
             lasted = now_s - (self.error_since_s or now_s)
             log.warning("%s: back after %.1f s (%s)", self.id, lasted, self.error)
-        self.reading, self.read_at_s = reading, now_s
+        self.reading, self.read_at_s, self.read_seq = reading, now_s, seq
         self.error, self.error_since_s = None, None
 
     def fail(self, error: str, now_s: float) -> None:

@@ -17,6 +17,7 @@ from hal.profile import Block, InvalidValue, Kind, Profile, WriteSpec
 from hal.types import (
     ChargerReading,
     DeviceAnswerError,
+    Fallback,
     InputReading,
     MeterReading,
     Phases3,
@@ -153,6 +154,7 @@ class ProfileCharger(_ProfileDevice):
         if profile.state is None or profile.limit is None:  # parse_profile guarantees both
             raise ValueError(f"{id}: profile {profile.model!r} has no state map or no limit")
         self.keepalive_s: float | None = profile.keepalive_s
+        self.fallback: Fallback | None = profile.fallback
         self._state = profile.state
         self._limit = profile.limit
 

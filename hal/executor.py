@@ -14,12 +14,13 @@ from __future__ import annotations
 import concurrent.futures as cf
 import logging
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+K = TypeVar("K", bound=Hashable)
 
 
 @dataclass(frozen=True)
@@ -40,7 +41,7 @@ class GroupExecutor:
             g: cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{name}-{g}") for g in groups
         }
         self._busy: dict[str, cf.Future[Any]] = {}
-        self._late: dict[tuple[str, str], JobResult[Any]] = {}
+        self._late: dict[tuple[str, Hashable], JobResult[Any]] = {}
         self._lock = threading.Lock()
 
     @property
@@ -55,24 +56,24 @@ class GroupExecutor:
 
     def run(
         self,
-        jobs: Mapping[str, Sequence[tuple[str, Callable[[], T]]]],
+        jobs: Mapping[str, Sequence[tuple[K, Callable[[], T]]]],
         timeout_s: float,
         *,
         late_tag: str | None = None,
-    ) -> dict[str, JobResult[T]]:
+    ) -> dict[K, JobResult[T]]:
         """Run each group's jobs in order on its worker; wait at most ``timeout_s`` for all.
 
-        ``jobs`` maps group → [(key, fn), ...]. Returns key → JobResult for every key; jobs of a
+        ``jobs`` maps group → [(key, fn), ...], keys unique across groups. Returns key → JobResult for every key; jobs of a
         busy group or not finished by the deadline come back with ``done=False``, unless an
         earlier call with the same ``late_tag`` finished that key after its deadline: then that
         result comes back, marked ``late``.
         """
-        results: dict[str, JobResult[T]] = {}
+        results: dict[K, JobResult[T]] = {}
         futures: list[cf.Future[Any]] = []
         lock = threading.Lock()
         closed = False
 
-        def batch(items: Sequence[tuple[str, Callable[[], T]]]) -> None:
+        def batch(items: Sequence[tuple[K, Callable[[], T]]]) -> None:
             for key, fn in items:
                 try:
                     res: JobResult[T] = JobResult(value=fn(), done=True)

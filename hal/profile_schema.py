@@ -26,6 +26,9 @@ The schema in brief (every key not listed is an error; see ``hal/profiles/heidel
       by_value: {codes: [RAW], value: NAME, min: N, then: LETTER, else: LETTER}   # optional
     limit: {address, type, scale, word_order, write: single|multiple, pause: [WRITE], resume: [WRITE]}
     keepalive_s: seconds | null      # chargers: rewrite the limit at least this often
+    fallback: {timeout_s: seconds | watchdog_s, fed_by: any_request | limit_write}
+                                     # chargers: when the box leaves its limit for its fail-safe
+                                     # current on its own; watchdog_s = the one setup writes
     setup: [WRITE]                   # chargers, once at start; value may be watchdog_s,
                                      # watchdog_ms or failsafe_current; flash: true = read first
     inputs: {table: discrete|coil, count, active_low}   # input modules
@@ -59,15 +62,17 @@ from hal.profile_types import (
     WriteSpec,
     pack_blocks,
 )
-from hal.types import IecState, RequestPolicy, Table
+from hal.types import Fallback, IecState, RequestPolicy, Table
 
 _NAME_RE = re.compile(r"[a-z][a-z0-9_]{0,63}")
 _BIT_TABLES = {Table.COIL, Table.DISCRETE}
 _TOP_KEYS = frozenset({
     "model", "kind", "manufacturer", "description", "link", "request", "word_order", "values",
-    "state", "limit", "keepalive_s", "setup", "inputs",
+    "state", "limit", "keepalive_s", "setup", "fallback", "inputs",
 })  # fmt: skip
-_CHARGER_ONLY = ("state", "limit", "keepalive_s", "setup")
+_CHARGER_ONLY = ("state", "limit", "keepalive_s", "setup", "fallback")
+_FALLBACK_KEYS = frozenset({"timeout_s", "fed_by"})
+_FED_BY = ("any_request", "limit_write")
 _VALUE_KEYS = frozenset({
     "table", "address", "type", "scale", "offset", "word_order", "invalid", "range", "mask",
     "shift", "required",
@@ -166,11 +171,13 @@ class _Parser:
         if state_spec is not None and (state_spec.scaled or state_spec.range is not None):
             self.err("values.state", "a state code is not scaled or range-checked")
         keepalive = self.number(data, "keepalive_s", "", None, gt=0)
+        setup = self.writes(data.get("setup"), "setup", word_order, setup=True)
         return {
             "state": self.state(data["state"], state_spec, values) if "state" in data else None,
             "limit": self.limit(data["limit"], word_order) if "limit" in data else None,
-            "setup": self.writes(data.get("setup"), "setup", word_order, setup=True),
+            "setup": setup,
             "keepalive_s": float(keepalive) if keepalive is not None else None,
+            "fallback": self.fallback(data.get("fallback"), setup),
         }
 
     def require_value(self, values: Mapping[str, ValueSpec], name: str, what: str, declared: Any) -> None:
@@ -384,6 +391,27 @@ class _Parser:
         scale = self.number(data, "scale", path, 1.0, gt=0)
         order = self.choice(data, "word_order", path, codec.WORD_ORDERS, word_order)
         return address, type_name, scale, order, self.single(data, path, type_name)
+
+    def fallback(self, data: Any, setup: Sequence[WriteSpec]) -> Fallback | None:
+        """The box's own fall-back; ``timeout_s: watchdog_s`` needs a setup write that sets it."""
+        if data is None:
+            return None
+        if not self.keys(data, "fallback", _FALLBACK_KEYS, required=("timeout_s", "fed_by")):
+            return None
+        fed_by = self.choice(data, "fed_by", "fallback", _FED_BY, _MISSING)
+        timeout = data["timeout_s"]
+        if timeout == "watchdog_s":
+            if not any(spec.value in ("watchdog_s", "watchdog_ms") for spec in setup):
+                self.err("fallback.timeout_s", "watchdog_s needs a setup write of watchdog_s or watchdog_ms")
+            timeout_s = None
+        else:
+            timeout_s = self.number(data, "timeout_s", "fallback", None, gt=0, hi=86400)
+            if timeout_s is None:
+                return None
+        if fed_by is None:
+            return None
+        return Fallback(timeout_s=None if timeout_s is None else float(timeout_s),
+                        fed_by_any_request=fed_by == "any_request")
 
     def writes(self, data: Any, path: str, word_order: str, *, setup: bool) -> tuple[WriteSpec, ...]:
         if data is None:

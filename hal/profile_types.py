@@ -22,7 +22,7 @@ from types import MappingProxyType
 from typing import Any
 
 from hal import codec
-from hal.types import IecState, RequestPolicy, Table
+from hal.types import Fallback, IecState, RequestPolicy, Table
 
 
 class Kind(str, enum.Enum):
@@ -318,6 +318,7 @@ class Profile:
     limit: LimitSpec | None = None
     setup: tuple[WriteSpec, ...] = ()
     keepalive_s: float | None = None
+    fallback: Fallback | None = None
     inputs: InputSpec | None = None
     link: LinkDefaults = LinkDefaults()
     manufacturer: str = ""

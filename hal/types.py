@@ -84,6 +84,21 @@ class ChargerReading:
 
 
 @dataclass(frozen=True)
+class Fallback:
+    """What a wallbox does on its own when its controller falls silent.
+
+    After ``timeout_s`` without being fed it leaves its last limit and offers its fail-safe
+    current. ``timeout_s`` None means "the watchdog the controller configures with ``setup()``":
+    such a box falls back only once that setup has been acknowledged (a factory-fresh box has no
+    watchdog). ``fed_by_any_request``: any request restarts the timer (Heidelberg), otherwise only
+    a write of the limit does (Alfen's validity time).
+    """
+
+    timeout_s: float | None = None
+    fed_by_any_request: bool = True
+
+
+@dataclass(frozen=True)
 class InputReading:
     """A digital input after polarity: ``active`` already honours active_low / normally_closed."""
 
@@ -106,6 +121,10 @@ class Charger(Protocol):
     #: Seconds after which the current limit must be written again even if unchanged
     #: (e.g. Alfen's validity time); None when the box needs no keep-alive write.
     keepalive_s: float | None
+
+    #: How the box falls back to its fail-safe current when nobody talks to it; None when it
+    #: never does (it keeps its last limit for as long as it is silent).
+    fallback: Fallback | None
 
     def read(self) -> ChargerReading:
         """Read once; raise DeviceError when no usable value can be had."""

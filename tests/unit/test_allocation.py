@@ -33,12 +33,13 @@ def site(**kw: object) -> SiteInput:
 
 def ch(cid: str = "E1", *, phases: int = 3, phase: int = 0, max_a: float = 16.0, min_a: float = 6.0,
        state: IecState | None = C, draw: tuple[float, float, float] = (0.0, 0.0, 0.0), online: bool = True,
-       prio: int = 0, cap: float | None = None, cap_reason: str | None = None, failsafe: float = 6.0,
-       max_reason: str | None = None) -> ChargerInput:
+       prio: int = 0, cap: float | None = None, cap_reason: str | None = None, reserved: float = 6.0,
+       max_reason: str | None = None, reserved_reason: str | None = None) -> ChargerInput:
     return ChargerInput(
         id=cid, phases=phases, phase=phase, min_current_a=min_a, max_current_a=max_a, max_reason=max_reason,
         priority=prio, online=online, state=state if online else None, drawn_a=draw if online else (0.0, 0.0, 0.0),
-        failsafe_current_a=failsafe, cap_a=cap, cap_reason=cap_reason,
+        reserved_a=reserved if not online else 0.0, reserved_reason=reserved_reason if not online else None,
+        cap_a=cap, cap_reason=cap_reason,
     )
 
 
@@ -100,12 +101,17 @@ ROWS = [
     Row("car connected but not charging is offered min", site(), (ch(state=B),),
         {"E1": (6, "car connected, not charging")}, {"E1": mem(16)}),
     Row("state D charges like C", site(), (ch(state=D, draw=FULL3),), {"E1": (16, "max 16 A")}, {"E1": mem(16)}),
-    Row("offline charger: its fail-safe current is reserved", site(main_fuse_a=16.0),
-        (ch("E1", online=False, failsafe=6.0), ch("E2")),
-        {"E1": (0, "offline: reserving 6 A fail-safe"), "E2": (10, "fuse L1")}, {"E2": mem(16)}),
+    Row("offline charger: what it is assumed to draw is reserved", site(main_fuse_a=16.0),
+        (ch("E1", online=False, reserved=6.0, reserved_reason="6 A fail-safe (its watchdog has fallen back)"),
+         ch("E2")),
+        {"E1": (0, "offline: reserving 6 A fail-safe (its watchdog"), "E2": (10, "fuse L1")}, {"E2": mem(16)}),
     Row("offline 1-phase charger reserves only its phase", site(main_fuse_a=16.0),
-        (ch("E1", phases=1, phase=1, online=False, failsafe=10.0), ch("E2")),
+        (ch("E1", phases=1, phase=1, online=False, reserved=10.0), ch("E2")),
         {"E1": (0, "offline: reserving 10 A"), "E2": (6, "fuse L2")}, {"E2": mem(16)}),
+    Row("offline charger's assumed draw is its own, not other consumption (meter sees it)",
+        site(main_fuse_a=32.0, grid_current_a=(30.0, 30.0, 30.0)),  # 10 A base + E1 14 A + E2 6 A
+        (ch("E1", online=False, reserved=14.0), ch("E2")),
+        {"E1": (0, "offline: reserving 14 A"), "E2": (8, "")}, {"E2": mem(6)}),
     # -- power limits ------------------------------------------------------------------------
     Row("grid limit minus other consumption (2000 W)", site(grid_limit_w=11000.0, grid_power_w=10970.0,
                                                              grid_current_a=(16.0, 16.0, 16.0)),
@@ -208,7 +214,7 @@ def test_table(row: Row) -> None:
 
 def test_headroom_limiting_and_power_headroom() -> None:
     s = site(main_fuse_a=16.0, grid_current_a=(16.0, 10.0, 10.0), chargers_limit_w=9000.0)
-    chargers = [ch("E1", draw=(10.0, 10.0, 10.0)), ch("E2", phases=1, phase=2, online=False, failsafe=6.0)]
+    chargers = [ch("E1", draw=(10.0, 10.0, 10.0)), ch("E2", phases=1, phase=2, online=False, reserved=6.0)]
     result = allocate(s, chargers, Settings(), AllocationState({"E1": mem(10)}), 0.0)
     assert result.headroom_a == (10.0, 16.0, 10.0)  # L1: 6 A others; L3: 6 A reserved for E2
     assert result.power_headroom_w == pytest.approx(9000.0 - 6 * 230.0)
@@ -448,3 +454,21 @@ def test_rounding_never_widens_an_imbalance() -> None:
     assert result.commands["E1"].current_a == 17.2
     assert result.commands["E1"].reason == "phase imbalance L1-L2"
     assert "phase imbalance L1-L2" in result.limiting
+
+
+# ---- after the write step ---------------------------------------------------------------------
+
+
+def test_acknowledge_makes_the_memory_what_the_boxes_have() -> None:
+    """A held-back increase ramps from the limit in force; a box not written counts from its draw."""
+    from controller.allocation import acknowledge
+
+    decided = AllocationState({"E1": mem(14), "E2": mem(8), "E3": mem(6), "E4": ChargerMemory(0.0, None, offline=True)})
+    after = acknowledge(decided, {"E1": 14.0, "E2": 6.0, "E3": None, "E4": None})
+    assert after.chargers["E1"] == decided.chargers["E1"]  # written as decided
+    assert after.chargers["E2"].current_a == 6.0  # its increase was held back: still at 6 A
+    assert after.chargers["E3"].offline  # never written: next cycle starts from its measured draw
+    assert after.chargers["E4"] == decided.chargers["E4"]  # offline stays as it was
+    # next cycle: E2 ramps from 6, not from the 8 A it never got
+    result = allocate(site(), [ch("E2", draw=(6.0, 6.0, 6.0))], Settings(increase_step_a=2.0), after, 2000.0)
+    assert result.commands["E2"].current_a == 8.0

@@ -47,7 +47,7 @@ class Static:
     phase: int
     min_a: float
     priority: int
-    failsafe_a: float
+    reserved_a: float  # what it is assumed to draw while offline
 
 
 @st.composite
@@ -56,7 +56,7 @@ def statics(draw: st.DrawFn) -> list[Static]:
     return [
         Static(cid, phases=draw(st.sampled_from([1, 3])), phase=draw(st.integers(0, 2)),
                min_a=draw(st.sampled_from([6.0, 6.0, 8.0, 10.0])), priority=draw(st.integers(0, 2)),
-               failsafe_a=draw(st.sampled_from([0.0, 6.0, 10.0])))
+               reserved_a=draw(st.sampled_from([0.0, 6.0, 10.0, 16.0])))
         for cid in IDS[:n]
     ]
 
@@ -73,7 +73,7 @@ def charger_inputs(draw: st.DrawFn, static: Static) -> ChargerInput:
         max_current_a=draw(st.sampled_from([0.0, 3.0, 6.0, 10.0, 16.0, 32.0])),
         max_reason=draw(st.one_of(st.none(), st.just("max formula error: x"))),
         priority=static.priority, online=online, state=state, drawn_a=drawn,
-        failsafe_current_a=static.failsafe_a, cap_a=cap, cap_reason=None if cap is None else 'rule "r"',
+        reserved_a=0.0 if online else static.reserved_a, cap_a=cap, cap_reason=None if cap is None else 'rule "r"',
     )
 
 
@@ -120,14 +120,17 @@ def phases_of(c: ChargerInput) -> list[int]:
 
 
 def own_draw(chargers: list[ChargerInput]) -> list[float]:
+    """Measured draw of the online chargers plus what the offline ones are assumed to draw."""
     own = [0.0, 0.0, 0.0]
     for c in chargers:
-        if c.online:
-            if c.phases == 3:
-                for p in range(3):
-                    own[p] += max(0.0, c.drawn_a[p])
-            else:
-                own[c.phase] += max(0.0, *c.drawn_a)
+        if not c.online:
+            for p in phases_of(c):
+                own[p] += c.reserved_a
+        elif c.phases == 3:
+            for p in range(3):
+                own[p] += max(0.0, c.drawn_a[p])
+        else:
+            own[c.phase] += max(0.0, *c.drawn_a)
     return own
 
 
@@ -142,13 +145,13 @@ def check_limits(site: SiteInput, chargers: list[ChargerInput], result: Allocati
             if c.online:
                 load[p] += cmd[c.id]
             else:
-                reserved[p] += c.failsafe_current_a
+                reserved[p] += c.reserved_a
     for p in range(3):  # the fuse: only what we command counts against us
         if load[p] > 0:
             assert load[p] + reserved[p] + max(0.0, others[p]) <= site.main_fuse_a + TOL, (p, load, reserved, others)
 
     power_w = sum(cmd[c.id] * c.phases * site.voltage_v for c in chargers if c.online)
-    reserved_w = sum(c.failsafe_current_a * c.phases * site.voltage_v for c in chargers if not c.online)
+    reserved_w = sum(c.reserved_a * c.phases * site.voltage_v for c in chargers if not c.online)
     if power_w > 0:
         own_w = sum(own) * site.voltage_v
         if site.grid_limit_w is not None:
