@@ -5,14 +5,23 @@ Split from ``hal/modbus.py`` to keep both readable; the pymodbus names it needs 
 every request (the simulators compute live values and react to writes), answers nothing for
 unknown or silenced units (a dead RS485 device), and runs on an asyncio loop thread of its own
 or one shared by many servers.
+
+A simulated device answers as late as a real one: each unit may have a latency of its own (its
+processing time, ``set_latency``), and a server behind an RS485 line (an RTU server on a
+pseudo-terminal, which moves bytes at once whatever the baud rate, or an RS485 gateway) takes
+the line's wire time (:class:`LineTiming`). A write takes effect when its request has arrived,
+and a read samples the device then; the answer comes back after the device's latency and the
+response's own wire time. Other units wait meanwhile, as on a real half-duplex line.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import threading
 from collections.abc import Callable, Coroutine, Mapping
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from hal.modbus import (  # pymodbus names come through hal.modbus, the one module that imports it
@@ -26,12 +35,40 @@ from hal.modbus import (  # pymodbus names come through hal.modbus, the one modu
 )
 from hal.types import DeviceAnswerError, Table
 
-__all__ = ["ModbusServer", "RegisterBank", "ServerLoop", "device_answer_error"]
+__all__ = ["LineTiming", "ModbusServer", "RegisterBank", "ServerLoop", "device_answer_error"]
 
 log = logging.getLogger(__name__)
 
 _FC_TABLE = {1: Table.COIL, 5: Table.COIL, 15: Table.COIL, 2: Table.DISCRETE, 4: Table.INPUT,
              3: Table.HOLDING, 6: Table.HOLDING, 16: Table.HOLDING, 22: Table.HOLDING, 23: Table.HOLDING}
+_WRITE_ECHO_FCS = frozenset({5, 6})  # pymodbus reads the value back to echo a single write
+
+
+@dataclass(frozen=True)
+class LineTiming:
+    """The speed of an RS485 line: how long frames take on the wire at its baud rate.
+
+    ``bits_per_char``: start + 8 data + parity + stop = 11 for 8E1 or 8N2, 10 for 8N1. Every
+    frame is followed by the 3.5 character times of silence that end it.
+    """
+
+    baudrate: int
+    bits_per_char: int = 11
+
+    def frame_s(self, n_bytes: int) -> float:
+        return (n_bytes + 3.5) * self.bits_per_char / self.baudrate
+
+    def read_s(self, func_code: int, count: int) -> tuple[float, float]:
+        """(request, response) wire time of a read of ``count`` registers or bits."""
+        data = math.ceil(count / 8) if func_code in (1, 2) else 2 * count
+        return self.frame_s(8), self.frame_s(5 + data)
+
+    def write_s(self, func_code: int, count: int) -> tuple[float, float]:
+        """(request, response) wire time of a write of ``count`` registers or coils."""
+        if func_code in _WRITE_ECHO_FCS:
+            return self.frame_s(8), self.frame_s(8)
+        data = math.ceil(count / 8) if func_code == 15 else 2 * count
+        return self.frame_s(9 + data), self.frame_s(8)
 
 
 class RegisterBank(Protocol):
@@ -63,11 +100,14 @@ class _BankContext(ModbusServerContext):
     Tied to pymodbus ~=3.16 (the legacy context goes away in 4.0).
     """
 
-    def __init__(self, banks: Mapping[int, RegisterBank], is_silent: Callable[[int], bool]) -> None:
+    def __init__(self, banks: Mapping[int, RegisterBank], is_silent: Callable[[int], bool],
+                 line: LineTiming | None = None) -> None:
         self.simdevices: list = []
         self.old_simulator = True
         self._banks = dict(banks)
         self._is_silent = is_silent
+        self.line = line
+        self.latency_s: dict[int, float] = {}  # per unit: its processing time before it answers
 
     def _bank(self, device_id: int) -> RegisterBank:
         bank = self._banks.get(device_id)
@@ -75,15 +115,26 @@ class _BankContext(ModbusServerContext):
             raise NoSuchIdException(f"unit {device_id} does not answer")
         return bank
 
+    def _times(self, device_id: int, wire: tuple[float, float] | None) -> tuple[float, float]:
+        """(before the device acts, before it answers): the request's wire time, then the
+        device's latency and the response's wire time."""
+        request_s, response_s = wire if wire is not None else (0.0, 0.0)
+        return request_s, self.latency_s.get(device_id, 0.0) + response_s
+
     async def async_getValues(self, device_id: int, func_code: int, address: int,
                               count: int = 1) -> list[int] | list[bool] | ExcCodes:
         bank, table = self._bank(device_id), _FC_TABLE.get(func_code)
         if table is None:
             return ExcCodes.ILLEGAL_FUNCTION
+        echo = func_code in _WRITE_ECHO_FCS  # the read-back of a single write: timed by the write
+        before_s, answer_s = (0.0, 0.0) if echo else self._times(
+            device_id, self.line.read_s(func_code, count) if self.line else None)
+        await _sleep(before_s)
         try:
             values = [int(v) for v in bank.read(table, address, count)]
         except Exception as exc:
             return _exc_code(exc, device_id)
+        await _sleep(answer_s)
         if table in (Table.COIL, Table.DISCRETE):
             return [bool(v) for v in values]
         if not all(0 <= v <= 0xFFFF for v in values):  # pymodbus would fail to encode: no answer
@@ -96,14 +147,23 @@ class _BankContext(ModbusServerContext):
         bank, table = self._bank(device_id), _FC_TABLE.get(func_code)
         if table not in (Table.COIL, Table.HOLDING):
             return ExcCodes.ILLEGAL_FUNCTION
+        words = [int(v) for v in values]
+        before_s, answer_s = self._times(device_id, self.line.write_s(func_code, len(words)) if self.line else None)
+        await _sleep(before_s)
         try:
-            bank.write(table, address, [int(v) for v in values])
+            bank.write(table, address, words)
         except Exception as exc:
             return _exc_code(exc, device_id)
+        await _sleep(answer_s)
         return None
 
     def device_ids(self) -> list[int]:
         return list(self._banks)
+
+
+async def _sleep(seconds: float) -> None:
+    if seconds > 0:
+        await asyncio.sleep(seconds)
 
 
 def _exc_code(exc: Exception, unit: int) -> ExcCodes:
@@ -156,9 +216,9 @@ class ModbusServer:
 
     def __init__(self, banks: Mapping[int, RegisterBank],
                  factory: Callable[[ModbusServerContext, Any], Any], port: int | str,
-                 loop: ServerLoop | None) -> None:
+                 loop: ServerLoop | None, line: LineTiming | None = None) -> None:
         self._silent: frozenset[int] = frozenset()
-        self._context = _BankContext(banks, lambda unit: unit in self._silent)
+        self._context = _BankContext(banks, lambda unit: unit in self._silent, line)
         self._factory = factory
         self._shared_loop = loop
         self._loop: ServerLoop | None = None
@@ -167,17 +227,20 @@ class ModbusServer:
 
     @classmethod
     def tcp(cls, banks: Mapping[int, RegisterBank], host: str = "127.0.0.1", port: int = 0, *,
-            rtu_framing: bool = False, loop: ServerLoop | None = None) -> ModbusServer:
+            rtu_framing: bool = False, loop: ServerLoop | None = None,
+            line: LineTiming | None = None) -> ModbusServer:
+        """A Modbus TCP server; with ``rtu_framing`` an RS485 gateway (``line``: the RS485 side)."""
         framer = FramerType.RTU if rtu_framing else FramerType.SOCKET
         return cls(banks, lambda ctx, port_now: ModbusTcpServer(
-            ctx, framer=framer, address=(host, port_now), ignore_missing_devices=True), port, loop)
+            ctx, framer=framer, address=(host, port_now), ignore_missing_devices=True), port, loop, line)
 
     @classmethod
     def rtu(cls, banks: Mapping[int, RegisterBank], port: str, baudrate: int = 19200, parity: str = "N",
-            stopbits: int = 1, *, loop: ServerLoop | None = None) -> ModbusServer:
+            stopbits: int = 1, *, loop: ServerLoop | None = None, line: LineTiming | None = None) -> ModbusServer:
+        """An RTU server on a serial port; ``line`` times it like a real RS485 line (a pty has no baud)."""
         return cls(banks, lambda ctx, _: ModbusSerialServer(
             ctx, framer=FramerType.RTU, port=port, baudrate=baudrate, parity=parity, stopbits=stopbits,
-            ignore_missing_devices=True), port, loop)
+            ignore_missing_devices=True), port, loop, line)
 
     def start(self) -> ModbusServer:
         """Return once the server listens; ``port`` then holds the actual TCP port."""
@@ -217,6 +280,12 @@ class ModbusServer:
     def set_silent(self, unit: int, silent: bool) -> None:
         """A silent unit gets no answer at all, like a dead device on RS485."""
         self._silent = (self._silent | {unit}) if silent else (self._silent - {unit})
+
+    def set_latency(self, unit: int, seconds: float) -> None:
+        """The unit's own processing time before it answers (0: at once)."""
+        if not math.isfinite(seconds) or seconds < 0:
+            raise ValueError(f"latency must be finite and >= 0, not {seconds!r}")
+        self._context.latency_s[unit] = seconds
 
     def __enter__(self) -> ModbusServer:
         return self.start()

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 
 from hal.sim.timeline import Clock, SimTimeline
 from hal.sim.wallbox import (
@@ -74,6 +75,7 @@ class SimSite:
         self._energy_t_s = self.timeline.now_s
         self._wallboxes: dict[str, SimWallbox] = {}
         self._grid_currents_cache: Phases3 = base_load_a
+        self._watchers: list[Callable[[float, Phases3], None]] = []
         self.timeline.observe(self._integrate_to)
         #: The grid meter as a value source (``values()``), for a register bank.
         self.grid_meter = SimGridMeter(self)
@@ -92,6 +94,15 @@ class SimSite:
             self._wallboxes[name] = box
             self._currents_changed()
         return box
+
+    def watch(self, callback: Callable[[float, Phases3], None]) -> None:
+        """``callback(t, grid_currents)`` after every change of the grid currents (lock held).
+
+        For tests that check a limit at every instant, not only when a meter happens to be read:
+        each write to a box, each watchdog expiry, each step of the house load.
+        """
+        with self.lock:
+            self._watchers.append(callback)
 
     def wallbox(self, name: str) -> SimWallbox:
         with self.lock:
@@ -176,7 +187,10 @@ class SimSite:
         for box in self._wallboxes.values():
             for i, current_a in enumerate(box._currents_a()):
                 totals[i] += current_a
-        self._grid_currents_cache = (totals[0], totals[1], totals[2])
+        before, self._grid_currents_cache = self._grid_currents_cache, (totals[0], totals[1], totals[2])
+        if self._watchers and self._grid_currents_cache != before:
+            for callback in self._watchers:
+                callback(self.timeline.now_s, self._grid_currents_cache)
 
     def _box(self, box: SimWallbox | str) -> SimWallbox:
         return self.wallbox(box) if isinstance(box, str) else box

@@ -12,8 +12,15 @@ Links, as in a real installation:
   of them as units on one server.
 - ``rtu``: one RS485 line over a :class:`~hal.sim.pty.PtyNullModem`, every RTU device a unit on
   it. A pseudo-terminal refuses parity, so the line runs 8N1 even for a Heidelberg (8E1 on a real
-  bus); the configuration says so.
-- ``rtu-over-tcp``: one RS485-to-Ethernet gateway in transparent mode (RTU frames over TCP).
+  bus); the configuration says so. A pseudo-terminal also moves bytes at once, so the server
+  adds the wire time of every frame at 19200 baud 8E1 (:class:`~hal.modbus_server.LineTiming`):
+  RS485 is slow, and a controller that forgets it shows up here.
+- ``rtu-over-tcp``: one RS485-to-Ethernet gateway in transparent mode (RTU frames over TCP), with
+  the same RS485 wire time behind it.
+
+Every device may have a latency of its own (``latency_s`` in its spec, ``set_latency()`` at run
+time): the time it takes before it answers. Devices on an RS485 line default to
+:data:`RS485_LATENCY_S`, TCP devices to none.
 
 Time flows without a thread of its own: every register read integrates the physics up to the
 clock's now, so what a reader sees is always current, and nothing happens that nobody can see.
@@ -27,7 +34,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from hal.modbus_server import ModbusServer, ServerLoop
+from hal.modbus_server import LineTiming, ModbusServer, ServerLoop
 from hal.profile import Kind, load_profile
 from hal.sim.bank import ProfileBank
 from hal.sim.physics import (
@@ -52,6 +59,10 @@ RTU_BUS = "sim_rtu"
 GATEWAY_BUS = "sim_gateway"
 SHARED_TCP_BUS = "sim_tcp"
 RTU_BAUDRATE = 19200
+#: The RS485 line's timing: 19200 baud, 11 bits a character (8E1, as a Heidelberg needs).
+RS485_LINE = LineTiming(RTU_BAUDRATE, 11)
+#: A device's own time to answer on RS485 (devices.md A.5: typically 5-50 ms).
+RS485_LATENCY_S = 0.01
 
 
 @dataclass(frozen=True)
@@ -84,6 +95,7 @@ class SimMeterSpec:
     model: str = "sdm630"
     link: Link = "rtu"
     unit: int | None = None
+    latency_s: float | None = None  # None: RS485_LATENCY_S on an RS485 line, 0 on TCP
 
 
 @dataclass(frozen=True)
@@ -103,6 +115,7 @@ class SimChargerSpec:
     keepalive_on: KeepaliveOn | None = None
     initial_limit_a: float | None = None
     priority: int | None = None
+    latency_s: float | None = None  # None: RS485_LATENCY_S on an RS485 line, 0 on TCP
 
 
 @dataclass(frozen=True)
@@ -114,6 +127,7 @@ class SimInputModuleSpec:
     link: Link = "rtu"
     unit: int | None = None
     inputs: tuple[str, ...] = ("RSE1",)  # input ids, on discrete inputs 0, 1, …
+    latency_s: float | None = None  # None: RS485_LATENCY_S on an RS485 line, 0 on TCP
 
 
 @dataclass(frozen=True)
@@ -138,6 +152,7 @@ class _Device:
     bank: ProfileBank
     spec: Any
     server: ModbusServer | None = None
+    latency_s: float = 0.0
 
 
 @dataclass
@@ -259,6 +274,8 @@ class SimulatedSite:
             raise ValueError(f"{device.id}: unit {unit} outside 1..247")
         taken.add(unit)
         device.unit = unit
+        latency = getattr(device.spec, "latency_s", None)
+        device.latency_s = (RS485_LATENCY_S if device.link != "tcp" else 0.0) if latency is None else latency
         self._devices[device.id] = device
 
     def _server_key(self, device: _Device) -> str:
@@ -282,7 +299,7 @@ class SimulatedSite:
             except BaseException:
                 self.stop()
                 raise
-            self._apply_silence()
+            self._apply_behaviour()
             log.info("simulated site serving %d devices", len(self._devices))
             return self
 
@@ -294,9 +311,9 @@ class SimulatedSite:
             if key == RTU_BUS:
                 servers.modem = PtyNullModem()
                 servers.rtu = ModbusServer.rtu(banks, servers.modem.port_b, RTU_BAUDRATE, "N", 1,
-                                               loop=servers.loop).start()
+                                               loop=servers.loop, line=RS485_LINE).start()
             elif key == GATEWAY_BUS:
-                servers.gateway = self._tcp(key, banks, servers.loop, rtu_framing=True)
+                servers.gateway = self._tcp(key, banks, servers.loop, rtu_framing=True, line=RS485_LINE)
             elif key == SHARED_TCP_BUS:
                 servers.shared_tcp = self._tcp(key, banks, servers.loop)
             else:
@@ -305,9 +322,9 @@ class SimulatedSite:
             device.server = self._server_of(device)
 
     def _tcp(self, key: str, banks: Mapping[int, ProfileBank], loop: ServerLoop, *,
-             rtu_framing: bool = False) -> ModbusServer:
+             rtu_framing: bool = False, line: LineTiming | None = None) -> ModbusServer:
         server = ModbusServer.tcp(banks, self.host, self._tcp_ports.get(key, 0),
-                                  rtu_framing=rtu_framing, loop=loop).start()
+                                  rtu_framing=rtu_framing, loop=loop, line=line).start()
         self._tcp_ports[key] = int(server.port)
         return server
 
@@ -377,7 +394,7 @@ class SimulatedSite:
                 self._silent.add(device_id)
             else:
                 self._silent.discard(device_id)
-            self._apply_silence()
+            self._apply_behaviour()
 
     def set_input_broken(self, input_id: str, broken: bool = True) -> None:
         """A broken wire to a contact: the I/O module carrying it goes silent."""
@@ -389,10 +406,17 @@ class SimulatedSite:
                 return device.id
         raise KeyError(input_id)
 
-    def _apply_silence(self) -> None:
+    def set_latency(self, device_id: str, seconds: float) -> None:
+        """The device's own time to answer from now on (a busy or slow box)."""
+        with self._lock:
+            self._devices[device_id].latency_s = seconds
+            self._apply_behaviour()
+
+    def _apply_behaviour(self) -> None:
         for device in self._devices.values():
             if device.server is not None:
                 device.server.set_silent(device.unit, device.id in self._silent)
+                device.server.set_latency(device.unit, device.latency_s)
 
     # -- addresses and configuration -----------------------------------------------------------
 
