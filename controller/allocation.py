@@ -32,7 +32,9 @@ How a cycle is decided
 
 4. **Rounding and a safety net.** Commands are rounded down to 0.1 A (what registers take, and
    what the status shows is then what is written). A final pass checks every constraint exactly
-   and reduces (or pauses) the least preferred chargers if rounding or float error broke one.
+   and reduces (or pauses) the least preferred chargers if rounding or float error broke one, or
+   if a 1-phase charger on a lighter phase was lowered below its draw (it then relieves an
+   imbalance by less than its measured draw, which the imbalance bounds counted on).
 
 Choices the brief left open (documented here, tested in tests/unit/test_allocation.py)
 =======================================================================================
@@ -68,7 +70,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
-from controller.allocation_constraints import Constraint, coefficients, site_constraints
+from controller.allocation_constraints import Constraint, coefficients, relief_shortfall, site_constraints
 from controller.allocation_types import (
     Allocation,
     AllocationState,
@@ -413,7 +415,12 @@ def allocate(site: SiteInput, chargers: Sequence[ChargerInput], settings: Settin
             current_a, reason = filled[cid]
             result[cid] = (_round_down(current_a, cand.min_a), reason)
         preference.extend(c.charger.id for c in sorted(group, key=lambda c: c.order))
-    limiting |= _enforce(cands, result, constraints, preference)
+    for _ in range(len(ordered) + 2):  # lowering a charger can only lower the relief it gives
+        adjusted = relief_shortfall(layout, ordered, {cid: x for cid, (x, _) in result.items()})
+        before = dict(result)
+        limiting |= _enforce(cands, result, adjusted, preference)
+        if result == before:
+            break
     names = {con.name: k for k, con in enumerate(constraints)}
     for cid, (current_a, reason) in result.items():
         commands[cid] = Command(current_a, reason)

@@ -22,16 +22,23 @@ numbers and names.
   ``other_power_w`` = grid power - the chargers' own power (drawn currents x voltage); it is
   signed (export counts), because these limits are about the net power at the connection.
 * ``phase imbalance Lp-Lq`` for every ordered phase pair, when ``unbalanced_limit_a`` is set:
-  ``(base_p + load_p) - (base_q + load_q) <= max(limit, base_p - base_q)``, where ``base`` is the
-  grid current minus the chargers' own draw (0 without meter) and ``load`` the commands. Only
-  1-phase chargers change the difference; if other loads already exceed the limit we may not
-  make that pair worse, but may improve it.
+  ``(base_p + load_p) - (base_q + relief_q) <= max(limit, base_p - base_q)``, where ``base`` is
+  the grid current minus the online chargers' measured draw (0 without meter; a silent box's
+  real current stays in it, as the meter sees it), ``load_p`` the commands of the 1-phase
+  chargers on p, and ``relief_q`` what the 1-phase chargers on q *draw now*, not what they are
+  commanded: a car on the lighter phase that was just allowed more has not taken it yet when the
+  heavier phase's increase lands, a car may draw less than its limit, and a charger on q that is
+  lowered this cycle relieves only its new command (allocate() lowers the bound for that after
+  filling, see ``relief_shortfall``). So the difference never widens past the limit at any moment
+  between two writes, not only once every box has followed. Only 1-phase chargers change the
+  difference; if other loads already exceed the limit we may not make that pair worse, but may
+  improve it.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from controller.allocation_types import ChargerInput, SiteInput
@@ -59,15 +66,16 @@ class SiteConstraints:
 
     constraints: tuple[Constraint, ...]
     power_index: int | None  # index of the power constraint, if any
-    imbalance: tuple[tuple[int, int, int], ...]  # (constraint index, p, q)
+    imbalance: tuple[tuple[int, int, int], ...]  # (constraint index, p, q): p may not exceed q by more
     headroom_a: Phases3
     power_headroom_w: float | None
 
 
 def site_constraints(site: SiteInput, chargers: Sequence[ChargerInput]) -> SiteConstraints:
     """Turn the site limits into linear constraints on the online chargers' commands."""
-    own = [0.0, 0.0, 0.0]
+    own = [0.0, 0.0, 0.0]  # online: measured; offline: assumed (the reservation)
     reserved = [0.0, 0.0, 0.0]
+    relief = [0.0, 0.0, 0.0]  # what the online 1-phase chargers draw now, per phase
     reserved_power_w = 0.0
     for c in chargers:
         draw = c.draw_on_phases()
@@ -77,9 +85,13 @@ def site_constraints(site: SiteInput, chargers: Sequence[ChargerInput]) -> SiteC
             for p in range(3):
                 reserved[p] += draw[p]
             reserved_power_w += sum(draw) * site.voltage_v
+        elif c.phases == 1:
+            relief[c.phase] += draw[c.phase]
     base = [0.0, 0.0, 0.0]
+    unbalanced = reserved  # without a meter, the silent boxes are all we know of
     if site.grid_current_a is not None:
         base = [site.grid_current_a[p] - own[p] for p in range(3)]
+        unbalanced = [base[p] + reserved[p] for p in range(3)]  # the meter's view of everything else
     fuse = [site.main_fuse_a - max(0.0, base[p]) - reserved[p] for p in range(3)]
     constraints = [Constraint(f"fuse {PHASE_NAMES[p]}", fuse[p]) for p in range(3)]
 
@@ -97,8 +109,8 @@ def site_constraints(site: SiteInput, chargers: Sequence[ChargerInput]) -> SiteC
         for p in range(3):
             for q in range(3):
                 if p != q:
-                    diff = base[p] - base[q]
-                    bound = max(site.unbalanced_limit_a, diff) - diff
+                    diff = unbalanced[p] - unbalanced[q]
+                    bound = max(site.unbalanced_limit_a, diff) - diff + relief[q]
                     imbalance.append((len(constraints), p, q))
                     constraints.append(Constraint(f"phase imbalance {PHASE_NAMES[p]}-{PHASE_NAMES[q]}", bound))
     return SiteConstraints(
@@ -132,6 +144,23 @@ def coefficients(c: ChargerInput, site: SiteInput, layout: SiteConstraints) -> t
     if layout.power_index is not None:
         coeffs[layout.power_index] = c.phases * site.voltage_v
     if c.phases == 1:
-        for k, p, q in layout.imbalance:
-            coeffs[k] = 1.0 if c.phase == p else -1.0 if c.phase == q else 0.0
+        for k, p, _ in layout.imbalance:  # the lighter phase's relief is in the bound (its draw)
+            coeffs[k] = 1.0 if c.phase == p else 0.0
     return tuple(coeffs)
+
+
+def relief_shortfall(layout: SiteConstraints, chargers: Sequence[ChargerInput],
+                     commands: Mapping[str, float]) -> tuple[Constraint, ...]:
+    """The constraints with each imbalance bound lowered by the relief that will not be there.
+
+    The bound counts a 1-phase charger on the lighter phase at its measured draw; one commanded
+    below that draw this cycle (lowered, or paused) will draw only its command, so the heavier
+    phase may take that much less. ``commands``: charger id → this cycle's command (absent: 0).
+    """
+    out = list(layout.constraints)
+    for k, _, q in layout.imbalance:
+        short = sum(max(0.0, c.draw_a - commands.get(c.id, 0.0))
+                    for c in chargers if c.online and c.phases == 1 and c.phase == q)
+        if short > 0:
+            out[k] = Constraint(out[k].name, out[k].bound - short)
+    return tuple(out)

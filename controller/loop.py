@@ -209,7 +209,7 @@ class ControlLoop:
         observed = {cid: Observed(c.online, c.draw_a if c.online else 0.0, self.trackers[cid].read_seq)
                     for cid, c in chargers.items()}
         meter_seq = self.trackers[self.site.grid_meter].read_seq if site.grid_current_a is not None else None
-        self._report = self.writer.write(now, commands, observed, meter_seq)
+        self._report = self.writer.write(now, commands, observed, meter_seq, site.grid_current_a)
         self._alloc_state = acknowledge(alloc.state, {cid: self.writer.written_a(cid) for cid in chargers})
         faults.update({f"formula {e.where}": e.error for e in ev.errors})
         self._faults.update(faults)

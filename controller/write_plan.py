@@ -5,10 +5,15 @@ over the fuse and no limit is exceeded. The moments in between are the writer's 
 this module decides them as a pure function (the writer in controller/writer.py only executes):
 
 * **Decreases first, on every bus.** A write that does not raise what the box may draw (lower
-  than the limit in force, or a keep-alive rewrite) is a decrease. Every decrease goes out in the
-  first step; increases (and starts) only in the second, and only once every decrease has been
-  acknowledged by its box. Setup writes (watchdog, fail-safe current) go in the second step too,
-  so they never delay a decrease on a slow bus.
+  than the limit in force, or a keep-alive rewrite) is a decrease. Every decrease goes out before
+  any increase; increases (and starts) only once every decrease has been acknowledged by its box.
+  Setup writes (watchdog, fail-safe current) go with the increases, so they never delay a
+  decrease on a slow bus.
+* **Heavier phases lower first.** Lowering a 1-phase box widens the difference between the other
+  phases and its own. So the decreases go in up to three steps: 3-phase boxes and the 1-phase
+  boxes on the most loaded phase (by the grid meter), then those on the middle phase, then those
+  on the least loaded one. A step starts when the one before has been acknowledged (or missed its
+  deadline: the fuse comes first, so a later decrease is never held back).
 * **The limit in force** is the last limit the box acknowledged. Until gridcharge has written a
   box (at start, or after the box was away and may have rebooted), it is what the box measurably
   draws: a box keeps charging at its old setpoint across a restart of gridcharge.
@@ -24,7 +29,7 @@ this module decides them as a pure function (the writer in controller/writer.py 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 _EPS = 1e-6
@@ -43,6 +48,7 @@ class BoxState:
     draw_a: float  # what it draws now (highest phase), the limit in force until it is written
     read_seq: int | None  # sequence number of the reading used this cycle
     keepalive_s: float | None  # the limit must be rewritten at least this often
+    phase: int | None = None  # the site phase (0..2) of a 1-phase box; None for a 3-phase box
 
 
 @dataclass(frozen=True)
@@ -53,7 +59,7 @@ class Write:
 
 @dataclass(frozen=True)
 class WritePlan:
-    decreases: tuple[Write, ...] = ()
+    decreases: tuple[tuple[Write, ...], ...] = ()  # steps, heaviest phase first
     setups: tuple[str, ...] = ()
     increases: tuple[Write, ...] = ()
     #: Increases that will not be written this cycle whatever happens, with the reason.
@@ -66,11 +72,12 @@ def limit_in_force(box: BoxState) -> float:
 
 
 def plan_writes(commands: Mapping[str, float], boxes: Mapping[str, BoxState], meter_read_seq: int | None,
-                now_s: float) -> WritePlan:
+                now_s: float, phase_load_a: Sequence[float] | None = None) -> WritePlan:
     """Split this cycle's due writes into decreases, setups and increases; see the module doc.
 
     ``meter_read_seq`` is the sequence number of the grid meter reading the allocation used
-    (None: no grid meter reading was used).
+    (None: no grid meter reading was used); ``phase_load_a`` its per-phase currents (None: the
+    decreases go in one step).
     """
     decreases: list[Write] = []
     increases: list[Write] = []
@@ -92,7 +99,23 @@ def plan_writes(commands: Mapping[str, float], boxes: Mapping[str, BoxState], me
         (decreases if target <= limit_in_force(box) + _EPS else increases).append(write)
     why = _hold_reason(boxes, meter_read_seq, busy)
     held = {w.charger_id: why for w in increases} if why else {}
-    return WritePlan(tuple(decreases), tuple(setups), tuple(increases), held)
+    return WritePlan(_by_phase(decreases, boxes, phase_load_a), tuple(setups), tuple(increases), held)
+
+
+def _by_phase(writes: list[Write], boxes: Mapping[str, BoxState],
+              phase_load_a: Sequence[float] | None) -> tuple[tuple[Write, ...], ...]:
+    """The decreases in steps: 3-phase boxes and the heaviest phase first, the lightest last."""
+    if not writes:
+        return ()
+    if phase_load_a is None:
+        return (tuple(writes),)
+    order = sorted(range(3), key=lambda p: (-phase_load_a[p], p))
+    rank = {p: i for i, p in enumerate(order)}
+    steps: list[list[Write]] = [[], [], []]
+    for w in writes:
+        phase = boxes[w.charger_id].phase
+        steps[0 if phase is None else rank[phase]].append(w)
+    return tuple(tuple(step) for step in steps if step)
 
 
 def _due(box: BoxState, target: float, now_s: float) -> bool:

@@ -22,7 +22,7 @@ import functools
 import itertools
 import logging
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -88,6 +88,7 @@ class LimitWriter:
         self._next_seq = sequence or itertools.count(1).__next__
         self._lock = threading.Lock()
         self._records: dict[str, _Record] = {cid: _Record() for cid in hw.chargers}
+        self._phase = {cid: cc.phase_index for cid, cc in cfg.chargers.items() if cc.phases == 1}
 
     @property
     def budget_s(self) -> float:
@@ -105,10 +106,17 @@ class LimitWriter:
 
     # ---- one cycle -------------------------------------------------------------------------
     def write(self, now: float, commands: Mapping[str, float], observed: Mapping[str, Observed],
-              meter_read_seq: int | None) -> WriteReport:
+              meter_read_seq: int | None, phase_load_a: Sequence[float] | None = None) -> WriteReport:
+        """Write this cycle's limits (see controller/write_plan.py for the order).
+
+        ``meter_read_seq``: the sequence number of the grid meter reading the allocation used;
+        ``phase_load_a``: its per-phase currents (the heaviest phase is lowered first).
+        """
         boxes = self._box_states(observed)
-        plan = plan_writes(commands, boxes, meter_read_seq, now)
-        failed = self._run(self._limit_jobs(plan.decreases), self.budget_s)
+        plan = plan_writes(commands, boxes, meter_read_seq, now, phase_load_a)
+        failed: list[str] = []
+        for step in plan.decreases:  # the fuse comes first: a later step goes even if one failed
+            failed += self._run(self._limit_jobs(step), self.budget_s)
         increases = [w for w in plan.increases if w.charger_id not in plan.held]
         held = dict(plan.held)
         if failed and increases:
@@ -135,7 +143,7 @@ class LimitWriter:
                 out[cid] = BoxState(
                     online=obs.online, landed_a=r.landed_a, landed_s=r.landed_s, changed_seq=r.changed_seq,
                     in_flight=r.in_flight, needs_setup=not r.setup_done, draw_a=obs.draw_a,
-                    read_seq=obs.read_seq, keepalive_s=h.device.keepalive_s,
+                    read_seq=obs.read_seq, keepalive_s=h.device.keepalive_s, phase=self._phase.get(cid),
                 )
         return out
 

@@ -135,6 +135,12 @@ class SimSite:
 
     # -- grid meter --------------------------------------------------------------------------
 
+    @property
+    def base_load_a(self) -> Phases3:
+        """The house's own load per phase, without the wallboxes."""
+        with self.lock:
+            return self._base_load_a
+
     def grid_currents_a(self) -> Phases3:
         """Signed per-phase current at the grid connection (positive = import)."""
         with self.lock:

@@ -25,6 +25,7 @@ class Change:
     before: Phases3
     after: Phases3
     world: bool  # made by the test (house load, a car), not by the controller or a box
+    house: Phases3  # the house's own load then (its imbalance is not gridcharge's doing)
 
 
 class GridWatch:
@@ -37,7 +38,7 @@ class GridWatch:
             site.physics.watch(self._changed)
 
     def _changed(self, t_s: float, currents: Phases3) -> None:  # sim lock held
-        self.changes.append(Change(t_s, self._last, currents, self._world))
+        self.changes.append(Change(t_s, self._last, currents, self._world, self.site.physics.base_load_a))
         self._last = currents
 
     @contextlib.contextmanager
@@ -52,7 +53,11 @@ class GridWatch:
 
     def violations(self, main_fuse_a: float, unbalanced_limit_a: float | None) -> list[str]:
         """Every change not made by the world that raised a phase above the fuse, or widened a
-        phase difference beyond the imbalance limit (both with the meter tolerance)."""
+        phase difference beyond the imbalance limit (both with the meter tolerance).
+
+        The imbalance limit is the larger of ``unbalanced_limit_a`` and the house's own
+        difference: a house unbalanced on its own is not gridcharge's to fix.
+        """
         out = []
         for c in self.changes:
             if c.world:
@@ -66,9 +71,10 @@ class GridWatch:
             for p in range(3):
                 for q in range(3):
                     before, after = c.before[p] - c.before[q], c.after[p] - c.after[q]
-                    if p != q and after > unbalanced_limit_a + TOLERANCE_A and after > before + 1e-9:
+                    allowed = max(unbalanced_limit_a, c.house[p] - c.house[q])
+                    if p != q and after > allowed + TOLERANCE_A and after > before + 1e-9:
                         out.append(f"t={c.t_s:.2f}: L{p + 1}-L{q + 1} {before:.1f} -> {after:.1f} A "
-                                   f"over the {unbalanced_limit_a:g} A imbalance limit")
+                                   f"over the {allowed:g} A imbalance limit")
         return out
 
     def peak(self) -> Phases3:

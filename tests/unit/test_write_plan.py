@@ -28,7 +28,7 @@ def test_at_start_the_lowering_of_a_charging_box_goes_first_and_its_setup_after(
     """The issue's start: a Heidelberg already at 16 A must drop to 14 before the Alfen may start."""
     boxes = {"E1": UNWRITTEN, "E2": replace(UNWRITTEN, draw_a=0.0)}
     plan = plan_writes({"E1": 14.0, "E2": 8.0}, boxes, meter_read_seq=4, now_s=NOW)
-    assert plan.decreases == (Write("E1", 14.0),)
+    assert plan.decreases == ((Write("E1", 14.0),),)
     assert plan.increases == (Write("E2", 8.0),)
     assert plan.setups == ("E1", "E2")  # second step: a setup never delays a decrease
     assert plan.held == {}
@@ -69,7 +69,7 @@ def test_increases_need_a_consistent_snapshot(name: str, boxes: dict[str, BoxSta
         assert plan.held == {}, name
     else:
         assert held_by in plan.held["E2"], (name, plan.held)
-    assert all(w.charger_id != "E1" or not boxes["E1"].in_flight for w in plan.decreases)
+    assert all(w.charger_id != "E1" or not boxes["E1"].in_flight for step in plan.decreases for w in step)
 
 
 states = st.builds(
@@ -97,11 +97,21 @@ def test_after_the_decreases_no_phase_carries_more_than_before(
     boxes = {cid: box for cid, (box, _) in cases.items()}
     commands = {cid: target for cid, (_, target) in cases.items()}
     plan = plan_writes(commands, boxes, meter_seq, NOW)
-    for w in plan.decreases:
+    decreases = [w for step in plan.decreases for w in step]
+    for w in decreases:
         assert w.current_a <= limit_in_force(boxes[w.charger_id]) + 1e-6
     for w in plan.increases:
         assert w.current_a > limit_in_force(boxes[w.charger_id])
-    ids = [w.charger_id for w in plan.decreases + plan.increases]
+    ids = [w.charger_id for w in decreases + list(plan.increases)]
     assert len(ids) == len(set(ids))
     assert all(boxes[cid].online and not boxes[cid].in_flight for cid in ids + list(plan.setups))
     assert set(plan.held) <= {w.charger_id for w in plan.increases}
+
+
+def test_decreases_of_one_phase_boxes_go_heaviest_phase_first() -> None:
+    """Lowering a box on the light phase first would widen the gap to the heavy one meanwhile."""
+    one = {cid: replace(WRITTEN, phase=p) for cid, p in (("L1box", 0), ("L2box", 1), ("L3box", 2))}
+    boxes = {**one, "three": WRITTEN}
+    plan = plan_writes({cid: 6.0 for cid in boxes}, boxes, 10, NOW, phase_load_a=(12.0, 25.0, 18.0))
+    assert [[w.charger_id for w in step] for step in plan.decreases] == [["L2box", "three"], ["L3box"], ["L1box"]]
+    assert len(plan_writes({cid: 6.0 for cid in boxes}, boxes, 10, NOW).decreases) == 1  # no meter: one step
