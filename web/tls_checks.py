@@ -24,7 +24,14 @@ MAX_KEY_PEM_BYTES = 16 * 1024  # an RSA-4096 PKCS#8 PEM key is ~3.3 KiB
 MAX_CHAIN_CERTS = 8
 CLOCK_SKEW_S = 300.0  # a certificate issued minutes ago on a host whose clock runs a bit ahead
 MIN_RSA_BITS = 2048
+RSA_EXPONENT = 65537  # what every key generator makes; e=3 keys invite signature-forgery bugs
 ALLOWED_CURVES = ("secp256r1", "secp384r1")
+#: Signature hashes a certificate of the chain may be signed with. MD5 and SHA-1 have practical
+#: collision attacks (forged certificates); SHA-224 and the rest are not what TLS clients expect.
+ALLOWED_SIGNATURE_HASHES = ("sha256", "sha384", "sha512")
+BROKEN_SIGNATURE_HASHES = ("md5", "sha1")
+#: Signature algorithms without a separate hash (cryptography reports ``None`` for them).
+HASHLESS_SIGNATURES = (x509.SignatureAlgorithmOID.ED25519, x509.SignatureAlgorithmOID.ED448)
 
 _PEM_BLOCK = re.compile(r"-----BEGIN ([A-Z0-9 ]+)-----\r?\n(.*?)-----END \1-----", re.DOTALL)
 
@@ -165,6 +172,106 @@ def check_key_matches(certs: Sequence[x509.Certificate], key: PrivateKey) -> Non
     raise TlsError("private key does not match the certificate")
 
 
+def check_rsa_exponent(key: PrivateKey) -> None:
+    """An RSA key's public exponent is 65537.
+
+    e=3 is the exponent of the classic signature-forgery attacks on sloppy verifiers, and
+    exponents other than 65537 are refused by some TLS stacks: either way the SMGW could not
+    trust the listener. Every ``openssl``/``cryptography`` key generator makes 65537.
+    """
+    if isinstance(key, rsa.RSAPrivateKey):
+        exponent = key.public_key().public_numbers().e
+        if exponent != RSA_EXPONENT:
+            raise TlsError(f"RSA public exponent {exponent} refused (use {RSA_EXPONENT}, what "
+                           "every key generator makes)")
+
+
+def _is_root(cert: x509.Certificate, index: int, count: int) -> bool:
+    """A self-signed CA certificate at the end of a chain: clients trust it as it is, they never
+    check its own signature, so how it is signed does not matter."""
+    return index > 0 and index == count - 1 and cert.issuer == cert.subject and _is_ca(cert)
+
+
+def _is_ca(cert: x509.Certificate) -> bool:
+    try:
+        return bool(cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca)
+    except x509.ExtensionNotFound:
+        return False
+
+
+def check_signature_hashes(certs: Sequence[x509.Certificate]) -> None:
+    """Every certificate a client verifies is signed with SHA-256, SHA-384 or SHA-512 (or
+    Ed25519/Ed448); a root at the end of the chain is exempt (``_is_root``)."""
+    for index, cert in enumerate(certs):
+        if _is_root(cert, index, len(certs)):
+            continue
+        try:
+            algorithm = cert.signature_hash_algorithm
+        except UnsupportedAlgorithm:
+            raise TlsError(f"{_label(cert, index)} is signed with an algorithm this controller does "
+                           f"not know ({cert.signature_algorithm_oid.dotted_string})") from None
+        if algorithm is None:
+            if cert.signature_algorithm_oid in HASHLESS_SIGNATURES:
+                continue
+            raise TlsError(f"{_label(cert, index)} is signed with an algorithm this controller does "
+                           f"not know ({cert.signature_algorithm_oid.dotted_string})")
+        name = algorithm.name
+        if name in BROKEN_SIGNATURE_HASHES:
+            raise TlsError(f"{_label(cert, index)} is signed with {_hash_text(name)}, which is "
+                           "broken (have it signed with SHA-256 or stronger)")
+        if name not in ALLOWED_SIGNATURE_HASHES:
+            raise TlsError(f"{_label(cert, index)} is signed with {_hash_text(name)}, which is not "
+                           "accepted (have it signed with SHA-256, SHA-384 or SHA-512)")
+
+
+def _hash_text(name: str) -> str:
+    """``sha1`` → ``SHA-1``, ``sha224`` → ``SHA-224``, ``md5`` → ``MD5``: how admins spell them."""
+    upper = name.upper()
+    return "SHA-" + upper[3:] if upper.startswith("SHA") and upper[3:].isdigit() else upper
+
+
+def check_end_entity(leaf: x509.Certificate) -> None:
+    """The served certificate is not a CA: a CA certificate as a server certificate is a
+    mix-up (the CA file uploaded instead of the leaf), and strict clients refuse it."""
+    if _is_ca(leaf):
+        raise TlsError("the certificate is a CA certificate (basic constraints CA:TRUE); "
+                       "the listener needs the server (end-entity) certificate the CA issued")
+
+
+_KEY_USAGE_NAMES = (
+    ("digital_signature", "digitalSignature"), ("content_commitment", "nonRepudiation"),
+    ("key_encipherment", "keyEncipherment"), ("data_encipherment", "dataEncipherment"),
+    ("key_agreement", "keyAgreement"), ("key_cert_sign", "keyCertSign"), ("crl_sign", "cRLSign"),
+)
+
+
+def _usage_names(usage: x509.KeyUsage) -> list[str]:
+    names = [label for attribute, label in _KEY_USAGE_NAMES if getattr(usage, attribute)]
+    if usage.key_agreement:  # the two flags exist only with keyAgreement (cryptography raises)
+        names += [label for attribute, label in (("encipher_only", "encipherOnly"),
+                                                 ("decipher_only", "decipherOnly"))
+                  if getattr(usage, attribute)]
+    return names
+
+
+def check_key_usage(leaf: x509.Certificate) -> None:
+    """When the leaf has a KeyUsage extension, it allows ``digitalSignature``.
+
+    The listener offers only (EC)DHE key exchange (TLS 1.2 ECDHE/DHE suites, and TLS 1.3, which
+    has nothing else), in which the server's key does one thing: sign the handshake. So
+    ``digitalSignature`` is required, and ``keyEncipherment`` (needed only for the static-RSA
+    key exchange, which this listener never offers) is optional. No extension means no limit.
+    """
+    try:
+        usage = leaf.extensions.get_extension_for_class(x509.KeyUsage).value
+    except x509.ExtensionNotFound:
+        return
+    if not usage.digital_signature:
+        has = ", ".join(_usage_names(usage)) or "nothing"
+        raise TlsError(f"the certificate's key usage lacks digitalSignature (it allows only {has}); "
+                       "a TLS server signs its handshakes with the key")
+
+
 def check_server_usage(leaf: x509.Certificate) -> None:
     """A leaf whose extended key usage excludes TLS servers is refused by every client."""
     try:
@@ -179,8 +286,12 @@ def check_upload(cert_pem: str | bytes, key_pem: str | bytes, now_s: float) -> C
     """Everything ``install`` checks before writing anything; the canonical PEM to store."""
     certs = parse_certificates(cert_pem)
     key = parse_private_key(key_pem)
+    check_rsa_exponent(key)
     check_key_matches(certs, key)
     check_dates(certs, now_s)
+    check_signature_hashes(certs)
+    check_end_entity(certs[0])
+    check_key_usage(certs[0])
     check_server_usage(certs[0])
     return CheckedUpload(
         cert_pem=b"".join(c.public_bytes(serialization.Encoding.PEM) for c in certs),
