@@ -8,9 +8,11 @@ must be (parsing and every check) is ``web.tls_checks``.
   pair (``POST /cnf?cmd=set_tls_cert``); it goes to ``state_dir/tls/cm.pem`` + ``cm.key`` (directory
   0700, files 0600) because the systemd unit makes ``/etc`` read-only. Once an uploaded pair
   exists it wins over the config pair.
-- An upload is checked completely before anything is written, and the written files are loaded
-  by ``ssl`` before they replace the old ones: a bad upload raises ``TlsError`` (the API answers
-  400) and the pair in force stays exactly as it was.
+- An upload is checked completely before anything is written (``web.tls_checks``), and the
+  written files are loaded by ``ssl`` and proven by real handshakes on 127.0.0.1
+  (``web.tls_proof``) before they replace the old ones: a bad upload raises ``TlsError`` (the API
+  answers 400) and the pair in force stays exactly as it was. The proof runs under the store's
+  lock (uploads are serialised by it anyway); it takes milliseconds, at most its timeouts.
 - Two files cannot be replaced in one atomic step. Both are written to temporary files and
   fsynced, then the key is renamed, the directory fsynced, the certificate renamed, the directory
   fsynced. A crash between the two renames leaves the new key with the old certificate and the
@@ -47,6 +49,7 @@ from web.tls_checks import (
     parse_private_key,
     utc_text,
 )
+from web.tls_proof import prove_handshake
 
 __all__ = ["TlsError", "TlsStore"]
 
@@ -231,7 +234,8 @@ class TlsStore:
         return _Pair(self._dir / CERT_FILE, self._dir / KEY_FILE, "upload")
 
     def _store(self, checked: CheckedUpload) -> None:
-        """Write both temporary files, prove ``ssl`` loads them, then rename key and certificate."""
+        """Write both temporary files, prove ``ssl`` loads them and a client completes handshakes
+        with them (``web.tls_proof``), then rename key and certificate."""
         self._dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         os.chmod(self._dir, 0o700)
         final = self._upload_pair()
@@ -240,7 +244,8 @@ class TlsStore:
         try:
             _write_private(tmp_key, checked.key_pem)
             _write_private(tmp_cert, checked.cert_pem)
-            _pair_context(tmp_cert, tmp_key, "the uploaded pair")
+            context = _pair_context(tmp_cert, tmp_key, "the uploaded pair")
+            prove_handshake(context, checked.certs)
         except BaseException:
             _unlink_quietly(tmp_key)
             _unlink_quietly(tmp_cert)

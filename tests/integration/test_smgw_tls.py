@@ -9,7 +9,8 @@ What is proven here (issue #3 items 3 and 4, SPEC §1.4):
 - ``[admin]`` uploads a new pair over the SMGW channel itself: the listener reloads and a NEW
   connection is served the new certificate (fingerprint of ``getpeercert(binary_form=True)``);
   a bad upload (among them a weak or unusable pair: RSA e=3, SHA-1, a CA as leaf, a key usage
-  without digitalSignature) answers 400 and the old certificate is still served; the uploaded pair is the one served after a restart;
+  without digitalSignature, a chain the loopback handshake cannot verify) answers 400 and the
+  old certificate is still served; the uploaded pair is the one served after a restart;
 - a client that opens TCP on the SMGW port and never says hello does not block the LAN API.
 
 The controller is reduced to what the web layer uses: a real ``VariableStore`` and a status
@@ -262,7 +263,10 @@ def rsa_ca() -> CertAuthority:
     (lambda p, r: p.ca.issue("a CA as leaf", ca=True), "the certificate is a CA certificate"),
     (lambda p, r: rsa_e3_leaf(p.ca), "RSA public exponent 3 refused"),
     (lambda p, r: weakly_signed(r, "sha1 leaf", "sha1"), "certificate is signed with SHA-1, which is broken"),
-], ids=["expired", "wrong-key", "client-cert", "keyCertSign-only", "ca-leaf", "rsa-e3", "sha1"])
+    # refused by the loopback handshake: the second certificate did not issue the first
+    (lambda p, r: Leaf(p.server2.cert, p.server2.key, (p.rogue_ca.cert,)),
+     "the pair fails a TLS 1.2 handshake on 127.0.0.1 (certificate verify failed: unable to get local issuer"),
+], ids=["expired", "wrong-key", "client-cert", "keyCertSign-only", "ca-leaf", "rsa-e3", "sha1", "foreign-chain"])
 def test_bad_upload_is_400_and_the_old_certificate_is_still_served(
     channel: StartChannel, pki: Pki, rsa_ca: CertAuthority, make: Callable[[Pki, CertAuthority], Leaf], message: str
 ) -> None:

@@ -1,8 +1,10 @@
-"""web.tls: upload validation (every rule with its message), storage (0600, atomic, crash
-between the renames), the pair in force, the server context (mutual TLS), listeners.
+"""web.tls: upload validation (every rule with its message), the loopback handshake proof,
+storage (0600, atomic, crash between the renames), the pair in force, the server context (mutual
+TLS), listeners.
 
-Handshakes here run in memory (``ssl.MemoryBIO``): real TLS without sockets. The socket-level
-tests through cheroot are in ``tests/integration/test_smgw_tls.py``.
+The handshakes that check what a client is served run in memory (``ssl.MemoryBIO``): real TLS
+without sockets. The upload's own proof (``web.tls_proof``) uses real loopback sockets. The
+socket-level tests through cheroot are in ``tests/integration/test_smgw_tls.py``.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ import os
 import ssl
 import stat
 import sys
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
@@ -29,6 +33,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 from controller.config_schema import Smgw
 from web import tls, tls_checks
 from web.tls import TlsError, TlsStore
+from web.tls_proof import prove_handshake
 
 
 def _load_pki() -> ModuleType:
@@ -489,6 +494,81 @@ def test_a_root_at_the_end_of_the_chain_is_not_judged_by_its_own_signature(store
     store.install(leaf.cert_pem + root.cert_pem, leaf.key_pem)
     assert store.source == "upload"
     assert "CN=leaf under a SHA-224 root" in str(store.describe()["subject"])
+
+
+# --------------------------------------------------------------------------- the loopback handshake proof
+
+
+def _server_context(leaf: Any, directory: Path) -> ssl.SSLContext:
+    cert, key = leaf.write(directory, "proof")
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    return context
+
+
+def _proof_threads() -> list[str]:
+    return [t.name for t in threading.enumerate() if t.name == "tls-proof"]
+
+
+def test_proof_completes_tls_1_2_and_1_3_handshakes_quickly(pki: Any, tmp_path: Path) -> None:
+    leaves = {"EC P-256 leaf": pki.server2, "RSA-2048 leaf": pki_mod.rsa_leaf(pki.ca, 2048),
+              "leaf + intermediate": pki_mod.CertAuthority("proof intermediate", parent=pki.ca).issue("leaf")}
+    for name, leaf in leaves.items():
+        context = _server_context(leaf, tmp_path)
+        start = time.perf_counter()
+        prove_handshake(context, (leaf.cert, *leaf.chain))
+        elapsed_ms = (time.perf_counter() - start) * 1000
+        print(f"proof, {name}: {elapsed_ms:.1f} ms")
+        assert elapsed_ms < 2000
+    assert _proof_threads() == []
+
+
+def test_proof_refuses_a_server_that_serves_another_certificate(pki: Any, tmp_path: Path) -> None:
+    context = _server_context(pki.server, tmp_path)  # from the same CA, so it verifies
+    with pytest.raises(TlsError, match="did not serve the uploaded certificate"):
+        prove_handshake(context, (pki.server2.cert, pki.ca.cert))
+
+
+def test_a_refused_proof_does_not_wait_for_its_timeouts(pki: Any, tmp_path: Path) -> None:
+    context = _server_context(pki.server2, tmp_path)
+    start = time.perf_counter()
+    with pytest.raises(TlsError, match="unable to get local issuer certificate"):
+        prove_handshake(context, (pki.server2.cert, pki.rogue_ca.cert))
+    assert time.perf_counter() - start < 1.0
+    assert _proof_threads() == []
+
+
+def test_chain_that_does_not_belong_to_the_leaf_is_refused_by_the_handshake(
+    store: TlsStore, pki: Any, state_dir: Path
+) -> None:
+    """Every static check passes (dates, key, usage); only a client can tell the chain is wrong."""
+    with pytest.raises(TlsError, match=r"the pair fails a TLS 1\.2 handshake on 127\.0\.0\.1 \(certificate "
+                                       r"verify failed: unable to get local issuer certificate\)"):
+        store.install(pki.server2.cert_pem + pki.rogue_ca.cert_pem, pki.server2.key_pem)
+    assert tls_files(state_dir) == {}
+    assert served_fingerprint(store, pki) == pki.server.fingerprint
+
+
+def test_handshake_refuses_a_signing_only_certificate_even_without_the_usage_check(
+    store: TlsStore, pki: Any, state_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The probe's killer: a keyCertSign-only leaf. With the static check switched off, the
+    loopback handshake alone still keeps it from replacing the working pair."""
+    monkeypatch.setattr(tls_checks, "check_key_usage", lambda leaf: None)
+    leaf = pki.ca.issue("cert signer", key_usage=pki_mod.key_usage(key_cert_sign=True))
+    with pytest.raises(TlsError, match=r"the pair fails a TLS 1\.2 handshake on 127\.0\.0\.1"):
+        store.install(leaf.cert_pem, leaf.key_pem)
+    assert tls_files(state_dir) == {}
+    assert served_fingerprint(store, pki) == pki.server.fingerprint
+
+
+def test_intermediate_with_a_weak_key_is_refused(store: TlsStore, pki: Any, state_dir: Path) -> None:
+    weak = pki_mod.CertAuthority("RSA-1024 intermediate", parent=pki.ca,
+                                 key=rsa.generate_private_key(public_exponent=65537, key_size=1024))
+    leaf = weak.issue("leaf under a weak intermediate")
+    with pytest.raises(TlsError, match="ca key too small"):
+        store.install(leaf.cert_pem, leaf.key_pem)
+    assert tls_files(state_dir) == {}
 
 
 def test_expiry_is_judged_by_the_injected_clock(smgw: Smgw, pki: Any, state_dir: Path) -> None:
