@@ -97,7 +97,7 @@ Port = Annotated[int, Strict(), Field(ge=1, le=65535)]
 def split_listen(listen: str) -> tuple[str, int]:
     """``"host:port"`` (IPv6 as ``"[::]:8443"``) → (host, port). Raises ValueError."""
     host, sep, port_text = listen.rpartition(":")
-    if not sep or not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+    if not sep or not (port_text.isascii() and port_text.isdigit()) or not 1 <= int(port_text) <= 65535:
         raise ValueError(f"must be 'host:port' with a port 1..65535, not '{listen}'")
     host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
     _host(host)
@@ -123,8 +123,11 @@ def _formula_value(value: Any, *, allow_bool: bool, non_negative: bool) -> Any:
             return value
         raise ValueError("must be a number or a formula, not true/false")
     if isinstance(value, (int, float)):
-        if not math.isfinite(value):
+        if isinstance(value, float) and not math.isfinite(value):
             raise ValueError("must be a finite number")
+        problem = formulas.number_problem(value)  # the same bound as a formula's constants
+        if problem:
+            raise ValueError(problem)
         if non_negative and value < 0:
             raise ValueError("must not be negative")
         return value

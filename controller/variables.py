@@ -32,15 +32,18 @@ from dataclasses import dataclass
 from types import MappingProxyType
 
 from controller.formulas import (MAX_LENGTH, NO_LIMIT, Evaluator, Formula, FormulaError,
-                                 NoValue, check_name, compile_formula, evaluation_order)
+                                 NoValue, NumberRangeError, check_name, compile_formula,
+                                 evaluation_order, number_problem)
 
 log = logging.getLogger(__name__)
 
 Expr = int | float | bool | str
 Listener = Callable[["VariableSet", "VariableSet", str], None]
 
-_NUMBER_RE = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
-_INT_RE = re.compile(r"[+-]?\d+")
+# ASCII digits only: int('١٢٣') is 123, but a value that is no number to a cFos client or a
+# spreadsheet must not become one here (it is a formula, which refuses such digits).
+_NUMBER_RE = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+_INT_RE = re.compile(r"[+-]?[0-9]+")
 
 
 @dataclass(frozen=True)
@@ -83,13 +86,17 @@ def normalize_expr(expr: object) -> Expr:
     """The stored form of an ``expr``: numbers and bools as they are, a string that is a number
     as that number (SPEC §2: ``val=123`` -> ``"expr": 123``), any other string as a formula.
 
-    Raises FormulaError for NaN/Infinity and for values that are neither numbers nor strings.
+    Raises FormulaError for NaN/Infinity, for numbers beyond ±``MAX_ABS_NUMBER`` (1e15) and for
+    values that are neither numbers nor strings.
     """
     if isinstance(expr, bool):
         return expr
     if isinstance(expr, (int, float)):
         if isinstance(expr, float) and not math.isfinite(expr):
             raise FormulaError("number must be finite (NaN and Infinity are not allowed)")
+        problem = number_problem(expr)
+        if problem:
+            raise NumberRangeError(problem)
         return expr
     if not isinstance(expr, str):
         raise FormulaError(f"expr must be a number or a formula string, not {type(expr).__name__}")
@@ -98,8 +105,9 @@ def normalize_expr(expr: object) -> Expr:
     stripped = expr.strip()
     if _NUMBER_RE.fullmatch(stripped):
         number: int | float = int(stripped) if _INT_RE.fullmatch(stripped) else float(stripped)
-        if isinstance(number, float) and not math.isfinite(number):
-            raise FormulaError("number too large")
+        problem = number_problem(number)
+        if problem:
+            raise NumberRangeError(problem)
         return number
     return expr
 

@@ -198,6 +198,7 @@ CASES: list[tuple[str, list[tuple[str, Any]], list[tuple[str, str]]]] = [
     ("serial port not a path", [("buses.rs485.port", "COM3")], [("buses.rs485.port", "absolute path")]),
     ("host is a URL", [("buses.garage.host", "http://192.168.1.50")], [("buses.garage.host", "not a host name")]),
     ("listen without port", [("http.listen", "0.0.0.0")], [("http.listen", "host:port")]),
+    ("listen port in other digits", [("http.listen", "0.0.0.0:\u0668\u0660")], [("http.listen", "host:port")]),
     ("smgw function unknown", [("smgw.functions", ["vars", "root"])], [("smgw.functions.1", "'vars', 'status', 'admin' or 'ocpp'")]),
     ("smgw functions empty", [("smgw.functions", [])], [("smgw.functions", "is empty")]),
     ("nan", [("site.failsafe_limit_w", float("nan"))], [("site.failsafe_limit_w", "finite number")]),
@@ -222,6 +223,10 @@ CASES: list[tuple[str, list[tuple[str, Any]], list[tuple[str, str]]]] = [
     ("attribute of no device", [("site.grid_limit_w", "55000 - M9.power_w")], [("site.grid_limit_w", "'M9.power_w': no device named 'M9'")]),
     ("variable cycle", [("variables.A", "B + 1"), ("variables.B", "A * 2")], [("variables", "dependency cycle: A -> B -> A")]),
     ("self reference", [("variables.AVAIL", "AVAIL + 1")], [("variables", "dependency cycle")]),
+    ("variable beyond 1e15", [("variables.TARIF", 1e16)], [("variables.TARIF", "number too large: 1e+16 (at most ±1e15)")]),
+    ("limit beyond 1e15", [("site.grid_limit_w", 2 * 10**15)], [("site.grid_limit_w", "number too large: 2000000000000000")]),
+    ("constant beyond 1e15 in a formula", [("site.grid_limit_w", "AVAIL * 1e16")], [("site.grid_limit_w", "number too large")]),
+    ("digits of another script", [("variables.TARIF", "\u0661")], [("variables.TARIF", "digit '\u0661' (U+0661) is not allowed")]),
     # cross-references
     ("unknown bus", [("chargers.E2.bus", "garagee")], [("chargers.E2.bus", "no bus named 'garagee' (buses: garage, rs485, shed)")]),
     ("unknown input bus", [("inputs.RSE2.bus", "rs458")], [("inputs.RSE2.bus", "no bus named 'rs458'")]),

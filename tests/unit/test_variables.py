@@ -28,6 +28,9 @@ def make_store(**initial: object) -> VariableStore:
     ("123", 123), (" 42 ", 42), ("-7", -7), ("+7", 7), ("2.5", 2.5), ("1e3", 1000.0),
     (".5", 0.5), ("007", 7), ("55000 * AVAIL / 100", "55000 * AVAIL / 100"),
     (" AVAIL ", " AVAIL "), ("True", "True"), ("nan", "nan"), ("inf", "inf"), ("1_000", "1_000"),
+    ("1e15", 1e15), ("-1000000000000000", -10**15), (10**15, 10**15), (-1e15, -1e15),
+    # digits of other scripts are no number (int('١٢٣') would be 123): a formula, refused when set
+    ("\u0661\u0662\u0663", "\u0661\u0662\u0663"), ("\uff11\uff12\uff13", "\uff11\uff12\uff13"), ("1\u0662", "1\u0662"),
     ("0x10", "0x10"), ("", ""),
 ])
 def test_normalize_expr(given: object, stored: object) -> None:
@@ -37,6 +40,7 @@ def test_normalize_expr(given: object, stored: object) -> None:
 
 @pytest.mark.parametrize("given", [
     float("nan"), float("inf"), -float("inf"), "1e999", None, [1], {"a": 1}, b"1", "x" * 1025,
+    "1e16", "1000000000000001", "-1000000000000001", 10**15 + 1, -1e16, 1e300, 10**400, "9" * 1000,
 ])
 def test_normalize_expr_rejects(given: object) -> None:
     with pytest.raises(FormulaError):
@@ -137,6 +141,10 @@ def test_clear_can_break_a_would_be_cycle() -> None:
     ([("PWR", 70), ("X", float("inf"))], "number must be finite"),
     ([("PWR", 70), ("X", 1, 2)], "a (name, expr) pair"),
     ([("PWR", 70), (5, 1)], "a variable name is a string"),
+    ([("PWR", 70), ("X", "\u0661\u0662\u0663")], "variable X: digit '\u0661' (U+0661) is not allowed: write numbers with the digits 0-9"),
+    ([("PWR", 70), ("X", 10**20)], "variable X: number too large: 100000000000000000000 (at most ±1e15)"),
+    ([("PWR", 70), ("X", "2e15")], "variable X: number too large: 2000000000000000 (at most ±1e15)"),
+    ([("PWR", 70), ("X", "AVAIL * 1e16")], "variable X: number too large: 1e+16 (at most ±1e15) (col 9)"),
     ([("PWR", 70), "X"], "a (name, expr) pair"),
 ])
 def test_set_many_is_all_or_nothing(items: list, message: str, clear: bool) -> None:
