@@ -270,6 +270,19 @@ def test_a_cycle_with_an_existing_variable_is_400(web: WebSite) -> None:
     assert_rejected(web, web.client.get("set_cm_vars", name="B", val="A * 2"), "cycle")
 
 
+def test_more_variables_than_max_variables_is_400_and_changes_nothing(site: SimulatedSite) -> None:
+    with running_web(site, cycles=0, max_variables=4) as web:  # the config has AVAIL and TARIF
+        assert web.client.get("set_cm_vars", name="A", val="1").status_code == 200
+        body = '{"vars": [{"name": "B", "expr": 2}, {"name": "C", "expr": 3}]}'
+        assert_rejected(web, web.client.post("set_cm_vars", body),
+                        "too many variables: this change would make 5 (at most 4, max_variables in the config)")
+        assert web.client.get("set_cm_vars", name="B", val="2").status_code == 200  # the fourth
+        assert_rejected(web, web.client.get("set_cm_vars", name="C", val="3", tmp="1"), "would make 5")
+        assert web.client.get("set_cm_vars", name="A", val="B + 1").status_code == 200  # a change, not a fifth
+        r = web.client.post("set_cm_vars", body, clear="1")  # clear=1 makes room
+        assert r.status_code == 200 and exprs(web) == {"B": 2, "C": 3}
+
+
 def test_numbers_up_to_1e15_are_kept_exactly(web: WebSite) -> None:
     r = web.client.get("set_cm_vars", name="A", val="-1000000000000000")
     assert r.status_code == 200 and exprs(web)["A"] == -10**15
