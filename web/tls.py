@@ -1,7 +1,7 @@
 """The SMGW listener's TLS material: server certificate and key, client CA, and their uploads.
 
 This module owns which certificate/key pair the SMGW listener serves, how an uploaded pair is
-stored, and the ``ssl.SSLContext`` the listener uses (mutual TLS, SPEC §1.4, §2). What an upload
+stored, and the ``ssl.SSLContext`` the listener uses (mutual TLS). What an upload
 must be (parsing and every check) is ``web.tls_checks``.
 
 - The electrician installs a pair at ``smgw.cert`` / ``smgw.key``. An admin may later upload a new

@@ -27,7 +27,7 @@ MIN_RSA_BITS = 2048
 RSA_EXPONENT = 65537  # what every key generator makes; e=3 keys invite signature-forgery bugs
 ALLOWED_CURVES = ("secp256r1", "secp384r1")
 #: Signature hashes a certificate of the chain may be signed with. MD5 and SHA-1 have practical
-#: collision attacks (forged certificates); SHA-224 and the rest are not what TLS clients expect.
+#: collision attacks (forged certificates); anything else (SHA-224, SHA-3) is unusual in TLS.
 ALLOWED_SIGNATURE_HASHES = ("sha256", "sha384", "sha512")
 BROKEN_SIGNATURE_HASHES = ("md5", "sha1")
 #: Signature algorithms without a separate hash (cryptography reports ``None`` for them).

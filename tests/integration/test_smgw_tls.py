@@ -257,7 +257,7 @@ def rsa_ca() -> CertAuthority:
     (lambda p, r: expired(p.ca), "certificate expired on"),
     (lambda p, r: Leaf(p.server2.cert, p.server.key), "private key does not match the certificate"),
     (lambda p, r: Leaf(p.client.cert, p.client.key), "not for a TLS server"),
-    # the probe's findings: each of these used to replace the working pair
+    # weak or unusable pairs: each of these was once accepted and replaced the working pair
     (lambda p, r: p.ca.issue("cert signer", key_usage=key_usage(key_cert_sign=True)),
      "key usage lacks digitalSignature (it allows only keyCertSign)"),
     (lambda p, r: p.ca.issue("a CA as leaf", ca=True), "the certificate is a CA certificate"),

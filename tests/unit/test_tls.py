@@ -552,7 +552,7 @@ def test_chain_that_does_not_belong_to_the_leaf_is_refused_by_the_handshake(
 def test_handshake_refuses_a_signing_only_certificate_even_without_the_usage_check(
     store: TlsStore, pki: Any, state_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The probe's killer: a keyCertSign-only leaf. With the static check switched off, the
+    """The worst case: a keyCertSign-only leaf. With the static check switched off, the
     loopback handshake alone still keeps it from replacing the working pair."""
     monkeypatch.setattr(tls_checks, "check_key_usage", lambda leaf: None)
     leaf = pki.ca.issue("cert signer", key_usage=pki_mod.key_usage(key_cert_sign=True))
