@@ -52,6 +52,7 @@ class TooManyVariables(FormulaError):
     """A change that would exceed the cap on the number of variables. A ``FormulaError``, so that
     every refusal of ``set_many`` is one type for its callers (the API answers 400)."""
 
+
 # ASCII digits only: int('١٢٣') is 123, but a value that is no number to a cFos client or a
 # spreadsheet must not become one here (it is a formula, which refuses such digits).
 _NUMBER_RE = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
