@@ -3,7 +3,8 @@
 Owns the first stage of a formula's life (SPEC §3): cFos operators (``c ? a : b``, ``&&``,
 ``||``, ``!``, ``^``) are translated to Python so that formulas written for the cFos Charging
 Manager work unchanged, and characters the language never uses (quotes, ``;``, ``=``) are
-rejected before Python's parser sees them. It also keeps the map from columns of the translated
+rejected before Python's parser sees them. Numbers are written with the ASCII digits 0-9 only:
+Python would read digits of other scripts ('١٢٣', '１２３') as numbers too. It also keeps the map from columns of the translated
 text back to the original, so that every later error points at what the user typed.
 
 Separate from ``controller.formulas`` because it is pure text work (no AST, no asteval): it is
@@ -51,7 +52,7 @@ _Item = Union[_Tok, _Group]
 
 _TOKEN_RE = re.compile(
     r"""(?P<ws>\s+)
-    |(?P<num>(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)
+    |(?P<num>(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?)
     |(?P<name>[A-Za-z_][A-Za-z0-9_]*)
     |(?P<op>\*\*|//|==|!=|<=|>=|&&|\|\||[-+*/%<>()\[\],.?:!^&|~])""",
     re.VERBOSE,
@@ -62,6 +63,14 @@ _BAD_CHARS = {
 }
 
 
+def _non_ascii_digit(char: str) -> str | None:
+    """Why a digit of another script is refused: Python's ``int``/``float`` read '١٢٣' as 123,
+    so a formula or value that looks like a number to one reader must not be one to another."""
+    if char.isdigit():
+        return f"digit {char!r} (U+{ord(char):04X}) is not allowed: write numbers with the digits 0-9"
+    return None
+
+
 def _tokenize(text: str) -> list[_Tok]:
     """Split into tokens; reject any character the language does not use (strings first of all)."""
     tokens: list[_Tok] = []
@@ -70,7 +79,7 @@ def _tokenize(text: str) -> list[_Tok]:
         match = _TOKEN_RE.match(text, pos)
         if match is None:
             char = text[pos]
-            reason = _BAD_CHARS.get(char, f"unexpected character {char!r}")
+            reason = _BAD_CHARS.get(char) or _non_ascii_digit(char) or f"unexpected character {char!r}"
             raise FormulaError(f"{reason} (col {pos + 1})")
         kind = match.lastgroup or ""
         if kind != "ws":

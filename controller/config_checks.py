@@ -38,12 +38,14 @@ from controller.config_schema import (
     ModbusInputConfig,
     Rule,
     RtuBus,
+    MaxVariables,
     RtuOverTcpBus,
     Site,
     Smgw,
     TcpBus,
     VariableValue,
 )
+from controller.variables import DEFAULT_MAX_VARIABLES
 from hal import profile as profiles
 
 ID_RE = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,63}")
@@ -107,12 +109,13 @@ class Parts:
     variables: dict[str, Any]
     rules: dict[int, Rule]
     present: dict[str, frozenset[str]]  # raw keys per section: what exists, valid or not
+    max_variables: int | None = None  # None: the value given is invalid (reported by the schema)
 
     @classmethod
     def of(cls, cfg: Config) -> Parts:
         present = {s: frozenset(getattr(cfg, s)) for s in ("buses", "meters", "chargers", "inputs", "variables")}
         return cls(cfg.site, cfg.http, cfg.smgw, cfg.buses, cfg.meters, cfg.chargers, cfg.inputs,
-                   cfg.variables, dict(enumerate(cfg.rules)), present)
+                   cfg.variables, dict(enumerate(cfg.rules)), present, cfg.max_variables)
 
     @classmethod
     def salvage(cls, data: Mapping[str, Any]) -> Parts:
@@ -124,7 +127,7 @@ class Parts:
                    for n, s in sections.items()}
         return cls(_good(Site, data.get("site")), _good(Http, data.get("http")), _good(Smgw, data.get("smgw")),
                    good["buses"], good["meters"], good["chargers"], good["inputs"], good["variables"],
-                   _good_items(_RULE, rules), present)
+                   _good_items(_RULE, rules), present, _good_max_variables(data))
 
 
 _ITEM_ADAPTERS: dict[str, TypeAdapter[Any]] = {
@@ -135,6 +138,14 @@ _ITEM_ADAPTERS: dict[str, TypeAdapter[Any]] = {
     "variables": TypeAdapter(VariableValue),
 }
 _RULE = TypeAdapter(Rule)
+_MAX_VARIABLES = TypeAdapter(MaxVariables)
+
+
+def _good_max_variables(data: Mapping[str, Any]) -> int | None:
+    try:
+        return int(_MAX_VARIABLES.validate_python(data.get("max_variables", DEFAULT_MAX_VARIABLES)))
+    except ValidationError:
+        return None
 
 
 def _good(model: type[BaseModel], raw: Any) -> Any:
@@ -400,6 +411,13 @@ def compiled_formulas(parts: Parts) -> Iterator[tuple[Loc, formulas.Formula]]:
                 pass  # already reported by the field's own validation
 
 
+def _check_variable_count(parts: Parts) -> Iterator[Problem]:
+    """The config's variables fit under ``max_variables``: the store would refuse to add any."""
+    count = len(parts.present["variables"])
+    if parts.max_variables is not None and count > parts.max_variables:
+        yield Problem(("variables",), f"{count} variables, more than max_variables ({parts.max_variables})")
+
+
 def _check_formulas(parts: Parts) -> Iterator[Problem]:
     """``X.attr`` needs a device X: a variable never has attributes, so it is a typo, not a name
     that may be defined later. Variables must not depend on each other in a cycle."""
@@ -418,7 +436,7 @@ def _check_formulas(parts: Parts) -> Iterator[Problem]:
 
 _CHECKS = (
     _check_ids, _check_site, _check_listeners, _check_buses, _check_devices, _check_inputs, _check_rules,
-    _check_formulas,
+    _check_formulas, _check_variable_count,
 )
 
 

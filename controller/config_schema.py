@@ -14,7 +14,9 @@ Defaults that are decisions (documented again in ``deploy/config.example.yaml``)
 ``unbalanced_limit_a`` 20 A (VDE-AR-N 4100 allows 4.6 kVA of imbalance = 20 A at 230 V, the cFos
 default; ``null`` switches the limit off); a charger's ``max_current_a`` 16 A (the common 11 kW
 box; set it to the box's real rating); ``smgw.functions`` ``[vars]`` (least privilege); no
-``http`` section means no LAN API.
+``http`` section means no LAN API; ``max_variables`` 1000 (far more than a site uses, a handful
+of grid signals and limits; the cap keeps a client in a loop from growing the work of every
+cycle without end).
 """
 
 from __future__ import annotations
@@ -39,11 +41,16 @@ from pydantic import (
 )
 
 from controller import formulas
+from controller.variables import DEFAULT_MAX_VARIABLES
 from hal import profile as profiles
 
 _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 HOSTNAME_RE = re.compile(rf"(?=.{{1,253}}$){_LABEL}(?:\.{_LABEL})*")
 IEC_MIN_CURRENT_A = 6.0  # IEC 61851-1: the lowest current a pilot signal can offer
+#: The most ``max_variables`` may allow. Every variable is evaluated every cycle: 5000 typical
+#: formulas take ~41 ms per cycle on the development machine and a Pi is several times slower,
+#: so more would eat into a 1 s cycle (``tests/bench/bench_variables.py``, README).
+MAX_VARIABLES_LIMIT = 5000
 MAX_CURRENT_A = 80.0  # IEC 61851-1 AC charging tops out at 80 A
 
 # --------------------------------------------------------------------------- field types
@@ -97,7 +104,7 @@ Port = Annotated[int, Strict(), Field(ge=1, le=65535)]
 def split_listen(listen: str) -> tuple[str, int]:
     """``"host:port"`` (IPv6 as ``"[::]:8443"``) → (host, port). Raises ValueError."""
     host, sep, port_text = listen.rpartition(":")
-    if not sep or not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+    if not sep or not (port_text.isascii() and port_text.isdigit()) or not 1 <= int(port_text) <= 65535:
         raise ValueError(f"must be 'host:port' with a port 1..65535, not '{listen}'")
     host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
     _host(host)
@@ -123,8 +130,11 @@ def _formula_value(value: Any, *, allow_bool: bool, non_negative: bool) -> Any:
             return value
         raise ValueError("must be a number or a formula, not true/false")
     if isinstance(value, (int, float)):
-        if not math.isfinite(value):
+        if isinstance(value, float) and not math.isfinite(value):
             raise ValueError("must be a finite number")
+        problem = formulas.number_problem(value)  # the same bound as a formula's constants
+        if problem:
+            raise ValueError(problem)
         if non_negative and value < 0:
             raise ValueError("must not be negative")
         return value
@@ -154,6 +164,9 @@ LimitFormula = Annotated[FormulaLike, PlainValidator(_limit, json_schema_input_t
 ConditionLike = Union[bool, float, str]
 ConditionFormula = Annotated[ConditionLike, PlainValidator(_condition, json_schema_input_type=ConditionLike)]
 VariableValue = ConditionFormula  # SPEC §2: a variable is a number, a boolean or a formula
+
+
+MaxVariables = Annotated[int, Strict(), Field(ge=1, le=MAX_VARIABLES_LIMIT)]
 
 
 class _Strict(BaseModel):
@@ -409,6 +422,7 @@ class Config(_Strict):
     inputs: dict[Text, InputConfig] = Field(default_factory=dict)
     variables: dict[Text, VariableValue] = Field(default_factory=dict)
     rules: tuple[Rule, ...] = ()
+    max_variables: MaxVariables = DEFAULT_MAX_VARIABLES  # the API refuses to add more (VariableStore)
 
     @property
     def device_ids(self) -> frozenset[str]:

@@ -32,7 +32,17 @@ FormulaText = Union[str, int, float, bool]
 
 MAX_LENGTH = 1024  # characters of a formula string
 MAX_DEPTH = 100  # AST nesting; keeps asteval's recursion far below Python's limit
-MAX_ABS_NUMBER = 1e300  # larger constants are typos, and overflow on the first operation
+#: The largest magnitude of a number: of a constant in a formula, of a variable's value and of a
+#: formula's result. Far beyond any power (W) or current (A) of a site, and below 2**53, so every
+#: integer in range is exact as a float and ``get_cm_vars`` never shows more than 16 digits.
+MAX_ABS_NUMBER = 1e15
+LIMIT_TEXT = "±" + f"{MAX_ABS_NUMBER:.0e}".replace("e+", "e")  # "±1e15", for messages
+
+
+class NumberRangeError(FormulaError):
+    """A number beyond ±``MAX_ABS_NUMBER`` (as a value or a formula's constant). Its own type
+    because a value saved before the bound existed is dropped at start, not taken as corruption."""
+
 
 FUNCTIONS: frozenset[str] = frozenset({"min", "max", "abs", "round", "floor", "ceil", "clamp"})
 #: Provided by the control loop every cycle: hour 0-23, minute 0-59,
@@ -143,12 +153,9 @@ class _Checker:
             return
         if not isinstance(value, (int, float)):
             raise self.fail(node, f"constant {value!r} not allowed")
-        try:
-            ok = math.isfinite(float(value)) and abs(float(value)) <= MAX_ABS_NUMBER
-        except OverflowError:
-            ok = False
-        if not ok:
-            raise self.fail(node, "number too large")
+        problem = number_problem(value)
+        if problem:
+            raise NumberRangeError(problem + _at(node, self.columns))
 
     def _name(self, node: ast.Name) -> None:
         if node.id in FUNCTIONS:
@@ -239,18 +246,38 @@ class Formula:
     lookups: tuple[Lookup, ...] = field(default=(), repr=False, compare=False)
 
 
+
+
+def number_problem(value: int | float) -> str | None:
+    """Why a number cannot be a constant or a value (not finite, beyond ±``MAX_ABS_NUMBER``)."""
+    try:
+        number = float(value)
+    except OverflowError:  # an int beyond float range
+        number = math.inf
+    if math.isnan(number):
+        return "number must be finite (NaN and Infinity are not allowed)"
+    if abs(number) > MAX_ABS_NUMBER:
+        return f"number too large: {number_text(value)} (at most {LIMIT_TEXT})"
+    return None
+
+
+def number_text(value: int | float) -> str:
+    """A number for a message: short, even for an integer of 4000 digits."""
+    if isinstance(value, int):
+        text = str(value)
+        return text if len(text) <= 24 else f"an integer of {len(text.lstrip('-'))} digits"
+    return f"{value:.16g}"
+
+
 def _number_formula(text: int | float | bool) -> Formula:
     if isinstance(text, bool):
         return Formula(text, frozenset(), text, repr(text))
-    try:
-        value = float(text)
-    except OverflowError:
-        raise FormulaError("number too large") from None
-    if not math.isfinite(value):
+    if isinstance(text, float) and not math.isfinite(text):
         raise FormulaError("number must be finite (NaN and Infinity are not allowed)")
-    if abs(value) > MAX_ABS_NUMBER:
-        raise FormulaError("number too large")
-    return Formula(text, frozenset(), value, repr(text))
+    problem = number_problem(text)
+    if problem:
+        raise NumberRangeError(problem)
+    return Formula(text, frozenset(), float(text), repr(text))
 
 
 def _parse(text: str) -> tuple[ast.expr, ColumnMap, str]:

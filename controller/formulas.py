@@ -26,6 +26,9 @@ Decisions (documented because the brief left them to this module):
   (``max(M1.current_a)``, the most loaded phase). Anywhere else a tuple is an evaluation error.
 - Integral float results are returned as ``int`` (``100.0`` -> ``100``) so that ``get_cm_vars``
   shows what the user typed; bools stay bools; ``None`` means "no limit".
+- Numbers are bounded by ±``MAX_ABS_NUMBER`` (1e15): a larger constant is refused when the
+  formula is set, and a larger result is an evaluation error (like a division by zero), so no
+  client ever reads a 300-digit number. Intermediate values may be larger (``1e15 * 10 / 100``).
 - ``c ? a : b`` uses Python truthiness (cFos: true when > 0; they differ only for negative c).
   ``^`` is Python's ``**`` with Python's precedence (binds tighter than unary minus on its left).
   ``!x`` binds to its operand like in C: ``!a == b`` is ``(not a) == b``.
@@ -48,15 +51,17 @@ from asteval.asteval import ALL_NODES
 from asteval.astutils import safe_pow
 
 from controller.cfos_syntax import MAX_BRACKET_DEPTH, MAX_TERNARIES, FormulaError, translate
-from controller.formula_compiler import (FUNCTIONS, MAX_ABS_NUMBER, MAX_DEPTH, MAX_LENGTH,
+from controller.formula_compiler import (FUNCTIONS, LIMIT_TEXT, MAX_ABS_NUMBER, MAX_DEPTH, MAX_LENGTH,
                                          NAME_RE, TIME_SYMBOLS, Formula, FormulaText, Lookup,
-                                         check_name, compile_formula, validate_formula)
+                                         NumberRangeError,
+                                         check_name, compile_formula, number_problem,
+                                         number_text, validate_formula)
 
 __all__ = [
     "FUNCTIONS", "MAX_ABS_NUMBER", "MAX_BRACKET_DEPTH", "MAX_DEPTH", "MAX_LENGTH",
     "MAX_TERNARIES", "NAME_RE", "NO_LIMIT", "TIME_SYMBOLS", "Evaluator", "Formula",
-    "FormulaError", "FormulaText", "NoValue", "check_name", "compile_formula",
-    "evaluation_order", "translate", "validate_formula",
+    "FormulaError", "FormulaText", "NoValue", "NumberRangeError", "check_name", "compile_formula",
+    "evaluation_order", "number_problem", "translate", "validate_formula",
 ]
 
 log = logging.getLogger(__name__)
@@ -249,14 +254,17 @@ def _scalar_tuple(name: str, values: tuple | list) -> tuple[object, str | None]:
 
 
 def _result(value: object) -> tuple[object, str | None]:
-    """Check a formula's result; integral floats become ints for display (100.0 -> 100)."""
+    """Check a formula's result (a finite number within ±``MAX_ABS_NUMBER``, a bool or None);
+    integral floats become ints for display (100.0 -> 100)."""
     if value is None or isinstance(value, bool):
         return value, None
     if isinstance(value, (int, float)):
         number = float(value)
         if not math.isfinite(number):
             return None, f"result is not a finite number ({number})"
-        if number.is_integer() and abs(number) < 2**53:
+        if abs(number) > MAX_ABS_NUMBER:
+            return None, f"result out of range: {number_text(number)} (beyond {LIMIT_TEXT})"
+        if number.is_integer():  # exact: MAX_ABS_NUMBER < 2**53
             return int(number), None
         return number, None
     return None, f"result is not a number ({type(value).__name__})"

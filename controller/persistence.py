@@ -15,6 +15,10 @@ This module owns ``state_dir/variables.json``:
   ``variables.json.corrupt-<YYYYmmddTHHMMSSZ>`` with a loud ``log.error`` saying what, where and
   why, and the service starts from the config values. It is never deleted. A file that exists but
   cannot be read is treated the same way (renamed aside, never overwritten later).
+  One exception: a variable whose number (or a formula's constant) is beyond ±1e15, the bound
+  ``controller.formula_compiler.MAX_ABS_NUMBER`` set after such a value could be saved, is dropped
+  with a ``log.error`` and the rest of the file is used: throwing away every saved grid signal
+  for one out-of-range value would be worse.
 - **Config values and ``clear=1``.** SPEC: "``variables:`` in the config gives the starting value
   of a variable that has no saved value" and "``clear=1`` deletes every variable, those from the
   config included". A config variable missing from the file is therefore ambiguous: deleted by a
@@ -52,7 +56,8 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from controller.formulas import FormulaError, check_name, compile_formula, evaluation_order
+from controller.formulas import (FormulaError, NumberRangeError, check_name, compile_formula,
+                                 evaluation_order)
 from controller.variables import Expr, VariableSet, VariableStore, normalize_expr
 
 log = logging.getLogger(__name__)
@@ -116,6 +121,10 @@ def _parse_vars(raw: object) -> Mapping[str, Expr]:
             check_name(name)
             value = normalize_expr(expr)
             formulas[name] = compile_formula(value)
+        except NumberRangeError as exc:  # saved before numbers were bounded: not corruption
+            log.error("saved variable %s dropped: %s; formulas that read it fail until it is set "
+                      "again", name, exc)
+            continue
         except FormulaError as exc:
             raise CorruptFile(f"variable {name!r}: {exc}") from None
         exprs[name] = value

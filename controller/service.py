@@ -39,7 +39,7 @@ class Service:
         self.variable_file = VariableFile(self.state_dir)
         reserved = cfg.device_ids  # a variable may not take a device's or an input's name
         initial = initial_variables(dict(cfg.variables), self.variable_file.load(), reserved=reserved)
-        self.store = VariableStore(initial, reserved=reserved)
+        self.store = VariableStore(initial, reserved=reserved, max_variables=cfg.max_variables)
         self.saver = VariableSaver(self.variable_file, self.store)
         self._loop: ControlLoop | None = None
         self.hw: Hardware = build_hardware(cfg, on_edge=self._edge, pin_factory=pin_factory)

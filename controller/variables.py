@@ -7,6 +7,11 @@ They meet here (SPEC §2, §3):
   set are checked before anything changes, so a bad POST answers 400 and leaves the old set.
 - Readers get an immutable ``VariableSet`` snapshot; swapping one reference is atomic, so
   ``snapshot()`` takes no lock and can never see half a change.
+- The number of variables is capped (``max_variables``, default ``DEFAULT_MAX_VARIABLES``): every
+  variable is evaluated every cycle and kept in memory, and a client in a loop must not grow
+  that without end. A change that would leave more than the cap, in force or in the saved set, is
+  rejected like any other bad change. A set that is already over the cap (a restart after the
+  cap was lowered) is used as it is: changes that do not add variables still work.
 - Every change sets ``wake`` (the loop waits on it between ticks, so a grid signal acts at once)
   and calls the listeners (persistence, grid-signal log) in the order of the changes, outside the
   lock that serialises writers.
@@ -32,15 +37,26 @@ from dataclasses import dataclass
 from types import MappingProxyType
 
 from controller.formulas import (MAX_LENGTH, NO_LIMIT, Evaluator, Formula, FormulaError,
-                                 NoValue, check_name, compile_formula, evaluation_order)
+                                 NoValue, NumberRangeError, check_name, compile_formula,
+                                 evaluation_order, number_problem)
 
 log = logging.getLogger(__name__)
 
 Expr = int | float | bool | str
 Listener = Callable[["VariableSet", "VariableSet", str], None]
 
-_NUMBER_RE = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
-_INT_RE = re.compile(r"[+-]?\d+")
+DEFAULT_MAX_VARIABLES = 1000
+
+
+class TooManyVariables(FormulaError):
+    """A change that would exceed the cap on the number of variables. A ``FormulaError``, so that
+    every refusal of ``set_many`` is one type for its callers (the API answers 400)."""
+
+
+# ASCII digits only: int('١٢٣') is 123, but a value that is no number to a cFos client or a
+# spreadsheet must not become one here (it is a formula, which refuses such digits).
+_NUMBER_RE = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+_INT_RE = re.compile(r"[+-]?[0-9]+")
 
 
 @dataclass(frozen=True)
@@ -83,13 +99,17 @@ def normalize_expr(expr: object) -> Expr:
     """The stored form of an ``expr``: numbers and bools as they are, a string that is a number
     as that number (SPEC §2: ``val=123`` -> ``"expr": 123``), any other string as a formula.
 
-    Raises FormulaError for NaN/Infinity and for values that are neither numbers nor strings.
+    Raises FormulaError for NaN/Infinity, for numbers beyond ±``MAX_ABS_NUMBER`` (1e15) and for
+    values that are neither numbers nor strings.
     """
     if isinstance(expr, bool):
         return expr
     if isinstance(expr, (int, float)):
         if isinstance(expr, float) and not math.isfinite(expr):
             raise FormulaError("number must be finite (NaN and Infinity are not allowed)")
+        problem = number_problem(expr)
+        if problem:
+            raise NumberRangeError(problem)
         return expr
     if not isinstance(expr, str):
         raise FormulaError(f"expr must be a number or a formula string, not {type(expr).__name__}")
@@ -98,8 +118,9 @@ def normalize_expr(expr: object) -> Expr:
     stripped = expr.strip()
     if _NUMBER_RE.fullmatch(stripped):
         number: int | float = int(stripped) if _INT_RE.fullmatch(stripped) else float(stripped)
-        if isinstance(number, float) and not math.isfinite(number):
-            raise FormulaError("number too large")
+        problem = number_problem(number)
+        if problem:
+            raise NumberRangeError(problem)
         return number
     return expr
 
@@ -111,8 +132,16 @@ def _empty() -> VariableSet:
 class VariableStore:
     """Thread-safe store of the variables; see the module docstring for the guarantees."""
 
-    def __init__(self, initial: Mapping[str, Expr] = {}, reserved: Collection[str] = ()) -> None:
-        """Raise FormulaError when ``initial`` (the config's ``variables:``) is not valid."""
+    def __init__(self, initial: Mapping[str, Expr] = {}, reserved: Collection[str] = (), *,
+                 max_variables: int = DEFAULT_MAX_VARIABLES) -> None:
+        """Raise FormulaError when ``initial`` (the config's ``variables:``) is not valid.
+
+        ``initial`` may hold more than ``max_variables`` (saved before the cap was lowered): that
+        is logged, and from then on only changes that do not add variables are accepted.
+        """
+        if max_variables < 1:
+            raise ValueError(f"max_variables must be at least 1, not {max_variables}")
+        self.max_variables = max_variables
         self._reserved = frozenset(reserved)
         self._write_lock = threading.Lock()
         self._notify_lock = threading.Lock()
@@ -120,6 +149,10 @@ class VariableStore:
         self._listeners: tuple[Listener, ...] = ()
         self.wake = threading.Event()
         self._current = self._build(_empty(), list(initial.items()), clear=True, generation=0)
+        if len(self._current.exprs) > max_variables:
+            log.error("%d variables at start, more than max_variables (%d): changes that add "
+                      "variables are refused until enough are deleted", len(self._current.exprs),
+                      max_variables)
 
     def snapshot(self) -> VariableSet:
         """The current set. Lock-free: one attribute read of an immutable object."""
@@ -141,8 +174,9 @@ class VariableStore:
                  source: str = "", persist: bool = True) -> VariableSet:
         """Set the given variables (after deleting all of them when ``clear``); all-or-nothing.
 
-        Raises FormulaError, and changes nothing, for a bad name, a bad formula or a dependency
-        cycle in the resulting set (or in the resulting saved set, see the module docstring).
+        Raises FormulaError, and changes nothing, for a bad name, a bad formula, a dependency
+        cycle in the resulting set (or in the resulting saved set, see the module docstring), or
+        more variables than ``max_variables`` (``TooManyVariables``).
         A later item with the same name wins. ``persist=False`` (``tmp=1``) applies the change
         without changing ``persistent``, so it is not saved.
         """
@@ -152,6 +186,7 @@ class VariableStore:
             old = self._current
             new = self._build(old, items, clear=clear, generation=old.generation + 1,
                               persist=persist)
+            self._check_count(old, new)
             self._current = new
             self._notify_lock.acquire()  # taken under the write lock: listeners run in order
         try:
@@ -163,6 +198,18 @@ class VariableStore:
             self._notifying = None
             self._notify_lock.release()
         return new
+
+    def _check_count(self, old: VariableSet, new: VariableSet) -> None:
+        """Refuse a change that grows the set in force, or the saved set, beyond the cap (a set
+        already over it may shrink or stay, see ``__init__``)."""
+        cap = self.max_variables
+        if len(new.exprs) > cap and len(new.exprs) > len(old.exprs):
+            raise TooManyVariables(f"too many variables: this change would make {len(new.exprs)} "
+                                   f"(at most {cap}, max_variables in the config)")
+        if len(new.persistent) > cap and len(new.persistent) > len(old.persistent):
+            raise TooManyVariables(f"too many variables: the saved set (without the tmp=1 values in "
+                                   f"force) would have {len(new.persistent)} (at most {cap}, "
+                                   "max_variables in the config)")
 
     @staticmethod
     def _call(listener: Listener, old: VariableSet, new: VariableSet, source: str) -> None:

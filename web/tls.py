@@ -1,15 +1,18 @@
 """The SMGW listener's TLS material: server certificate and key, client CA, and their uploads.
 
 This module owns which certificate/key pair the SMGW listener serves, how an uploaded pair is
-checked and stored, and the ``ssl.SSLContext`` the listener uses (mutual TLS, SPEC §1.4, §2).
+stored, and the ``ssl.SSLContext`` the listener uses (mutual TLS). What an upload
+must be (parsing and every check) is ``web.tls_checks``.
 
 - The electrician installs a pair at ``smgw.cert`` / ``smgw.key``. An admin may later upload a new
   pair (``POST /cnf?cmd=set_tls_cert``); it goes to ``state_dir/tls/cm.pem`` + ``cm.key`` (directory
   0700, files 0600) because the systemd unit makes ``/etc`` read-only. Once an uploaded pair
   exists it wins over the config pair.
-- An upload is checked completely before anything is written, and the written files are loaded
-  by ``ssl`` before they replace the old ones: a bad upload raises ``TlsError`` (the API answers
-  400) and the pair in force stays exactly as it was.
+- An upload is checked completely before anything is written (``web.tls_checks``), and the
+  written files are loaded by ``ssl`` and proven by real handshakes on 127.0.0.1
+  (``web.tls_proof``) before they replace the old ones: a bad upload raises ``TlsError`` (the API
+  answers 400) and the pair in force stays exactly as it was. The proof runs under the store's
+  lock (uploads are serialised by it anyway); it takes milliseconds, at most its timeouts.
 - Two files cannot be replaced in one atomic step. Both are written to temporary files and
   fsynced, then the key is renamed, the directory fsynced, the certificate renamed, the directory
   fsynced. A crash between the two renames leaves the new key with the old certificate and the
@@ -23,44 +26,40 @@ The web layer reads this; it never imports ``hal``.
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 import os
-import re
 import ssl
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.x509.oid import ExtendedKeyUsageOID
+from cryptography.hazmat.primitives import hashes
 
 from controller.config_schema import Smgw
+from web.tls_checks import (
+    CheckedUpload,
+    TlsError,
+    check_key_matches,
+    check_upload,
+    describe_certificate,
+    parse_certificates,
+    parse_private_key,
+    utc_text,
+)
+from web.tls_proof import prove_handshake
+
+__all__ = ["TlsError", "TlsStore"]
 
 log = logging.getLogger(__name__)
 
-MAX_CERT_PEM_BYTES = 48 * 1024  # a leaf and a few intermediates; the whole request is ≤ 64 KiB
-MAX_KEY_PEM_BYTES = 16 * 1024  # an RSA-4096 PKCS#8 PEM key is ~3.3 KiB
-MAX_CHAIN_CERTS = 8
-CLOCK_SKEW_S = 300.0  # a certificate issued minutes ago on a host whose clock runs a bit ahead
 EXPIRY_WARNING_S = 30 * 86400.0  # warn at start when the certificate in force expires sooner
-MIN_RSA_BITS = 2048
-ALLOWED_CURVES = ("secp256r1", "secp384r1")
 TLS_DIR = "tls"
 CERT_FILE = "cm.pem"
 KEY_FILE = "cm.key"
 TMP_SUFFIX = ".tmp"
-
-_PEM_BLOCK = re.compile(r"-----BEGIN ([A-Z0-9 ]+)-----\r?\n(.*?)-----END \1-----", re.DOTALL)
-
-
-class TlsError(ValueError):
-    """A certificate, key or CA that cannot be used; the message says why (shown to the admin)."""
 
 
 @dataclass(frozen=True)
@@ -70,169 +69,6 @@ class _Pair:
     cert_path: Path
     key_path: Path
     source: str
-
-
-@dataclass(frozen=True)
-class _Checked:
-    """An upload that passed every check, in the canonical PEM form that will be stored."""
-
-    cert_pem: bytes
-    key_pem: bytes
-    leaf: x509.Certificate
-
-
-# --------------------------------------------------------------------------- parsing and checks
-
-
-def _text(value: str | bytes, what: str, limit: int) -> str:
-    """The upload as text, within its size limit (checked before any parsing)."""
-    if isinstance(value, bytes):
-        if len(value) > limit:
-            raise TlsError(f"{what} too large: {len(value)} bytes (at most {limit})")
-        try:
-            value = value.decode("ascii")
-        except UnicodeDecodeError:
-            raise TlsError(f"not a PEM {what}: it contains bytes that are not ASCII") from None
-    if not isinstance(value, str):
-        raise TlsError(f"the {what} must be PEM text, not {type(value).__name__}")
-    if len(value) > limit:
-        raise TlsError(f"{what} too large: {len(value)} bytes (at most {limit})")
-    if not value.strip():
-        raise TlsError(f"no {what} given")
-    if not value.isascii():
-        raise TlsError(f"not a PEM {what}: it contains characters that are not ASCII")
-    return value
-
-
-def _blocks(text: str) -> list[tuple[str, str]]:
-    """(label, whole block) for each PEM block; text around the blocks (openssl's "Bag
-    Attributes", comments) is ignored, as ``openssl`` itself does."""
-    return [(m.group(1), m.group(0) + "\n") for m in _PEM_BLOCK.finditer(text)]
-
-
-def parse_certificates(cert_pem: str | bytes) -> list[x509.Certificate]:
-    """The certificates of a PEM chain, leaf first. Raises ``TlsError``."""
-    text = _text(cert_pem, "certificate", MAX_CERT_PEM_BYTES)
-    blocks = [block for label, block in _blocks(text) if label == "CERTIFICATE"]
-    if not blocks:
-        raise TlsError("not a PEM certificate (no '-----BEGIN CERTIFICATE-----' block)")
-    if len(blocks) > MAX_CHAIN_CERTS:
-        raise TlsError(f"too many certificates in the chain: {len(blocks)} (at most {MAX_CHAIN_CERTS})")
-    certs = []
-    for index, block in enumerate(blocks, start=1):
-        try:
-            certs.append(x509.load_pem_x509_certificate(block.encode("ascii")))
-        except ValueError as exc:
-            raise TlsError(f"certificate {index} of the chain is not a valid X.509 certificate: {exc}") from None
-    return certs
-
-
-def parse_private_key(key_pem: str | bytes) -> rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey:
-    """An unencrypted RSA (≥ 2048 bit) or EC P-256/P-384 private key. Raises ``TlsError``."""
-    text = _text(key_pem, "private key", MAX_KEY_PEM_BYTES)
-    blocks = [(label, block) for label, block in _blocks(text) if label.endswith("PRIVATE KEY")]
-    if not blocks:
-        raise TlsError("not a PEM private key (no '-----BEGIN PRIVATE KEY-----' block)")
-    if len(blocks) > 1:
-        raise TlsError(f"{len(blocks)} private keys given; upload exactly one")
-    label, block = blocks[0]
-    if label == "ENCRYPTED PRIVATE KEY" or "Proc-Type: 4,ENCRYPTED" in block:
-        raise TlsError("the private key is encrypted; upload it without a passphrase")
-    try:
-        key = serialization.load_pem_private_key(block.encode("ascii"), password=None)
-    except TypeError:  # cryptography's "password was not given but private key is encrypted"
-        raise TlsError("the private key is encrypted; upload it without a passphrase") from None
-    except UnsupportedAlgorithm as exc:
-        raise TlsError(f"unsupported private key type: {exc}") from None
-    except ValueError:
-        raise TlsError("not a valid PEM private key (the data in the block does not decode)") from None
-    return _check_key_type(key)
-
-
-def _check_key_type(key: object) -> rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey:
-    """Only what every TLS 1.2 client of an SMGW handles and what is still considered strong."""
-    if isinstance(key, rsa.RSAPrivateKey):
-        if key.key_size < MIN_RSA_BITS:
-            raise TlsError(f"RSA key too small: {key.key_size} bits (at least {MIN_RSA_BITS})")
-        return key
-    if isinstance(key, ec.EllipticCurvePrivateKey):
-        if key.curve.name not in ALLOWED_CURVES:
-            raise TlsError(f"unsupported elliptic curve {key.curve.name} (use P-256 or P-384)")
-        return key
-    raise TlsError(f"unsupported private key type {type(key).__name__.lstrip('_')} "
-                   "(use RSA ≥ 2048 bit or EC P-256/P-384)")
-
-
-def _public_der(public_key: object) -> bytes:
-    return public_key.public_bytes(  # type: ignore[attr-defined, no-any-return]
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-
-
-def _when(moment: dt.datetime) -> str:
-    return moment.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-
-
-def _label(cert: x509.Certificate, index: int) -> str:
-    return "certificate" if index == 0 else f"certificate {index + 1} of the chain ({cert.subject.rfc4514_string()})"
-
-
-def check_dates(certs: Sequence[x509.Certificate], now_s: float, skew_s: float = CLOCK_SKEW_S) -> None:
-    """Every certificate of the chain is valid now (``not_before`` may be ``skew_s`` ahead)."""
-    now = dt.datetime.fromtimestamp(now_s, dt.UTC)
-    for index, cert in enumerate(certs):
-        if cert.not_valid_after_utc <= now:
-            raise TlsError(f"{_label(cert, index)} expired on {_when(cert.not_valid_after_utc)}")
-        if cert.not_valid_before_utc > now + dt.timedelta(seconds=skew_s):
-            raise TlsError(f"{_label(cert, index)} is not valid before {_when(cert.not_valid_before_utc)} "
-                           f"(this host's clock says {_when(now)})")
-
-
-def check_key_matches(certs: Sequence[x509.Certificate], key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey) -> None:
-    """The key belongs to the leaf, i.e. the first certificate (the order ``ssl`` requires)."""
-    key_der = _public_der(key.public_key())
-    if _public_der(certs[0].public_key()) == key_der:
-        return
-    if any(_public_der(c.public_key()) == key_der for c in certs[1:]):
-        raise TlsError("the certificate that matches the private key must come first in the chain")
-    raise TlsError("private key does not match the certificate")
-
-
-def check_server_usage(leaf: x509.Certificate) -> None:
-    """A leaf whose extended key usage excludes TLS servers is refused by every client."""
-    try:
-        usage = leaf.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
-    except x509.ExtensionNotFound:
-        return
-    if ExtendedKeyUsageOID.SERVER_AUTH not in usage and ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE not in usage:
-        raise TlsError("the certificate is not for a TLS server (its extended key usage lacks serverAuth)")
-
-
-def check_upload(cert_pem: str | bytes, key_pem: str | bytes, now_s: float) -> _Checked:
-    """Everything ``install`` checks before writing anything; the canonical PEM to store."""
-    certs = parse_certificates(cert_pem)
-    key = parse_private_key(key_pem)
-    check_key_matches(certs, key)
-    check_dates(certs, now_s)
-    check_server_usage(certs[0])
-    return _Checked(
-        cert_pem=b"".join(c.public_bytes(serialization.Encoding.PEM) for c in certs),
-        key_pem=key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                  serialization.NoEncryption()),
-        leaf=certs[0],
-    )
-
-
-def describe_certificate(cert: x509.Certificate) -> dict[str, object]:
-    """What an admin needs to recognise a certificate: names, serial, dates, fingerprint."""
-    return {
-        "subject": cert.subject.rfc4514_string(),
-        "issuer": cert.issuer.rfc4514_string(),
-        "serial": format(cert.serial_number, "x"),
-        "not_before": cert.not_valid_before_utc.isoformat(),
-        "not_after": cert.not_valid_after_utc.isoformat(),
-        "fingerprint_sha256": cert.fingerprint(hashes.SHA256()).hex(":").upper(),
-    }
 
 
 # --------------------------------------------------------------------------- files
@@ -343,7 +179,7 @@ class TlsStore:
             self._pair = self._upload_pair()
             listeners = list(self._listeners)
         log.warning("SMGW TLS certificate replaced by an upload: %s (valid until %s, SHA-256 %s)",
-                    checked.leaf.subject.rfc4514_string(), _when(checked.leaf.not_valid_after_utc),
+                    checked.leaf.subject.rfc4514_string(), utc_text(checked.leaf.not_valid_after_utc),
                     checked.leaf.fingerprint(hashes.SHA256()).hex(":").upper())
         for callback in listeners:
             try:
@@ -381,10 +217,10 @@ class TlsStore:
         left_s = leaf.not_valid_after_utc.timestamp() - self._clock()
         if left_s <= 0:
             log.error("the SMGW TLS certificate %s expired on %s; SMGW clients will refuse it",
-                      self._pair.cert_path, _when(leaf.not_valid_after_utc))
+                      self._pair.cert_path, utc_text(leaf.not_valid_after_utc))
         elif left_s < EXPIRY_WARNING_S:
             log.warning("the SMGW TLS certificate %s expires on %s; upload a new one (set_tls_cert)",
-                        self._pair.cert_path, _when(leaf.not_valid_after_utc))
+                        self._pair.cert_path, utc_text(leaf.not_valid_after_utc))
 
     def _settle(self) -> _Pair:
         """The pair to serve, from what is on disk now (``_find_pair``, never raising)."""
@@ -397,8 +233,9 @@ class TlsStore:
     def _upload_pair(self) -> _Pair:
         return _Pair(self._dir / CERT_FILE, self._dir / KEY_FILE, "upload")
 
-    def _store(self, checked: _Checked) -> None:
-        """Write both temporary files, prove ``ssl`` loads them, then rename key and certificate."""
+    def _store(self, checked: CheckedUpload) -> None:
+        """Write both temporary files, prove ``ssl`` loads them and a client completes handshakes
+        with them (``web.tls_proof``), then rename key and certificate."""
         self._dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         os.chmod(self._dir, 0o700)
         final = self._upload_pair()
@@ -407,7 +244,8 @@ class TlsStore:
         try:
             _write_private(tmp_key, checked.key_pem)
             _write_private(tmp_cert, checked.cert_pem)
-            _pair_context(tmp_cert, tmp_key, "the uploaded pair")
+            context = _pair_context(tmp_cert, tmp_key, "the uploaded pair")
+            prove_handshake(context, checked.certs)
         except BaseException:
             _unlink_quietly(tmp_key)
             _unlink_quietly(tmp_cert)

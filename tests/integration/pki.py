@@ -4,8 +4,10 @@ Owns nothing of the product: it makes, in a temporary directory, what an electri
 operator would bring (libraries.md §5): a CA that signs the SMGW client certificates and our
 server certificate, a server leaf for 127.0.0.1/localhost, a second server leaf (the "new" pair
 of an upload), client leaves, a rogue CA with its own client, and the broken material every
-validation rule of ``web.tls`` must reject (expired, not yet valid, a key that does not match,
-small RSA, an unsupported key type, an encrypted key, a client-only certificate).
+validation rule of ``web.tls_checks`` must reject (expired, not yet valid, a key that does not
+match, small RSA, RSA with e=3, an unsupported key type, an encrypted key, a client-only
+certificate, a CA certificate as leaf, a key usage without digitalSignature, MD5 and SHA-1
+signatures).
 
 EC P-256 keys throughout (fast to make); one RSA-2048 leaf so the RSA path is exercised too.
 Both the unit tests (``tests/unit/test_tls.py``) and the integration tests use it.
@@ -22,7 +24,7 @@ from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey
@@ -91,8 +93,9 @@ class Leaf:
 class CertAuthority:
     """A self-signed CA (or an intermediate when ``parent`` is given) that issues leaves."""
 
-    def __init__(self, common_name: str, parent: CertAuthority | None = None) -> None:
-        self.key = ec_key()
+    def __init__(self, common_name: str, parent: CertAuthority | None = None,
+                 key: PrivateKey | None = None, signature_hash: hashes.HashAlgorithm | None = None) -> None:
+        self.key = key if key is not None else ec_key()
         now = utcnow()
         issuer_name = parent.cert.subject if parent else _name(common_name)
         signing_key = parent.key if parent else self.key
@@ -112,7 +115,7 @@ class CertAuthority:
                               crl_sign=True, encipher_only=False, decipher_only=False),
                 critical=True,
             )
-            .sign(signing_key, hashes.SHA256())
+            .sign(signing_key, signature_hash or hashes.SHA256())
         )
 
     @property
@@ -136,8 +139,11 @@ class CertAuthority:
         not_before: dt.datetime | None = None,
         not_after: dt.datetime | None = None,
         sans: Sequence[str] = ("localhost", "127.0.0.1"),
+        ca: bool = False,
+        key_usage: x509.KeyUsage | None = None,
     ) -> Leaf:
-        """A leaf for TLS ``usage`` ``"server"``, ``"client"`` or ``"none"`` (no EKU extension)."""
+        """A leaf for TLS ``usage`` ``"server"``, ``"client"`` or ``"none"`` (no EKU extension);
+        ``ca`` sets basic constraints CA:TRUE, ``key_usage`` adds that (critical) extension."""
         key = key if key is not None else ec_key()
         now = utcnow()
         builder = (
@@ -148,8 +154,10 @@ class CertAuthority:
             .serial_number(x509.random_serial_number())
             .not_valid_before(not_before or now - DAY)
             .not_valid_after(not_after or now + 365 * DAY)
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
         )
+        if key_usage is not None:
+            builder = builder.add_extension(key_usage, critical=True)
         if usage != "none":
             oid = ExtendedKeyUsageOID.SERVER_AUTH if usage == "server" else ExtendedKeyUsageOID.CLIENT_AUTH
             builder = builder.add_extension(x509.ExtendedKeyUsage([oid]), critical=False)
@@ -232,3 +240,46 @@ def ed25519_leaf(ca: CertAuthority) -> Leaf:
 
 def p521_leaf(ca: CertAuthority) -> Leaf:
     return ca.issue("p521", key=ec.generate_private_key(ec.SECP521R1()))
+
+
+def rsa_e3_leaf(ca: CertAuthority) -> Leaf:
+    return ca.issue("rsa-e3", key=rsa.generate_private_key(public_exponent=3, key_size=2048))
+
+
+def key_usage(**allowed: bool) -> x509.KeyUsage:
+    """A KeyUsage extension allowing exactly the named usages (``key_cert_sign=True``, ...)."""
+    flags = dict(digital_signature=False, content_commitment=False, key_encipherment=False,
+                 data_encipherment=False, key_agreement=False, key_cert_sign=False, crl_sign=False,
+                 encipher_only=False, decipher_only=False)
+    flags.update(allowed)
+    return x509.KeyUsage(**flags)
+
+
+# The DER of the signature algorithm identifiers of RSA PKCS#1 v1.5 signatures: all the same
+# length, so one can be swapped for another without re-encoding the certificate.
+_RSA_SIGNATURE_OIDS = {
+    "sha256": bytes.fromhex("06092a864886f70d01010b"),
+    "sha1": bytes.fromhex("06092a864886f70d010105"),
+    "md5": bytes.fromhex("06092a864886f70d010104"),
+}
+_WEAK_HASHES: dict[str, hashes.HashAlgorithm] = {"sha1": hashes.SHA1(), "md5": hashes.MD5()}
+
+
+def weakly_signed(ca: CertAuthority, common_name: str, hash_name: str) -> Leaf:
+    """A server leaf that ``ca`` (an RSA CA) signed with ``"md5"`` or ``"sha1"``.
+
+    cryptography refuses to sign certificates with these hashes, but old CAs did and ``openssl``
+    still can. So the leaf is issued with SHA-256, its two signature algorithm identifiers are
+    swapped for the weak one (same length in DER), and the TBS part is signed again.
+    """
+    assert isinstance(ca.key, rsa.RSAPrivateKey), "the weak-hash leaves need an RSA CA"
+    leaf = ca.issue(common_name)
+    der = leaf.cert.public_bytes(serialization.Encoding.DER)
+    old, new = _RSA_SIGNATURE_OIDS["sha256"], _RSA_SIGNATURE_OIDS[hash_name]
+    assert der.count(old) == 2, "expected the algorithm in the TBS part and after it"
+    swapped = x509.load_der_x509_certificate(der.replace(old, new))
+    signature = ca.key.sign(swapped.tbs_certificate_bytes, padding.PKCS1v15(), _WEAK_HASHES[hash_name])
+    assert der.endswith(leaf.cert.signature) and len(signature) == len(leaf.cert.signature)
+    cert = x509.load_der_x509_certificate(der.replace(old, new)[: -len(signature)] + signature)
+    assert cert.signature_hash_algorithm is not None and cert.signature_hash_algorithm.name == hash_name
+    return Leaf(cert, leaf.key, leaf.chain)

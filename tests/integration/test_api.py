@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 import socket
 import ssl
@@ -192,6 +193,12 @@ def test_body_items_may_carry_what_get_cm_vars_returned(web: WebSite) -> None:
     ('{"vars": [{"name": "A", "expr": NaN}]}', ("NaN",)),
     ('{"vars": [{"name": "A", "expr": Infinity}]}', ("Infinity",)),
     ('{"vars": [{"name": "A", "expr": 1e999}]}', ("variable A",)),
+    ('{"vars": [{"name": "A", "expr": 1}, {"name": "B", "expr": 1e16}]}', ("variable B: number too large: 1e+16 (at most ±1e15)",)),
+    ('{"vars": [{"name": "A", "expr": 1}, {"name": "B", "expr": ' + "9" * 303 + '}]}',
+     ("variable B: number too large: an integer of 303 digits (at most ±1e15)",)),
+    ('{"vars": [{"name": "A", "expr": 1}, {"name": "B", "expr": "-1000000000000001"}]}', ("variable B: number too large",)),
+    ('{"vars": [{"name": "A", "expr": "\u0661\u0662\u0663"}]}', ("variable A: digit '\u0661' (U+0661) is not allowed",)),
+    ('{"vars": [{"name": "A", "expr": "AVAIL * \u0663"}]}', ("variable A: digit '\u0663' (U+0663) is not allowed",)),
     ('{"vars": [{"name": "A", "expr": null}]}', ("expr must be",)),
     ('{"vars": [{"name": "A", "expr": [1]}]}', ("expr must be",)),
     ('{"vars": [{"name": "A", "expr": {"x": 1}}]}', ("expr must be",)),
@@ -238,6 +245,15 @@ def test_bad_posts_are_400_and_change_nothing(shared: WebSite, body: str | bytes
     ({"name": "A", "val": "1", "tmp": "2"}, ("tmp must be 0 or 1",)),
     ({"name": ["A", "B"], "val": "1"}, ("given 2 times",)),
     ({"name": "A", "val": "1e999"}, ("too large",)),
+    ({"name": "A", "val": "1e16"}, ("variable A: number too large: 1e+16 (at most ±1e15)",)),
+    ({"name": "A", "val": "-2000000000000000"}, ("variable A: number too large: -2000000000000000",)),
+    ({"name": "A", "val": "AVAIL + 1e16"}, ("variable A: number too large",)),
+    # digits of other scripts: int('١٢٣') is 123 in Python, but here it is no number
+    ({"name": "A", "val": "\u0661\u0662\u0663"}, ("variable A: digit '\u0661' (U+0661) is not allowed: write "
+                                                    "numbers with the digits 0-9 (col 1)",)),
+    ({"name": "A", "val": "\uff11\uff12\uff13"}, ("digit '\uff11' (U+FF11) is not allowed",)),
+    ({"name": "A", "val": "1\u0662"}, ("digit '\u0662' (U+0662) is not allowed",)),
+    ({"name": "A", "val": "\u00b2"}, ("digit '\u00b2' (U+00B2) is not allowed",)),
     ({"name": "A", "val": "x" * 2000}, ("too long",)),
 ])
 def test_bad_gets_are_400_and_change_nothing(shared: WebSite, params: dict[str, Any], words: tuple[str, ...]) -> None:
@@ -252,6 +268,46 @@ def test_query_and_body_together_is_400(shared: WebSite) -> None:
 def test_a_cycle_with_an_existing_variable_is_400(web: WebSite) -> None:
     web.client.get("set_cm_vars", name="A", val="B + 1")
     assert_rejected(web, web.client.get("set_cm_vars", name="B", val="A * 2"), "cycle")
+
+
+def test_more_variables_than_max_variables_is_400_and_changes_nothing(site: SimulatedSite) -> None:
+    with running_web(site, cycles=0, max_variables=4) as web:  # the config has AVAIL and TARIF
+        assert web.client.get("set_cm_vars", name="A", val="1").status_code == 200
+        body = '{"vars": [{"name": "B", "expr": 2}, {"name": "C", "expr": 3}]}'
+        assert_rejected(web, web.client.post("set_cm_vars", body),
+                        "too many variables: this change would make 5 (at most 4, max_variables in the config)")
+        assert web.client.get("set_cm_vars", name="B", val="2").status_code == 200  # the fourth
+        assert_rejected(web, web.client.get("set_cm_vars", name="C", val="3", tmp="1"), "would make 5")
+        assert web.client.get("set_cm_vars", name="A", val="B + 1").status_code == 200  # a change, not a fifth
+        r = web.client.post("set_cm_vars", body, clear="1")  # clear=1 makes room
+        assert r.status_code == 200 and exprs(web) == {"B": 2, "C": 3}
+
+
+def test_numbers_up_to_1e15_are_kept_exactly(web: WebSite) -> None:
+    r = web.client.get("set_cm_vars", name="A", val="-1000000000000000")
+    assert r.status_code == 200 and exprs(web)["A"] == -10**15
+    r = web.client.post("set_cm_vars", '{"vars": [{"name": "B", "expr": 999999999999999.5}, '
+                                       '{"name": "C", "expr": 1e15}]}')
+    assert r.status_code == 200
+    web.cycles(1)
+    shown = {v["name"]: v for v in web.client.get("get_cm_vars").json()["vars"]}
+    assert shown["A"]["val"] == -10**15 and shown["B"]["val"] == 999999999999999.5
+    assert shown["C"]["val"] == 10**15 and shown["C"]["error"] is None
+
+
+def test_a_result_beyond_1e15_is_an_evaluation_error_not_a_huge_number(web: WebSite) -> None:
+    """Only the result counts: a limit may be computed through larger values."""
+    body = ('{"vars": [{"name": "BIG", "expr": "1e15 * 1e15 * 1e15 * 1e15 * 1e15"}, '
+            '{"name": "OK", "expr": "1e15 * 1e15 / 1e15"}, {"name": "USES", "expr": "BIG / 1e15"}]}')
+    assert web.client.post("set_cm_vars", body).status_code == 200
+    web.cycles(1)
+    response = web.client.get("get_cm_vars")
+    assert max(len(token) for token in re.findall(r"[0-9]+", response.text)) <= 16
+    shown = {v["name"]: v for v in response.json()["vars"]}
+    assert shown["BIG"]["val"] is None
+    assert shown["BIG"]["error"] == "result out of range: 1e+75 (beyond ±1e15)"
+    assert shown["OK"] == {"name": "OK", "expr": "1e15 * 1e15 / 1e15", "val": 10**15, "error": None}
+    assert shown["USES"]["val"] is None and "BIG has no value (result out of range" in shown["USES"]["error"]
 
 
 def test_a_huge_power_sets_fast_and_evaluates_to_an_error(web: WebSite) -> None:

@@ -8,8 +8,9 @@ What is proven here (issue #3 items 3 and 4, SPEC §1.4):
   upload certificates (403);
 - ``[admin]`` uploads a new pair over the SMGW channel itself: the listener reloads and a NEW
   connection is served the new certificate (fingerprint of ``getpeercert(binary_form=True)``);
-  a bad upload answers 400 and the old certificate is still served; the uploaded pair is the one
-  served after a restart;
+  a bad upload (among them a weak or unusable pair: RSA e=3, SHA-1, a CA as leaf, a key usage
+  without digitalSignature, a chain the loopback handshake cannot verify) answers 400 and the
+  old certificate is still served; the uploaded pair is the one served after a restart;
 - a client that opens TCP on the SMGW port and never says hello does not block the LAN API.
 
 The controller is reduced to what the web layer uses: a real ``VariableStore`` and a status
@@ -30,7 +31,8 @@ from typing import Any
 
 import pytest
 import requests
-from pki import Leaf, Pki, expired, make_pki
+from cryptography.hazmat.primitives.asymmetric import rsa
+from pki import CertAuthority, Leaf, Pki, expired, key_usage, make_pki, rsa_e3_leaf, weakly_signed
 
 from controller.config_schema import Http, Smgw
 from controller.status import EMPTY_STATUS
@@ -245,17 +247,34 @@ def test_admin_uploads_a_new_pair_over_the_smgw_channel(channel: StartChannel, p
     assert all(p.stat().st_mode & 0o777 == 0o600 for p in stored.iterdir())
 
 
+@pytest.fixture(scope="module")
+def rsa_ca() -> CertAuthority:
+    """An RSA CA, for a leaf signed the way old CAs did (SHA-1 over RSA)."""
+    return CertAuthority("RSA test CA", key=rsa.generate_private_key(public_exponent=65537, key_size=2048))
+
+
 @pytest.mark.parametrize(("make", "message"), [
-    (lambda p: expired(p.ca), "certificate expired on"),
-    (lambda p: Leaf(p.server2.cert, p.server.key), "private key does not match the certificate"),
-    (lambda p: Leaf(p.client.cert, p.client.key), "not for a TLS server"),
-], ids=["expired", "wrong-key", "client-cert"])
+    (lambda p, r: expired(p.ca), "certificate expired on"),
+    (lambda p, r: Leaf(p.server2.cert, p.server.key), "private key does not match the certificate"),
+    (lambda p, r: Leaf(p.client.cert, p.client.key), "not for a TLS server"),
+    # weak or unusable pairs: each of these was once accepted and replaced the working pair
+    (lambda p, r: p.ca.issue("cert signer", key_usage=key_usage(key_cert_sign=True)),
+     "key usage lacks digitalSignature (it allows only keyCertSign)"),
+    (lambda p, r: p.ca.issue("a CA as leaf", ca=True), "the certificate is a CA certificate"),
+    (lambda p, r: rsa_e3_leaf(p.ca), "RSA public exponent 3 refused"),
+    (lambda p, r: weakly_signed(r, "sha1 leaf", "sha1"), "certificate is signed with SHA-1, which is broken"),
+    # refused by the loopback handshake: the second certificate did not issue the first
+    (lambda p, r: Leaf(p.server2.cert, p.server2.key, (p.rogue_ca.cert,)),
+     "the pair fails a TLS 1.2 handshake on 127.0.0.1 (certificate verify failed: unable to get local issuer"),
+], ids=["expired", "wrong-key", "client-cert", "keyCertSign-only", "ca-leaf", "rsa-e3", "sha1", "foreign-chain"])
 def test_bad_upload_is_400_and_the_old_certificate_is_still_served(
-    channel: StartChannel, pki: Pki, make: Callable[[Pki], Leaf], message: str
+    channel: StartChannel, pki: Pki, rsa_ca: CertAuthority, make: Callable[[Pki, CertAuthority], Leaf], message: str
 ) -> None:
     ch = channel(("admin",))
-    r = ch.upload(make(pki))
+    r = ch.upload(make(pki, rsa_ca))
     assert r.status_code == 400
+    assert r.headers["Content-Type"] == "application/json"
+    assert r.json()["error"].startswith("certificate not installed: ")
     assert message in r.json()["error"]
     assert ch.tls.source == "config"
     assert ch.served_fingerprint() == pki.server.fingerprint

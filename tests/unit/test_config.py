@@ -152,6 +152,7 @@ def test_minimal_config_takes_the_documented_defaults() -> None:
     assert (site.failsafe_limit_w, site.cycle_s, site.increase_step_a, site.watchdog_s) == (4200, 1.0, 2.0, 15)
     assert site.grid_limit_w is None and site.chargers_limit_w is None and site.grid_meter is None
     assert cfg.http is None and cfg.smgw is None and cfg.rules == () and cfg.buses == {}
+    assert cfg.max_variables == 1000
 
 
 def test_unbalanced_limit_can_be_switched_off() -> None:
@@ -198,6 +199,7 @@ CASES: list[tuple[str, list[tuple[str, Any]], list[tuple[str, str]]]] = [
     ("serial port not a path", [("buses.rs485.port", "COM3")], [("buses.rs485.port", "absolute path")]),
     ("host is a URL", [("buses.garage.host", "http://192.168.1.50")], [("buses.garage.host", "not a host name")]),
     ("listen without port", [("http.listen", "0.0.0.0")], [("http.listen", "host:port")]),
+    ("listen port in other digits", [("http.listen", "0.0.0.0:\u0668\u0660")], [("http.listen", "host:port")]),
     ("smgw function unknown", [("smgw.functions", ["vars", "root"])], [("smgw.functions.1", "'vars', 'status', 'admin' or 'ocpp'")]),
     ("smgw functions empty", [("smgw.functions", [])], [("smgw.functions", "is empty")]),
     ("nan", [("site.failsafe_limit_w", float("nan"))], [("site.failsafe_limit_w", "finite number")]),
@@ -222,6 +224,15 @@ CASES: list[tuple[str, list[tuple[str, Any]], list[tuple[str, str]]]] = [
     ("attribute of no device", [("site.grid_limit_w", "55000 - M9.power_w")], [("site.grid_limit_w", "'M9.power_w': no device named 'M9'")]),
     ("variable cycle", [("variables.A", "B + 1"), ("variables.B", "A * 2")], [("variables", "dependency cycle: A -> B -> A")]),
     ("self reference", [("variables.AVAIL", "AVAIL + 1")], [("variables", "dependency cycle")]),
+    ("more variables than max_variables", [("max_variables", 1)], [("variables", "2 variables, more than max_variables (1)")]),
+    ("max_variables zero", [("max_variables", 0)], [("max_variables", "greater than or equal to 1")]),
+    ("max_variables too big", [("max_variables", 5001)], [("max_variables", "less than or equal to 5000")]),
+    ("max_variables as text", [("max_variables", "1000")], [("max_variables", "valid integer")]),
+    ("max_variables as float", [("max_variables", 1000.0)], [("max_variables", "valid integer")]),
+    ("variable beyond 1e15", [("variables.TARIF", 1e16)], [("variables.TARIF", "number too large: 1e+16 (at most ±1e15)")]),
+    ("limit beyond 1e15", [("site.grid_limit_w", 2 * 10**15)], [("site.grid_limit_w", "number too large: 2000000000000000")]),
+    ("constant beyond 1e15 in a formula", [("site.grid_limit_w", "AVAIL * 1e16")], [("site.grid_limit_w", "number too large")]),
+    ("digits of another script", [("variables.TARIF", "\u0661")], [("variables.TARIF", "digit '\u0661' (U+0661) is not allowed")]),
     # cross-references
     ("unknown bus", [("chargers.E2.bus", "garagee")], [("chargers.E2.bus", "no bus named 'garagee' (buses: garage, rs485, shed)")]),
     ("unknown input bus", [("inputs.RSE2.bus", "rs458")], [("inputs.RSE2.bus", "no bus named 'rs458'")]),
@@ -373,6 +384,14 @@ def test_cross_checks_still_run_when_other_items_are_broken() -> None:
     assert paths == ["chargers.E1.unit", "chargers.E2.bus", "rules.0.chargers.1", "site.grid_meter", "variables"], errors
 
 
+def test_variable_count_is_checked_when_another_section_is_broken() -> None:
+    errors = errors_of(changed(("chargers.E1.unit", "two"), ("max_variables", 1)))
+    assert [e.split(": ")[0] for e in errors] == ["chargers.E1.unit", "variables"], errors
+    assert "2 variables, more than max_variables (1)" in errors[1]
+    errors = errors_of(changed(("chargers.E1.unit", "two"), ("max_variables", "1")))  # its own error only
+    assert [e.split(": ")[0] for e in errors] == ["chargers.E1.unit", "max_variables"], errors
+
+
 def test_a_broken_bus_is_not_also_a_missing_bus() -> None:
     errors = errors_of(changed(("buses.rs485.baudrate", 1000)))
     assert [e.split(":")[0] for e in errors] == ["buses.rs485.baudrate"]
@@ -443,7 +462,7 @@ def test_duplicate_yaml_keys_are_errors(tmp_path: Path) -> None:
 def test_yaml_anchors_and_merge_keys_work(tmp_path: Path) -> None:
     text = SPEC_TEXT.replace("chargers:\n", "x-box: &box {model: alfen, bus: garage}\nchargers:\n", 1)
     errors = yaml_errors(tmp_path, text)
-    assert errors == ["x-box: unknown key (allowed: site, state_dir, http, smgw, buses, meters, chargers, inputs, variables, rules)"]
+    assert errors == ["x-box: unknown key (allowed: site, state_dir, http, smgw, buses, meters, chargers, inputs, variables, rules, max_variables)"]
     text = SPEC_TEXT.replace("  E3: {", "  E4: {<<: {model: alfen, bus: garage}, unit: 2}\n  E3: {")
     assert load_config(_write(tmp_path, text)).chargers["E4"].model == "alfen"
 

@@ -165,6 +165,7 @@ CORRUPT = [
     ("NaN", b'{"format": 1, "saved_at": 0, "generation": 0, "vars": {"A": NaN}, "deleted": []}',
      "NaN is not JSON"),
     ("deleted not names", valid_json(deleted=[1]).encode(), "deleted is not a list of names"),
+    ("digits of another script", valid_json(vars={"A": "\u0661"}).encode(), "variable 'A': digit"),
     ("deadly nesting", b"[" * 100_000 + b"]" * 100_000, "not JSON"),
 ]
 
@@ -182,6 +183,22 @@ def test_corrupt_file_is_kept_aside_loudly(tmp_path: Path, caplog: pytest.LogCap
     [record] = [r for r in caplog.records if r.levelno == logging.ERROR]
     assert str(file.path) in record.getMessage() and str(aside) in record.getMessage()
     assert why in record.getMessage()
+
+
+def test_a_saved_number_beyond_1e15_drops_that_variable_only(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A file saved before numbers were bounded: the grid signals in it must survive."""
+    file = VariableFile(tmp_path)
+    write(file.path, valid_json(vars={"AVAIL": 30, "BIG": 1e18, "HUGE": 10**40, "F": "AVAIL * 1e16",
+                                      "LIM": "55000 * AVAIL / 100"}))
+    with caplog.at_level(logging.ERROR, logger="controller.persistence"):
+        loaded = file.load()
+    assert loaded is not None and file.path.exists()
+    assert dict(loaded.vars) == {"AVAIL": 30, "LIM": "55000 * AVAIL / 100"}
+    messages = [r.getMessage() for r in caplog.records]
+    assert len(messages) == 3
+    assert "saved variable BIG dropped: number too large: 1e+18 (at most ±1e15)" in messages[0]
+    assert "saved variable F dropped" in messages[2]
+    assert not list(tmp_path.glob("*.corrupt-*"))
 
 
 def test_two_corrupt_files_in_one_second_are_both_kept(tmp_path: Path) -> None:

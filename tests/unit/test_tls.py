@@ -1,30 +1,39 @@
-"""web.tls: upload validation (every rule with its message), storage (0600, atomic, crash
-between the renames), the pair in force, the server context (mutual TLS), listeners.
+"""web.tls: upload validation (every rule with its message), the loopback handshake proof,
+storage (0600, atomic, crash between the renames), the pair in force, the server context (mutual
+TLS), listeners.
 
-Handshakes here run in memory (``ssl.MemoryBIO``): real TLS without sockets. The socket-level
-tests through cheroot are in ``tests/integration/test_smgw_tls.py``.
+The handshakes that check what a client is served run in memory (``ssl.MemoryBIO``): real TLS
+without sockets. The upload's own proof (``web.tls_proof``) uses real loopback sockets. The
+socket-level tests through cheroot are in ``tests/integration/test_smgw_tls.py``.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import importlib.util
 import logging
 import os
 import ssl
 import stat
 import sys
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import pytest
-from cryptography.hazmat.primitives import serialization
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from controller.config_schema import Smgw
-from web import tls
+from web import tls, tls_checks
 from web.tls import TlsError, TlsStore
+from web.tls_proof import prove_handshake
 
 
 def _load_pki() -> ModuleType:
@@ -401,6 +410,165 @@ def test_unusable_certificate_or_key_is_rejected(store: TlsStore, pki: Any, stat
         store.install(leaf.cert_pem, leaf.key_pem)
     assert tls_files(state_dir) == {}
     assert store.source == "config"
+
+
+@pytest.fixture(scope="module")
+def rsa_ca() -> Any:
+    """An RSA CA: old CAs signed with MD5/SHA-1 over RSA keys (ECDSA never had MD5)."""
+    return pki_mod.CertAuthority("RSA test CA", key=rsa.generate_private_key(public_exponent=65537, key_size=2048))
+
+
+def _sha224_intermediate_chain(p: Any) -> Any:
+    intermediate = pki_mod.CertAuthority("SHA-224 intermediate", parent=p.ca, signature_hash=hashes.SHA224())
+    return intermediate.issue("leaf under a SHA-224 intermediate")
+
+
+WEAK: list[tuple[str, Callable[[Any, Any], Any], str]] = [
+    ("rsa-e3", lambda p, r: pki_mod.rsa_e3_leaf(p.ca), r"RSA public exponent 3 refused \(use 65537"),
+    ("md5-signature", lambda p, r: pki_mod.weakly_signed(r, "md5 leaf", "md5"),
+     r"^certificate is signed with MD5, which is broken"),
+    ("sha1-signature", lambda p, r: pki_mod.weakly_signed(r, "sha1 leaf", "sha1"),
+     r"^certificate is signed with SHA-1, which is broken"),
+    ("sha224-intermediate", lambda p, r: _sha224_intermediate_chain(p),
+     r"^certificate 2 of the chain \(CN=SHA-224 intermediate,.*\) is signed with SHA-224, which is not accepted"),
+    ("ca-leaf", lambda p, r: p.ca.issue("a CA as leaf", ca=True),
+     r"the certificate is a CA certificate \(basic constraints CA:TRUE\)"),
+    ("key-usage-keyCertSign-only", lambda p, r: p.ca.issue("cert signer", key_usage=pki_mod.key_usage(key_cert_sign=True)),
+     r"key usage lacks digitalSignature \(it allows only keyCertSign\)"),
+    ("key-usage-keyEncipherment-only", lambda p, r: p.ca.issue(
+        "rsa encipher only", key=_rsa_key(), key_usage=pki_mod.key_usage(key_encipherment=True)),
+     r"key usage lacks digitalSignature \(it allows only keyEncipherment\)"),
+    ("key-usage-empty-of-signing", lambda p, r: p.ca.issue(
+        "agreement only", key_usage=pki_mod.key_usage(key_agreement=True, encipher_only=True)),
+     r"key usage lacks digitalSignature \(it allows only keyAgreement, encipherOnly\)"),
+    ("eku-code-signing", lambda p, r: _code_signing_leaf(p), r"not for a TLS server \(its extended key usage lacks serverAuth\)"),
+]
+
+
+def _rsa_key() -> Any:
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+def _code_signing_leaf(p: Any) -> Any:
+    """A leaf whose extended key usage names a purpose, but not serverAuth."""
+    leaf = p.ca.issue("code signer", usage="none")
+    builder = (x509.CertificateBuilder().subject_name(leaf.cert.subject).issuer_name(leaf.cert.issuer)
+               .public_key(leaf.key.public_key()).serial_number(leaf.cert.serial_number)
+               .not_valid_before(leaf.cert.not_valid_before_utc).not_valid_after(leaf.cert.not_valid_after_utc)
+               .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CODE_SIGNING]), critical=False))
+    return pki_mod.Leaf(builder.sign(p.ca.key, hashes.SHA256()), leaf.key, leaf.chain)
+
+
+@pytest.mark.parametrize(("make", "message"), [(m, msg) for _, m, msg in WEAK], ids=[n for n, _, _ in WEAK])
+def test_weak_or_unusable_pair_is_refused_and_the_old_one_kept(
+    store: TlsStore, pki: Any, rsa_ca: Any, state_dir: Path, make: Callable[[Any, Any], Any], message: str
+) -> None:
+    """Each is a pair some client would refuse (or should): the one in force must stay."""
+    store.install(pki.server2.cert_pem, pki.server2.key_pem)
+    before = tls_files(state_dir)
+    calls: list[str] = []
+    store.add_listener(lambda: calls.append("reload"))
+    leaf = make(pki, rsa_ca)
+    with pytest.raises(TlsError, match=message):
+        store.install(leaf.cert_pem, leaf.key_pem)
+    assert tls_files(state_dir) == before
+    assert calls == []
+    assert served_fingerprint(store, pki) == pki.server2.fingerprint
+
+
+def test_key_usage_with_digital_signature_only_is_enough_for_rsa(store: TlsStore, pki: Any) -> None:
+    """keyEncipherment is optional: the listener offers no static-RSA key exchange, so an RSA key
+    only signs, in TLS 1.2 (ECDHE-RSA) as in TLS 1.3."""
+    leaf = pki.ca.issue("rsa signer", key=_rsa_key(), key_usage=pki_mod.key_usage(digital_signature=True))
+    store.install(leaf.cert_pem, leaf.key_pem)
+    for version in (ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3):
+        client = client_context(pki)
+        client.minimum_version = client.maximum_version = version
+        assert hashlib.sha256(handshake(store.server_context(), client)).digest() == leaf.fingerprint
+
+
+def test_a_root_at_the_end_of_the_chain_is_not_judged_by_its_own_signature(store: TlsStore, pki: Any) -> None:
+    """Clients trust a root as it is; a SHA-224 self-signature on it refuses nothing."""
+    root = pki_mod.CertAuthority("SHA-224 root", signature_hash=hashes.SHA224())
+    leaf = root.issue("leaf under a SHA-224 root")
+    store.install(leaf.cert_pem + root.cert_pem, leaf.key_pem)
+    assert store.source == "upload"
+    assert "CN=leaf under a SHA-224 root" in str(store.describe()["subject"])
+
+
+# --------------------------------------------------------------------------- the loopback handshake proof
+
+
+def _server_context(leaf: Any, directory: Path) -> ssl.SSLContext:
+    cert, key = leaf.write(directory, "proof")
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    return context
+
+
+def _proof_threads() -> list[str]:
+    return [t.name for t in threading.enumerate() if t.name == "tls-proof"]
+
+
+def test_proof_completes_tls_1_2_and_1_3_handshakes_quickly(pki: Any, tmp_path: Path) -> None:
+    leaves = {"EC P-256 leaf": pki.server2, "RSA-2048 leaf": pki_mod.rsa_leaf(pki.ca, 2048),
+              "leaf + intermediate": pki_mod.CertAuthority("proof intermediate", parent=pki.ca).issue("leaf")}
+    for name, leaf in leaves.items():
+        context = _server_context(leaf, tmp_path)
+        start = time.perf_counter()
+        prove_handshake(context, (leaf.cert, *leaf.chain))
+        elapsed_ms = (time.perf_counter() - start) * 1000
+        print(f"proof, {name}: {elapsed_ms:.1f} ms")
+        assert elapsed_ms < 2000
+    assert _proof_threads() == []
+
+
+def test_proof_refuses_a_server_that_serves_another_certificate(pki: Any, tmp_path: Path) -> None:
+    context = _server_context(pki.server, tmp_path)  # from the same CA, so it verifies
+    with pytest.raises(TlsError, match="did not serve the uploaded certificate"):
+        prove_handshake(context, (pki.server2.cert, pki.ca.cert))
+
+
+def test_a_refused_proof_does_not_wait_for_its_timeouts(pki: Any, tmp_path: Path) -> None:
+    context = _server_context(pki.server2, tmp_path)
+    start = time.perf_counter()
+    with pytest.raises(TlsError, match="unable to get local issuer certificate"):
+        prove_handshake(context, (pki.server2.cert, pki.rogue_ca.cert))
+    assert time.perf_counter() - start < 1.0
+    assert _proof_threads() == []
+
+
+def test_chain_that_does_not_belong_to_the_leaf_is_refused_by_the_handshake(
+    store: TlsStore, pki: Any, state_dir: Path
+) -> None:
+    """Every static check passes (dates, key, usage); only a client can tell the chain is wrong."""
+    with pytest.raises(TlsError, match=r"the pair fails a TLS 1\.2 handshake on 127\.0\.0\.1 \(certificate "
+                                       r"verify failed: unable to get local issuer certificate\)"):
+        store.install(pki.server2.cert_pem + pki.rogue_ca.cert_pem, pki.server2.key_pem)
+    assert tls_files(state_dir) == {}
+    assert served_fingerprint(store, pki) == pki.server.fingerprint
+
+
+def test_handshake_refuses_a_signing_only_certificate_even_without_the_usage_check(
+    store: TlsStore, pki: Any, state_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The worst case: a keyCertSign-only leaf. With the static check switched off, the
+    loopback handshake alone still keeps it from replacing the working pair."""
+    monkeypatch.setattr(tls_checks, "check_key_usage", lambda leaf: None)
+    leaf = pki.ca.issue("cert signer", key_usage=pki_mod.key_usage(key_cert_sign=True))
+    with pytest.raises(TlsError, match=r"the pair fails a TLS 1\.2 handshake on 127\.0\.0\.1"):
+        store.install(leaf.cert_pem, leaf.key_pem)
+    assert tls_files(state_dir) == {}
+    assert served_fingerprint(store, pki) == pki.server.fingerprint
+
+
+def test_intermediate_with_a_weak_key_is_refused(store: TlsStore, pki: Any, state_dir: Path) -> None:
+    weak = pki_mod.CertAuthority("RSA-1024 intermediate", parent=pki.ca,
+                                 key=rsa.generate_private_key(public_exponent=65537, key_size=1024))
+    leaf = weak.issue("leaf under a weak intermediate")
+    with pytest.raises(TlsError, match="ca key too small"):
+        store.install(leaf.cert_pem, leaf.key_pem)
+    assert tls_files(state_dir) == {}
 
 
 def test_expiry_is_judged_by_the_injected_clock(smgw: Smgw, pki: Any, state_dir: Path) -> None:

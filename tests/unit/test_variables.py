@@ -10,8 +10,8 @@ import threading
 import pytest
 
 from controller.formulas import NO_LIMIT, Evaluator, FormulaError, NoValue
-from controller.variables import (VariableSet, VariableStore, evaluate_variables, normalize_expr,
-                                  same_exprs)
+from controller.variables import (DEFAULT_MAX_VARIABLES, TooManyVariables, VariableSet, VariableStore,
+                                  evaluate_variables, normalize_expr, same_exprs)
 
 RESERVED = {"M1", "E1", "E2", "RSE1"}
 
@@ -28,6 +28,9 @@ def make_store(**initial: object) -> VariableStore:
     ("123", 123), (" 42 ", 42), ("-7", -7), ("+7", 7), ("2.5", 2.5), ("1e3", 1000.0),
     (".5", 0.5), ("007", 7), ("55000 * AVAIL / 100", "55000 * AVAIL / 100"),
     (" AVAIL ", " AVAIL "), ("True", "True"), ("nan", "nan"), ("inf", "inf"), ("1_000", "1_000"),
+    ("1e15", 1e15), ("-1000000000000000", -10**15), (10**15, 10**15), (-1e15, -1e15),
+    # digits of other scripts are no number (int('١٢٣') would be 123): a formula, refused when set
+    ("\u0661\u0662\u0663", "\u0661\u0662\u0663"), ("\uff11\uff12\uff13", "\uff11\uff12\uff13"), ("1\u0662", "1\u0662"),
     ("0x10", "0x10"), ("", ""),
 ])
 def test_normalize_expr(given: object, stored: object) -> None:
@@ -37,6 +40,7 @@ def test_normalize_expr(given: object, stored: object) -> None:
 
 @pytest.mark.parametrize("given", [
     float("nan"), float("inf"), -float("inf"), "1e999", None, [1], {"a": 1}, b"1", "x" * 1025,
+    "1e16", "1000000000000001", "-1000000000000001", 10**15 + 1, -1e16, 1e300, 10**400, "9" * 1000,
 ])
 def test_normalize_expr_rejects(given: object) -> None:
     with pytest.raises(FormulaError):
@@ -137,6 +141,10 @@ def test_clear_can_break_a_would_be_cycle() -> None:
     ([("PWR", 70), ("X", float("inf"))], "number must be finite"),
     ([("PWR", 70), ("X", 1, 2)], "a (name, expr) pair"),
     ([("PWR", 70), (5, 1)], "a variable name is a string"),
+    ([("PWR", 70), ("X", "\u0661\u0662\u0663")], "variable X: digit '\u0661' (U+0661) is not allowed: write numbers with the digits 0-9"),
+    ([("PWR", 70), ("X", 10**20)], "variable X: number too large: 100000000000000000000 (at most ±1e15)"),
+    ([("PWR", 70), ("X", "2e15")], "variable X: number too large: 2000000000000000 (at most ±1e15)"),
+    ([("PWR", 70), ("X", "AVAIL * 1e16")], "variable X: number too large: 1e+16 (at most ±1e15) (col 9)"),
     ([("PWR", 70), "X"], "a (name, expr) pair"),
 ])
 def test_set_many_is_all_or_nothing(items: list, message: str, clear: bool) -> None:
@@ -293,6 +301,75 @@ def test_none_variable_is_no_limit_for_its_readers() -> None:
     assert results["LIM"] == (None, None) and symbols["LIM"] is NO_LIMIT
     assert results["COPY"] == (None, None)
     assert results["SUM"][0] is None and "None" in str(results["SUM"][1])
+
+
+# --------------------------------------------------------------------------- the cap on the number
+
+
+def capped(limit: int, **initial: object) -> tuple[VariableStore, list[str]]:
+    store = VariableStore(initial, reserved=RESERVED, max_variables=limit)  # type: ignore[arg-type]
+    calls: list[str] = []
+    store.add_listener(lambda old, new, source: calls.append(source))
+    return store, calls
+
+
+def assert_refused(store: VariableStore, calls: list[str], message: str, items: list, **kwargs: object) -> None:
+    before = store.snapshot()
+    with pytest.raises(TooManyVariables, match=re.escape(message)):
+        store.set_many(items, **kwargs)  # type: ignore[arg-type]
+    assert store.snapshot() is before and calls == []
+
+
+def test_the_default_cap_is_1000() -> None:
+    store = VariableStore()
+    assert store.max_variables == DEFAULT_MAX_VARIABLES == 1000
+    store.set_many([(f"V{i}", i) for i in range(1000)])
+    with pytest.raises(TooManyVariables, match=re.escape("this change would make 1001 (at most 1000")):
+        store.set_many([("ONE_MORE", 1)])
+    assert len(store.snapshot().exprs) == 1000
+
+
+def test_a_set_beyond_the_cap_is_refused_whole() -> None:
+    store, calls = capped(3, A=1)
+    assert_refused(store, calls, "too many variables: this change would make 4 (at most 3, max_variables in the config)",
+                   [("B", 2), ("C", 3), ("D", 4)])
+    assert_refused(store, calls, "would make 4", [("B", 2), ("C", 3), ("D", 4), ("E", 5)], clear=True, persist=False)
+    assert TooManyVariables.__mro__[1] is FormulaError  # the API's 400 for every refusal
+
+
+def test_at_the_cap_values_still_change_and_clear_makes_room() -> None:
+    store, calls = capped(3, A=1, B=2, C=3)
+    assert dict(store.set_many([("A", 10), ("B", "A + 1")]).exprs) == {"A": 10, "B": "A + 1", "C": 3}
+    assert dict(store.set_many([("X", 1), ("Y", 2), ("Z", 3)], clear=True).exprs) == {"X": 1, "Y": 2, "Z": 3}
+    assert len(calls) == 2
+
+
+def test_the_saved_set_is_capped_too() -> None:
+    """tmp=1 values can hide saved variables: a saved call must not grow the saved set past the cap."""
+    store, calls = capped(3, A=1, B=2, C=3)
+    store.set_many([("T", 1)], clear=True, persist=False)  # in force: T; saved: A, B, C
+    calls.clear()
+    assert_refused(store, calls, "the saved set (without the tmp=1 values in force) would have 4 (at most 3",
+                   [("D", 4)])
+    assert dict(store.set_many([("A", 5)]).persistent) == {"A": 5, "B": 2, "C": 3}
+
+
+def test_a_start_set_over_the_cap_is_kept_and_may_only_shrink(caplog: pytest.LogCaptureFixture) -> None:
+    """The cap was lowered in the config after more were saved: the site must still start."""
+    with caplog.at_level(logging.ERROR, logger="controller.variables"):
+        store, calls = capped(2, A=1, B=2, C=3, D=4)
+    assert "4 variables at start, more than max_variables (2)" in caplog.text
+    assert dict(store.set_many([("A", 9)]).exprs) == {"A": 9, "B": 2, "C": 3, "D": 4}
+    calls.clear()
+    assert_refused(store, calls, "would make 5 (at most 2", [("E", 5)])
+    assert dict(store.set_many([("Y", 1), ("Z", 2), ("W", 3)], clear=True).exprs) == {"Y": 1, "Z": 2, "W": 3}
+    calls.clear()
+    assert_refused(store, calls, "would make 4", [("V", 0)])
+
+
+def test_the_cap_is_at_least_one() -> None:
+    with pytest.raises(ValueError, match="at least 1"):
+        VariableStore(max_variables=0)
 
 
 # --------------------------------------------------------------------------- persistent (tmp=1)
