@@ -13,6 +13,11 @@ world did not make itself.
 The examples are fixed (derandomized) so CI is repeatable; set GRIDCHARGE_PROPERTY_EXAMPLES to
 run more, with a fresh seed each run, e.g. ``GRIDCHARGE_PROPERTY_EXAMPLES=200 make test``.
 
+Without a grid meter reading (the meter silent, or not read yet at start) gridcharge cannot know
+the house's load; its promise then is the fail-safe limit on the chargers' total
+(``failsafe_limit_w``), and whether that fits under the fuse is the installer's choice. The
+examples set it to 0, so the fuse and imbalance promises hold in that state too.
+
 Known limit, kept out of the examples: a 3-phase box with a car that charges on one phase
 (the allocation counts it on all three phases, which is safe for the fuse but not for the
 imbalance; see the README's load management section).
@@ -119,6 +124,7 @@ def run(scenario: Scenario) -> tuple[list[str], Any]:
         cfg = make_config(site, site={
             "main_fuse_a": scenario.fuse_a, "unbalanced_limit_a": scenario.imbalance_a, "chargers_limit_w": None,
             "increase_step_a": scenario.step_a, "cycle_s": CYCLE_S, "stale_s": 1.5, "watchdog_s": 3,
+            "failsafe_limit_w": 0,
         })
         service = Service(cfg, clock=clock)
         pending = list(scenario.events)
