@@ -18,7 +18,6 @@ import asyncio
 import logging
 import socket
 import ssl
-from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any
@@ -61,7 +60,7 @@ class ConnectionHandle:
 
     sock: socket.socket
     task: asyncio.Task[None] | None = None
-    transport: asyncio.BaseTransport | None = None
+    transport: asyncio.Transport | None = None
     wrapping: bool = False  # asyncio owns the socket from here on
 
     def drop(self) -> None:
@@ -94,6 +93,7 @@ async def serve_socket(ctx: ListenerContext, handle: ConnectionHandle, address: 
         ctx.notes.log(("handshake", slot.address), logging.INFO, "%s listener: TLS handshake with %s failed: %s",
                       ctx.name, address[0], exc or type(exc).__name__)
         return
+    assert isinstance(transport, asyncio.Transport)
     handle.transport = transport
     writer = asyncio.StreamWriter(transport, protocol, reader, loop)
     tls = tls_variables(transport.get_extra_info("ssl_object")) if tls_context is not None else None
@@ -294,16 +294,3 @@ class HttpConnection:
             transport.close()
         else:
             transport.abort()
-
-
-def log_task_error(name: str) -> Callable[[asyncio.Task[None]], None]:
-    """A done-callback that logs what a connection task raised (a bug: they handle their errors)."""
-
-    def done(task: asyncio.Task[None]) -> None:
-        if task.cancelled():
-            return
-        exc = task.exception()
-        if exc is not None:
-            log.error("%s listener: a connection failed unexpectedly", name, exc_info=exc)
-
-    return done

@@ -35,7 +35,7 @@ from typing import Any
 
 from web.accept import AcceptBackoff
 from web.gate import ConnectionGate, Phase, Refusal, Slot
-from web.http_connection import ConnectionHandle, ListenerContext, log_task_error, serve_socket
+from web.http_connection import ConnectionHandle, ListenerContext, serve_socket
 from web.limits import ListenerLimits
 from web.lograte import RateLimitedLog
 from web.wsgi_bridge import WsgiApp
@@ -120,9 +120,10 @@ class HttpListener:
         accepting.cancel()
         await asyncio.gather(accepting, return_exceptions=True)
         self._sock.close()
-        answering = [task for task, slot in self._tasks.items() if slot.phase is Phase.ANSWERING]
-        if answering:
-            await asyncio.wait(answering, timeout=self.limits.shutdown_s)
+        loop = asyncio.get_running_loop()
+        until = loop.time() + self.limits.shutdown_s
+        while loop.time() < until and any(slot.phase is Phase.ANSWERING for slot in self._tasks.values()):
+            await asyncio.sleep(0.02)  # let the requests being answered finish (keep-alive ones then wait)
         for slot in list(self._tasks.values()):
             slot.drop()  # closes the connection and cancels its task (also one not yet started)
         await asyncio.gather(*list(self._tasks), return_exceptions=True)
@@ -139,7 +140,12 @@ class HttpListener:
                 await asyncio.sleep(self.backoff.failed(exc, loop.time(), shed))
                 continue
             self.backoff.succeeded(loop.time())
-            self._admit(ctx, sock, address)
+            try:
+                self._admit(ctx, sock, address)
+            except Exception as exc:  # a bug; the listener must go on accepting
+                sock.close()
+                self._notes.log(("admit", type(exc).__name__), logging.ERROR, "%s listener: admitting a "
+                                "connection failed", self.name, exc_info=exc)
             # sock_accept returns without yielding while the backlog is full: let the closes of
             # evicted connections (and everything else on this loop) run between two accepts
             await asyncio.sleep(0)
@@ -181,9 +187,12 @@ class HttpListener:
         slot.drop = handle.drop
         self._tasks[task] = slot
         task.add_done_callback(self._finished)
-        task.add_done_callback(log_task_error(self.name))
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         slot = self._tasks.pop(task, None)
         if slot is not None:
             self.gate.release(slot)
+        if not task.cancelled() and task.exception() is not None:  # a bug: connections handle their errors
+            exc = task.exception()
+            self._notes.log(("bug", type(exc).__name__), logging.ERROR, "%s listener: a connection failed "
+                            "unexpectedly", self.name, exc_info=exc)

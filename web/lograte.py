@@ -32,7 +32,7 @@ class RateLimitedLog:
         self._clock = clock
         self._keys: OrderedDict[Hashable, tuple[float, int]] = OrderedDict()  # key -> (logged at, suppressed)
 
-    def log(self, key: Hashable, level: int, msg: str, *args: object) -> bool:
+    def log(self, key: Hashable, level: int, msg: str, *args: object, exc_info: BaseException | None = None) -> bool:
         """Log unless ``key`` was logged less than ``window_s`` ago; True when it was written."""
         now = self._clock()
         entry = self._keys.get(key)
@@ -47,5 +47,5 @@ class RateLimitedLog:
         if suppressed:
             msg += " (%d more like it in the last %.0f s not logged)"
             args = (*args, suppressed, self._window_s)
-        self._logger.log(level, msg, *args)
+        self._logger.log(level, msg, *args, exc_info=exc_info)
         return True

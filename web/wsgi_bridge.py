@@ -61,11 +61,11 @@ def tls_variables(ssl_object: ssl.SSLObject | ssl.SSLSocket | None) -> dict[str,
     if der:  # with CERT_REQUIRED, only a certificate the context verified gets this far
         variables["SSL_CLIENT_VERIFY"] = "SUCCESS"
         variables["SSL_CLIENT_CERT"] = ssl.DER_cert_to_PEM_cert(der)
-        subject = (ssl_object.getpeercert() or {}).get("subject", ())
-        for rdn in subject:
+        subject: Any = (ssl_object.getpeercert() or {}).get("subject", ())
+        for rdn in subject:  # ((("commonName", "smgw-client"),), ...)
             for name, value in rdn:
                 if name == "commonName":
-                    variables["SSL_CLIENT_S_DN_CN"] = value
+                    variables["SSL_CLIENT_S_DN_CN"] = str(value)
     return variables
 
 

@@ -129,7 +129,7 @@ class Attack:
         try:
             reader, writer = await asyncio.wait_for(
                 asyncio.open_connection(LOOPBACK, port, local_addr=(source, 0)), CONNECT_TIMEOUT_S)
-        except (OSError, asyncio.TimeoutError) as exc:
+        except (OSError, TimeoutError) as exc:
             stats.connect_errors[type(exc).__name__ if not isinstance(exc, OSError) or exc.errno is None
                                  else f"errno {exc.errno}"] += 1
             return None

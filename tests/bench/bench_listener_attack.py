@@ -155,7 +155,7 @@ def run_attack(plan: dict[str, Any], timeout_s: float) -> dict[str, Any]:
                           text=True, timeout=timeout_s, check=False, cwd=str(common.REPO_ROOT))
     if proc.returncode != 0 or not proc.stdout.strip():
         raise RuntimeError(f"attackers exited {proc.returncode}: {proc.stderr.strip()[-2000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return dict(json.loads(proc.stdout.strip().splitlines()[-1]))
 
 
 def scenario(name: str, attacks: list[dict[str, Any]], *, ports: tuple[int, int], auth: str, pki: Any,

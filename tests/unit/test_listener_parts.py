@@ -9,6 +9,7 @@ The listener itself is tested over real sockets in ``tests/integration/test_http
 from __future__ import annotations
 
 import errno
+import functools
 import json
 import logging
 import resource
@@ -50,7 +51,7 @@ def test_full_listener_takes_a_newcomer_in_place_of_the_most_loaded_address() ->
     attacker = []
     for i in range(4):
         slot = admit(gate, "10.0.0.66", now_s=i)
-        slot.drop = lambda i=i: dropped.append(f"attacker{i}")
+        slot.drop = functools.partial(dropped.append, f"attacker{i}")
         attacker.append(slot)
     admit(gate, "10.0.0.7", now_s=10)
     admit(gate, "10.0.0.7", now_s=11)
@@ -92,7 +93,7 @@ def test_shed_closes_the_longest_waiting_first() -> None:
     order: list[int] = []
     for i, since in enumerate((5.0, 1.0, 3.0)):
         slot = admit(gate, f"10.0.0.{i + 2}", now_s=since)
-        slot.drop = lambda i=i: order.append(i)
+        slot.drop = functools.partial(order.append, i)
     admit(gate, "10.0.0.9", phase=Phase.ANSWERING)
     assert gate.shed(5) == 3 and order == [1, 2, 0] and len(gate) == 1
 
