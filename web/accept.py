@@ -3,7 +3,7 @@
 Out of descriptors (EMFILE, ENFILE) or kernel memory (ENOBUFS, ENOMEM), ``accept()`` fails at
 once, again and again, while the pending connections wait in the kernel's backlog; retrying at
 once spins a core and, with a line per failure, floods the log (the previous server wrote
-109,000 lines, 88 MB, in 25 s that way: ``tests/bench/bench_listener_attack.py``, ``fd_flood``).
+109,000 lines, 86 MiB, in 25 s that way: ``tests/bench/bench_listener_attack.py``, ``fd_flood``).
 So each failure waits before the next try: 50 ms, doubling up to 1 s while failures follow each
 other. Failures less than ``quiet_s`` (10 s) apart are one streak: its first failure logs one
 error, and the first ``accept()`` that works ``quiet_s`` after the streak's last failure logs one

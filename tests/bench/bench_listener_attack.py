@@ -30,7 +30,7 @@ often a new TCP connection to a simulated wallbox (what a Modbus reconnect needs
 every 0.5 s. Target: under ``mixed``, p95 < 1 s on both listeners, no overrun.
 
 Run: ``.venv/bin/python tests/bench/bench_listener_attack.py [--seconds 8] [--scenarios a,b]
-[--nofile 1024] [--log FILE]``. Prints a table, then one JSON line with the figures.
+[--nofile 1024] [--log FILE] [--settle 3]``. Prints a table, then one JSON line with the figures.
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ ATTACKERS = Path(__file__).resolve().with_name("attackers.py")
 USER = "admin"
 P95_TARGET_S = 1.0
 WARM_UP_TIMEOUT_S = 60.0
-SETTLE_S = 3.0
+SETTLE_S = 3.0  # between scenarios: the attackers' sockets are gone, the deadlines passed
 
 SCENARIOS: dict[str, list[dict[str, Any]]] = {
     "baseline": [],
@@ -224,7 +224,8 @@ def print_report(results: Sequence[dict[str, Any]]) -> None:
                         "fds open max / free min", "log lines / KiB", "device reconnects failed"], rows)
 
 
-def run(names: Sequence[str], seconds: float, nofile: int, log_file: str | None) -> dict[str, Any]:
+def run(names: Sequence[str], seconds: float, nofile: int, log_file: str | None,
+        settle_s: float = SETTLE_S) -> dict[str, Any]:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(nofile, hard), hard))
     root = logging.getLogger()
@@ -256,7 +257,7 @@ def run(names: Sequence[str], seconds: float, nofile: int, log_file: str | None)
             for name in names:
                 results.append(scenario(name, SCENARIOS[name], ports=ports, auth=auth, pki=pki, seconds=seconds,
                                         service=service, starts=starts, counter=counter, device=device))
-                time.sleep(SETTLE_S)
+                time.sleep(settle_s)
         finally:
             service.stop()
     mixed = next((r for r in results if r["scenario"] == "mixed"), None)
@@ -275,12 +276,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                         + ", ".join(SCENARIOS))
     parser.add_argument("--nofile", type=int, default=1024, help="RLIMIT_NOFILE of the controller process")
     parser.add_argument("--log", default=None, help="also write the controller's log (INFO and up) to this file")
+    parser.add_argument("--settle", type=float, default=SETTLE_S, help="pause between scenarios (s)")
     args = parser.parse_args(argv)
     names = [n for n in args.scenarios.split(",") if n]
     unknown = [n for n in names if n not in SCENARIOS]
     if unknown:
         parser.error(f"unknown scenario(s): {', '.join(unknown)}")
-    r = run(names, args.seconds, args.nofile, args.log)
+    r = run(names, args.seconds, args.nofile, args.log, args.settle)
     print(f"listeners under attack: controller with 1 meter + 2 TCP wallboxes (simulators in a separate "
           f"process), RLIMIT_NOFILE {r['nofile']}; attackers and probes in a separate process, "
           f"{args.seconds:g} s per scenario")

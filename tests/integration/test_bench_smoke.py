@@ -2,7 +2,7 @@
 
 The benchmarks are scripts that print figures (``make bench``), not timed tests, so nothing here
 checks a performance target: only that each script still runs against the real controller and
-simulators, exits 0 and ends with its JSON line carrying sane figures. The five scripts run in
+simulators, exits 0 and ends with its JSON line carrying sane figures. The six scripts run in
 parallel (they mostly wait on 1 s control cycles; ``bench_api`` loads the CPU for its 2 s of
 ``get_cm_vars``), so the whole module takes about 15 s.
 """
@@ -28,6 +28,7 @@ TINY: dict[str, list[str]] = {
     "reaction": ["--chargers", "3", "--changes", "3"],
     "rtu": ["--seconds", "2"],
     "api": ["--chargers", "3", "--seconds", "2", "--changes", "3"],
+    "listener_attack": ["--seconds", "1", "--scenarios", "baseline,stalled_tls", "--settle", "0.2"],
 }
 
 
@@ -102,3 +103,14 @@ def test_api_runs(runs: dict[str, subprocess.CompletedProcess[str]]) -> None:
     assert data["set"]["changes"] == 3 and data["set"]["wrong_limits"] == []
     assert 0 < data["set"]["written_ms"]["p50"] <= data["set"]["written_ms"]["max"] < 5000
     assert data["failed_cycles"] == 0
+
+
+def test_listener_attack_runs(runs: dict[str, subprocess.CompletedProcess[str]]) -> None:
+    data = figures(runs["listener_attack"])
+    assert data["bench"] == "listener_attack"
+    assert [r["scenario"] for r in data["results"]] == ["baseline", "stalled_tls"]
+    for r in data["results"]:
+        assert set(r["probes"]) == {"lan", "smgw", "ka_smgw"}
+        assert all(p["n"] >= 1 for p in r["probes"].values())
+        assert r["loop"]["failed_cycles"] == 0 and r["fds"]["max_open"] > 0
+    assert data["results"][1]["attacks"][0]["connects"] >= 20

@@ -2,7 +2,7 @@
 between the renames), the pair in force, the server context (mutual TLS), listeners.
 
 Handshakes here run in memory (``ssl.MemoryBIO``): real TLS without sockets. The socket-level
-tests through cheroot are in ``tests/integration/test_smgw_tls.py``.
+tests through the listener are in ``tests/integration/test_smgw_tls.py``.
 """
 
 from __future__ import annotations
