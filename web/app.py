@@ -314,7 +314,7 @@ def _http_error(exc: HTTPException) -> Response:
 
 def create_app(ctx: ApiContext, *, listener: str, auth: Authenticator) -> flask.Flask:
     """The WSGI app of one listener (``"lan"`` or ``"smgw"``) with its authenticator."""
-    app = flask.Flask(f"gridcharge.{listener}")
+    app = flask.Flask(f"gridcharge.{listener}", static_folder=None)  # no /static/ route from the cwd
     app.config.update(MAX_CONTENT_LENGTH=MAX_BODY_BYTES, TRAP_HTTP_EXCEPTIONS=False)
     api = Api(ctx, listener)
     app.extensions["gridcharge.api"] = api

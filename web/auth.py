@@ -18,8 +18,9 @@ the per-address throttle of failed logins (SPEC §1.4, §1.6, §2; issue #3 item
   /64). Memory is bounded: at most 4096 addresses, the least recently failed forgotten first.
   A request without an ``Authorization`` header (a browser's first try) is not a failure.
 - ``ClientCertAuth`` (SMGW): the TLS layer has already refused clients without a certificate
-  signed by ``smgw.client_ca``; the app only checks that cheroot reports a verified certificate
-  (cheroot 11.1.2 sets ``SSL_CLIENT_VERIFY=SUCCESS`` and ``SSL_CLIENT_CERT`` only then) and grants
+  signed by ``smgw.client_ca``; the app only checks that the listener reports a verified
+  certificate (``web.wsgi_bridge`` sets ``SSL_CLIENT_VERIFY=SUCCESS`` and ``SSL_CLIENT_CERT`` only
+  then, with the mod_ssl names) and grants
   the configured ``smgw.functions`` as scopes. No password.
 
 Scopes: ``vars`` (set_cm_vars, get_cm_vars), ``status`` (get_dev_info, get_grid_log), ``admin``

@@ -1,23 +1,19 @@
-"""The HTTP listeners: cheroot servers on background threads, one per listener.
+"""The API's two listeners, wired to the app, the authentication and the TLS store.
 
 ``WebServers`` owns the LAN listener (``http.listen``, basic auth) and the SMGW listener
-(``smgw.listen``, mutual TLS). Two separate cheroot servers, so that a client stalling the TLS
-handshake on the SMGW port (cheroot shakes hands in its accept loop, for at most ``timeout``)
-can never hold up the LAN API, and vice versa.
+(``smgw.listen``, mutual TLS), each a ``web.listener.HttpListener`` with its own event-loop
+thread and workers, so that nothing done to one port can slow the other.
 
 - ``start()`` binds every port at once and raises ``OSError`` when one is busy (nothing is left
-  listening then); ``serve()`` runs on a daemon thread per server; ``stop()`` is clean and
-  idempotent (the lead's Service calls it on SIGTERM). ``listen`` port 0 binds a free port;
-  ``lan_port`` / ``smgw_port`` tell which.
-- Limits: 8 worker threads per listener (idle keep-alive connections wait in cheroot's selector,
-  not in a worker), 10 s socket timeout on the LAN (5 s on the SMGW port: a stalled handshake
-  blocks its accept loop that long), 32 KiB of request line and headers, bodies above 1 MiB
-  refused by cheroot itself (the app refuses everything above 64 KiB with a JSON 413; the 1 MiB
-  backstop also bounds chunked bodies before the app reads them).
-- SMGW: cheroot's ``BuiltinSSLAdapter`` with the context from ``TlsStore.server_context()``
-  (client certificate required). Without a usable certificate at start the SMGW listener is not
-  started (an error in the log says why); an upload over the LAN (``set_tls_cert``) starts it.
-  After every upload the new context is swapped in: new connections use it, open ones finish.
+  listening then); ``stop()`` is clean and idempotent (the Service calls it on SIGTERM).
+  ``listen`` port 0 binds a free port; ``lan_port`` / ``smgw_port`` tell which.
+- Limits (``web.limits``): deadlines for every phase of a connection, a cap per client address
+  and per listener; the caps of both listeners are fitted to the descriptors the process may
+  still open, keeping ``DEVICE_RESERVE`` for the devices. Bodies above 64 KiB get a JSON 413.
+- SMGW: the context from ``TlsStore.server_context()`` (client certificate required). Without a
+  usable certificate at start the SMGW listener is not started (an error in the log says why);
+  an upload over the LAN (``set_tls_cert``) starts it. After every upload the new context is
+  swapped in: new connections use it, open ones finish with the old one.
 """
 
 from __future__ import annotations
@@ -25,69 +21,19 @@ from __future__ import annotations
 import logging
 import ssl
 import threading
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from dataclasses import replace
+from typing import TYPE_CHECKING
 
-from cheroot import wsgi
-from cheroot.ssl import Adapter
-from cheroot.ssl.builtin import BuiltinSSLAdapter
-
-from web.app import DRAIN_LIMIT_BYTES, ApiContext, create_app
+from web.app import MAX_BODY_BYTES, ApiContext, create_app
 from web.auth import Authenticator, BasicAuth, ClientCertAuth
+from web.limits import LAN_LIMITS, SMGW_LIMITS, ListenerLimits, descriptor_budget, fit_to_budget
+from web.listener import HttpListener
 
 if TYPE_CHECKING:
     from controller.config_schema import Http, Smgw
     from web.tls import TlsStore
 
 log = logging.getLogger(__name__)
-
-WORKER_THREADS = 8
-LAN_TIMEOUT_S = 10
-SMGW_TIMEOUT_S = 5
-SHUTDOWN_TIMEOUT_S = 2
-MAX_HEADER_BYTES = 32 * 1024
-LISTEN_BACKLOG = 64
-POLL_S = 0.1  # cheroot's select() timeout: how fast stop() is noticed (default 0.5 s); ~10 idle wakeups/s
-
-
-class ContextSSLAdapter(BuiltinSSLAdapter):
-    """cheroot's builtin TLS adapter around a ready ``SSLContext``.
-
-    The stock constructor loads certificate files itself; ours come from ``TlsStore``, so the
-    constructor is bypassed and ``context`` (read for every new connection) can be swapped.
-    """
-
-    def __init__(self, context: ssl.SSLContext) -> None:  # noqa: D107 - see the class docstring
-        Adapter.__init__(self, None, None)  # type: ignore[arg-type]  # sets the plain attributes
-        self.context = context
-        self._server_env: dict[str, Any] = {}
-
-
-class _Server(wsgi.Server):
-    """cheroot's server with its error log in ``logging`` instead of bare stderr.
-
-    ``info_level``: where cheroot's informational lines go. On the SMGW port they say which
-    client failed the TLS handshake (no or a wrong certificate): worth INFO. On the LAN they are
-    dropped connections: DEBUG.
-    """
-
-    info_level = logging.DEBUG
-    listener = "http"
-
-    def error_log(self, msg: str = "", level: int = 20, traceback: bool = False) -> None:
-        log.log(level if level >= logging.WARNING else self.info_level, "%s listener: %s",
-                self.listener, msg, exc_info=traceback)
-
-
-@dataclass
-class _Listener:
-    name: str
-    server: _Server
-    thread: threading.Thread
-
-    @property
-    def port(self) -> int:
-        return int(self.server.bind_addr[1])
 
 
 def split_listen(listen: str) -> tuple[str, int]:
@@ -105,27 +51,34 @@ def split_listen(listen: str) -> tuple[str, int]:
 
 
 class WebServers:
-    """The LAN and SMGW listeners of one controller; see the module docstring."""
+    """The LAN and SMGW listeners of one controller; see the module docstring.
 
-    def __init__(self, ctx: ApiContext, http: Http | None, smgw: Smgw | None, tls: TlsStore | None) -> None:
+    ``limits``: the ``ListenerLimits`` per listener (``"lan"``, ``"smgw"``), default
+    ``LAN_LIMITS`` and ``SMGW_LIMITS``, before they are fitted to the descriptor budget.
+    """
+
+    def __init__(self, ctx: ApiContext, http: Http | None, smgw: Smgw | None, tls: TlsStore | None, *,
+                 limits: dict[str, ListenerLimits] | None = None) -> None:
         self._ctx = ctx
         self._http = http
         self._smgw = smgw
         self._tls = tls
+        wanted = {"lan": LAN_LIMITS, "smgw": SMGW_LIMITS, **(limits or {})}
+        self._wanted = {name: replace(value, max_body_bytes=MAX_BODY_BYTES) for name, value in wanted.items()}
+        self.limits: dict[str, ListenerLimits] = dict(self._wanted)
         self._lock = threading.RLock()
-        self._lan: _Listener | None = None
-        self._smgw_listener: _Listener | None = None
-        self._smgw_adapter: ContextSSLAdapter | None = None
+        self.lan: HttpListener | None = None
+        self.smgw: HttpListener | None = None
         self._started = False
         self._stopped = False
 
     @property
     def lan_port(self) -> int | None:
-        return self._lan.port if self._lan is not None else None
+        return self.lan.port if self.lan is not None else None
 
     @property
     def smgw_port(self) -> int | None:
-        listener = self._smgw_listener
+        listener = self.smgw
         return listener.port if listener is not None else None
 
     def start(self) -> None:
@@ -134,11 +87,14 @@ class WebServers:
             if self._started:
                 return
             self._started = True
+            used = {name: limits for name, limits in self._wanted.items()
+                    if (name == "lan" and self._http is not None) or (name == "smgw" and self._smgw is not None)}
+            self.limits.update(fit_to_budget(used, descriptor_budget()))
             try:
                 if self._http is not None:
                     auth = BasicAuth.from_config(self._http)
                     host, port = split_listen(self._http.listen)
-                    self._lan = self._serve("lan", host, port, auth, None, LAN_TIMEOUT_S)
+                    self.lan = self._serve("LAN", host, port, auth, self.limits["lan"], None)
                 if self._smgw is not None:
                     if self._tls is None:
                         log.error("smgw is configured but no TLS store was given: SMGW listener not started")
@@ -150,18 +106,15 @@ class WebServers:
                 raise
 
     def stop(self) -> None:
-        """Stop both listeners (open requests get ``SHUTDOWN_TIMEOUT_S`` to finish). Idempotent."""
+        """Stop both listeners (requests being answered get ``shutdown_s`` to finish). Idempotent."""
         with self._lock:
             self._stopped = True
-            listeners = [x for x in (self._lan, self._smgw_listener) if x is not None]
+            listeners = [x for x in (self.lan, self.smgw) if x is not None]
         for listener in listeners:
             try:
-                listener.server.stop()
+                listener.stop()
             except Exception:
                 log.exception("stopping the %s listener failed", listener.name)
-            listener.thread.join(SHUTDOWN_TIMEOUT_S + 1)
-            if listener.thread.is_alive():
-                log.warning("the %s listener thread did not end in time", listener.name)
 
     # ---- SMGW --------------------------------------------------------------------------------
     def _smgw_context(self) -> ssl.SSLContext | None:
@@ -181,18 +134,16 @@ class WebServers:
             log.error("SMGW listener on %s not started; it starts once a certificate is uploaded "
                       "(POST /cnf?cmd=set_tls_cert as admin on the LAN)", self._smgw.listen)
             return
-        adapter = ContextSSLAdapter(context)
         auth = ClientCertAuth(self._smgw.functions)
         host, port = split_listen(self._smgw.listen)
-        self._smgw_listener = self._serve("smgw", host, port, auth, adapter, SMGW_TIMEOUT_S)
-        self._smgw_adapter = adapter
+        self.smgw = self._serve("SMGW", host, port, auth, self.limits["smgw"], context)
 
     def _tls_changed(self) -> None:
         """After an upload: swap the context in (new connections use it) or start the listener."""
         with self._lock:
             if self._stopped or self._smgw is None:
                 return
-            if self._smgw_adapter is None:
+            if self.smgw is None:
                 try:
                     self._start_smgw()
                 except OSError as exc:
@@ -200,27 +151,16 @@ class WebServers:
                 return
             context = self._smgw_context()
             if context is not None:
-                self._smgw_adapter.context = context
+                self.smgw.tls_context = context
                 log.info("SMGW listener: new TLS certificate in use for new connections")
 
     # ---- one listener ------------------------------------------------------------------------
-    def _serve(self, name: str, host: str, port: int, auth: Authenticator,
-               adapter: ContextSSLAdapter | None, timeout_s: int) -> _Listener:
-        app = create_app(self._ctx, listener=name, auth=auth)
-        server = _Server((host, port), app, numthreads=WORKER_THREADS, server_name="gridcharge",
-                         request_queue_size=LISTEN_BACKLOG, timeout=timeout_s,
-                         shutdown_timeout=SHUTDOWN_TIMEOUT_S)
-        server.max_request_header_size = MAX_HEADER_BYTES
-        server.max_request_body_size = DRAIN_LIMIT_BYTES
-        server.expiration_interval = POLL_S
-        server.listener = name
-        if adapter is not None:
-            server.ssl_adapter = adapter
-            server.info_level = logging.INFO
-        server.prepare()  # binds now: OSError when the port is busy
-        thread = threading.Thread(target=server.serve, name=f"http-{name}", daemon=True)
-        thread.start()
-        listener = _Listener(name, server, thread)
-        scheme = "https" if adapter is not None else "http"
-        log.info("%s API listening on %s://%s:%d/cnf", name.upper(), scheme, host, listener.port)
+    def _serve(self, name: str, host: str, port: int, auth: Authenticator, limits: ListenerLimits,
+               context: ssl.SSLContext | None) -> HttpListener:
+        app = create_app(self._ctx, listener=name.lower(), auth=auth)
+        listener = HttpListener(name, host, port, app, limits, tls_context=context)  # binds: OSError if busy
+        listener.start()
+        scheme = "https" if context is not None else "http"
+        log.info("%s API listening on %s://%s:%d/cnf (at most %d connections, %d per address)", name, scheme,
+                 host, listener.port, limits.max_connections, limits.max_per_address)
         return listener

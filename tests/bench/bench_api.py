@@ -4,7 +4,7 @@ Site: the one of ``bench_reaction.py``: 1 SDM630 grid meter + N Alfen wallboxes 
 each its own Modbus TCP server in a child process (``common.SimProcess``), every box with a
 3-phase 16 A car, ``chargers_limit_w = N * 11500 * AVAIL / 100`` (N = 20: 230000 * AVAIL / 100),
 ``increase_step_a = 16``, ``cycle_s = 1.0``. The controller (``Service``) and its LAN listener
-(``web.runtime.start_web``, cheroot + Flask, basic auth with the ``admin`` user) run in the
+(``web.runtime.start_web``, asyncio + h11 + Flask, basic auth with the ``admin`` user) run in the
 benchmark process, on 127.0.0.1 and a free port.
 
 Three figures, measured after the warm-up of ``common.warm_up``:

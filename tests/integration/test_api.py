@@ -1,4 +1,4 @@
-"""The cFos-compatible API over real HTTP: cheroot on 127.0.0.1, requests (and curl), a real
+"""The cFos-compatible API over real HTTP: the listener on 127.0.0.1, requests (and curl), a real
 variable store and control loop on a simulated site (Modbus TCP on loopback)."""
 
 from __future__ import annotations

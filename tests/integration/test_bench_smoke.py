@@ -29,6 +29,7 @@ TINY: dict[str, list[str]] = {
     "rtu": ["--seconds", "2"],
     "api": ["--chargers", "3", "--seconds", "2", "--changes", "3"],
     "variables": ["--counts", "20", "--long-counts", "5"],
+    "listener_attack": ["--seconds", "1", "--scenarios", "baseline,stalled_tls", "--settle", "0.2"],
 }
 
 
@@ -111,3 +112,14 @@ def test_variables_runs(runs: dict[str, subprocess.CompletedProcess[str]]) -> No
     assert [(r["kind"], r["count"]) for r in data["results"]] == [("constant", 20), ("typical", 20), ("long", 5)]
     for r in data["results"]:
         assert r["evaluation_errors"] == 0 and r["set_s"] >= 0 and r["evaluate_ms"] > 0
+
+
+def test_listener_attack_runs(runs: dict[str, subprocess.CompletedProcess[str]]) -> None:
+    data = figures(runs["listener_attack"])
+    assert data["bench"] == "listener_attack"
+    assert [r["scenario"] for r in data["results"]] == ["baseline", "stalled_tls"]
+    for r in data["results"]:
+        assert set(r["probes"]) == {"lan", "smgw", "ka_smgw"}
+        assert all(p["n"] >= 1 for p in r["probes"].values())
+        assert r["loop"]["failed_cycles"] == 0 and r["fds"]["max_open"] > 0
+    assert data["results"][1]["attacks"][0]["connects"] >= 20

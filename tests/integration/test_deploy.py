@@ -130,6 +130,7 @@ def test_unit_has_the_required_settings() -> None:
         "NoNewPrivileges": "yes", "ProtectSystem": "strict", "ProtectHome": "yes", "PrivateTmp": "yes",
         "DevicePolicy": "closed", "UMask": "0027", "SystemCallArchitectures": "native",
         "WorkingDirectory": "/run/gridcharge", "RuntimeDirectory": "gridcharge",
+        "LimitNOFILE": "4096",  # the HTTP caps (512 + 64) plus the device reserve (256) fit with room
     }
     for key, value in expected.items():
         assert one(key) == value, key

@@ -1,4 +1,4 @@
-"""The SMGW channel end to end: real cheroot listeners (``web.server.WebServers``), real TLS with
+"""The SMGW channel end to end: real listeners (``web.server.WebServers``), real TLS with
 certificates made in the test (``pki``), real clients (``requests``, ``ssl`` sockets).
 
 What is proven here (issue #3 items 3 and 4, SPEC §1.4):
@@ -43,7 +43,7 @@ from web.tls import TlsStore
 
 USER = "admin"
 PASSWORD = "tls-test-pass-1234"
-FAST_S = 1.0  # a LAN answer while the SMGW port is stalled (cheroot's SMGW timeout is 5 s)
+FAST_S = 1.0  # a LAN answer while the SMGW port is stalled (its handshake deadline is 3 s)
 TIMEOUT_S = 5.0
 
 
@@ -192,7 +192,7 @@ def test_plain_http_on_the_smgw_port_gets_nothing(channel: StartChannel) -> None
                          auth=(USER, PASSWORD), timeout=TIMEOUT_S)
     except requests.exceptions.ConnectionError:
         return
-    assert r.status_code == 400 and "vars" not in r.text  # cheroot: "client sent a plain HTTP request"
+    assert r.status_code == 400 and "vars" not in r.text  # a server may say "plain HTTP on a TLS port"
 
 
 # --------------------------------------------------------------------------- scopes

@@ -4,7 +4,7 @@ TLS), listeners.
 
 The handshakes that check what a client is served run in memory (``ssl.MemoryBIO``): real TLS
 without sockets. The upload's own proof (``web.tls_proof``) uses real loopback sockets. The
-socket-level tests through cheroot are in ``tests/integration/test_smgw_tls.py``.
+socket-level tests through the listener are in ``tests/integration/test_smgw_tls.py``.
 """
 
 from __future__ import annotations
