@@ -156,6 +156,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         log.error("cannot start the HTTP API: %s", exc)
         service.close()
         return EXIT_CONFIG
+    except Exception:
+        log.exception("cannot start the HTTP API")
+        service.close()
+        return EXIT_FAILED
     try:
         service.run()
     except Exception:

@@ -2,9 +2,9 @@
 
 The benchmarks are scripts that print figures (``make bench``), not timed tests, so nothing here
 checks a performance target: only that each script still runs against the real controller and
-simulators, exits 0 and ends with its JSON line carrying sane figures. The five scripts run in
+simulators, exits 0 and ends with its JSON line carrying sane figures. The six scripts run in
 parallel (they mostly wait on 1 s control cycles; ``bench_api`` loads the CPU for its 2 s of
-``get_cm_vars``), so the whole module takes about 15 s.
+``get_cm_vars``; ``bench_gridlog`` writes a small log), so the whole module takes about 15 s.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ TINY: dict[str, list[str]] = {
     "reaction": ["--chargers", "3", "--changes", "3"],
     "rtu": ["--seconds", "2"],
     "api": ["--chargers", "3", "--seconds", "2", "--changes", "3"],
+    "gridlog": ["--rows", "20000", "--checks", "20", "--clear", "200"],
 }
 
 
@@ -102,3 +103,11 @@ def test_api_runs(runs: dict[str, subprocess.CompletedProcess[str]]) -> None:
     assert data["set"]["changes"] == 3 and data["set"]["wrong_limits"] == []
     assert 0 < data["set"]["written_ms"]["p50"] <= data["set"]["written_ms"]["max"] < 5000
     assert data["failed_cycles"] == 0
+
+
+def test_gridlog_runs(runs: dict[str, subprocess.CompletedProcess[str]]) -> None:
+    data = figures(runs["gridlog"])
+    assert data["bench"] == "gridlog" and data["rows"] == 20000
+    assert data["quick_check_ok"] and data["set_aside"] == 0 and data["budget_warning"]
+    assert data["clear_rows_lost"] == 0 and data["clear_written_ms"] > 0
+    assert 0 < data["open_s"] < 30 and data["budget_check_us"] > 0
