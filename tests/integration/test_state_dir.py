@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import errno
 import functools
+import itertools
 import os
 import shutil
 import signal
@@ -305,9 +306,11 @@ def test_a_failing_save_is_visible_and_clears_when_saving_works(tmp_path: Path, 
     run = start(runs, tmp_path, sim)
     run.wait_ready()
     assert "saved" not in run.call("set_cm_vars", name="AVAIL", val="90").json()
+    saved = run.state / "variables.json"
     blocker = run.state / "variables.json.tmp"
+    run.until("the save", lambda: saved.exists() and '"AVAIL": 90' in saved.read_text() and not blocker.exists(), 5)
     blocker.mkdir()  # every save fails from now on (for root too)
-    value = iter(range(50, 90))
+    value = itertools.cycle(range(50, 90))  # each set a change, so each one is saved
     answer = run.until("saved: false", lambda: (a := run.call("set_cm_vars", name="AVAIL", val=str(next(value)))
                                                 .json()).get("saved") is False and a)
     acting = {v["name"]: v["expr"] for v in answer["vars"]}["AVAIL"]
@@ -339,7 +342,7 @@ def test_a_full_card_keeps_control_and_says_so_until_there_is_room(tmp_path: Pat
         assert exc.errno == errno.ENOSPC
     finally:
         os.close(fd)
-    values = iter(range(20, 40))
+    values = itertools.cycle(range(20, 40))
     run.until("saved: false", lambda: run.call("set_cm_vars", name="AVAIL", val=str(next(values))).json()
               .get("saved") is False)
     # 9200 W * <= 39 % over two 3-phase boxes: under 6 A each, both paused: the signal acts.
