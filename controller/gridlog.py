@@ -438,8 +438,9 @@ class GridLog:
         """A write failed: logged once per streak, a status fault until a write works."""
         self._failures += 1
         if self._failures == 1:
-            log.error("grid log: writing %d record(s) to %s failed: %s; keeping them and "
-                      "retrying (logged once until it works again)", count, self.path, error)
+            what = f"writing {count} record(s) to {self.path}" if count else f"reopening {self.path}"
+            log.error("grid log: %s failed: %s; keeping the records and retrying (logged once "
+                      "until it works again)", what, error)
             with self._lock:
                 self._write_fault = (f"grid log: writing to {self.path} fails since "
                                      f"{utc_text(self._clock())} ({error}); records are kept in "

@@ -30,7 +30,7 @@ from controller.build import Hardware, build_hardware
 from controller.clock import Clock
 from controller.gridlog import GridLog, GridLogFileError, GridSignalRecorder
 from controller.loop import ControlLoop
-from controller.persistence import VariableFile, VariableSaver, initial_variables
+from controller.persistence import SavedVariables, VariableFile, VariableSaver, initial_variables
 from controller.sdnotify import Notifier
 from controller.statedir import check_writable, one_line
 from controller.status import Status
@@ -70,7 +70,8 @@ class Service:
             self.grid_log.close()
             raise
 
-    def _build(self, cfg: Any, saved: Any, clock: Clock | None, pin_factory: Any) -> None:
+    def _build(self, cfg: Any, saved: SavedVariables | None, clock: Clock | None,
+               pin_factory: Any) -> None:
         reserved = cfg.device_ids  # a variable may not take a device's or an input's name
         initial = initial_variables(dict(cfg.variables), saved, reserved=reserved)
         self.store = VariableStore(initial, reserved=reserved)
