@@ -1,7 +1,10 @@
 """The ``gridcharge`` command line (SPEC §4a): run, demo, check-config, read.
 
-Exit codes: 0 clean stop, 1 bad config, 2 usage, 3 a device did not answer (``read``).
-Logs go to stderr, where journald picks them up.
+Exit codes: 0 clean stop, 1 bad config (or a port that cannot be bound), 2 usage, 3 a device
+did not answer (``read``), 4 the state directory or the grid log cannot be used (``run``: the
+reason is the last line on stderr, and nothing was listening or talking to a device yet),
+5 ``run`` ended by an unexpected error (traceback in the log). Logs go to stderr, where journald
+picks them up.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from collections.abc import Sequence
 from typing import Any
 
 DEFAULT_CONFIG = "/etc/gridcharge/config.yaml"
-EXIT_OK, EXIT_CONFIG, EXIT_USAGE, EXIT_DEVICE = 0, 1, 2, 3
+EXIT_OK, EXIT_CONFIG, EXIT_USAGE, EXIT_DEVICE, EXIT_STATE, EXIT_FAILED = 0, 1, 2, 3, 4, 5
 log = logging.getLogger("gridcharge")
 
 
@@ -126,8 +129,10 @@ def cmd_read(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    """All or nothing: the state is opened before anything listens; once the listeners are up,
+    every way out of ``service.run()`` closes them, so the process always ends (SIGTERM too)."""
     from controller.config import config_warnings
-    from controller.service import Service
+    from controller.service import Service, StartError
 
     from web.runtime import start_web  # the entry point wires the web layer onto the controller
 
@@ -138,17 +143,28 @@ def cmd_run(args: argparse.Namespace) -> int:
         log.warning("config: %s", warning)
     try:
         service = Service(cfg)
-    except OSError as exc:
-        log.error("state_dir %s: %s", cfg.state_dir, exc)
+    except StartError as exc:
+        log.error("cannot start: %s", exc)
+        return EXIT_STATE
+    except OSError as exc:  # the hardware (a serial port that cannot be opened)
+        log.error("cannot start: %s", exc)
         return EXIT_CONFIG
+    _stop_on_signals(service.stop)  # from here on a SIGTERM makes run() return at once
     try:
         start_web(service)
     except OSError as exc:
         log.error("cannot start the HTTP API: %s", exc)
         service.close()
         return EXIT_CONFIG
-    _stop_on_signals(service.stop)
-    service.run()
+    except Exception:
+        log.exception("cannot start the HTTP API")
+        service.close()
+        return EXIT_FAILED
+    try:
+        service.run()
+    except Exception:
+        log.exception("gridcharge stopped by an unexpected error")
+        return EXIT_FAILED
     return EXIT_OK
 
 

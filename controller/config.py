@@ -49,6 +49,7 @@ from controller.config_schema import (
     ChargerConfig,
     Config,
     GpioInputConfig,
+    GridLogConfig,
     Http,
     InputConfig,
     MeterConfig,
@@ -70,7 +71,7 @@ from controller.config_yaml import read_yaml
 
 __all__ = [
     "BUS_MODELS", "IEC_MIN_CURRENT_A", "MAX_CURRENT_A", "BusConfig", "ChargerConfig", "Config", "ConfigError",
-    "GpioInputConfig", "Http", "InputConfig", "MeterConfig", "ModbusDeviceConfig", "ModbusInputConfig", "Rule",
+    "GpioInputConfig", "GridLogConfig", "Http", "InputConfig", "MeterConfig", "ModbusDeviceConfig", "ModbusInputConfig", "Rule",
     "RtuBus", "RtuOverTcpBus", "Site", "Smgw", "TcpBus", "config_warnings", "device_profile", "implicit_bus_name",
     "implicit_buses", "load_config", "parse_config", "split_listen",
 ]
@@ -88,7 +89,8 @@ def _clean_loc(loc: Loc) -> Loc:
     return tuple(parts)
 
 
-_SECTION_MODELS: dict[str, type[BaseModel]] = {"site": Site, "http": Http, "smgw": Smgw}
+_SECTION_MODELS: dict[str, type[BaseModel]] = {"site": Site, "http": Http, "smgw": Smgw,
+                                               "grid_log": GridLogConfig}
 _ITEM_MODELS: dict[str, type[BaseModel]] = {"meters": MeterConfig, "chargers": ChargerConfig, "rules": Rule}
 
 

@@ -242,6 +242,17 @@ class Smgw(_Listener):
     functions: tuple[SmgwFunction, ...] = ("vars",)
 
 
+GRID_LOG_MAX_BYTES = 1_000_000_000  # 1 GB: years of a busy site's record on any SD card
+
+
+class GridLogConfig(_Strict):
+    """The grid signal log in ``state_dir`` (``controller.gridlog``): its size budget. The log
+    warns (log and status) when its last two years near the budget, and over it deletes the
+    oldest rows, those older than two years first."""
+
+    max_bytes: Annotated[int, Strict(), Field(ge=1_000_000, le=1_000_000_000_000)] = GRID_LOG_MAX_BYTES
+
+
 Baudrate = Annotated[Literal[1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200], IntOnly]
 Parity = Literal["N", "E", "O"]
 Stopbits = Annotated[Literal[1, 2], IntOnly]
@@ -414,6 +425,7 @@ class Config(_Strict):
 
     site: Site
     state_dir: AbsPath = Path("/var/lib/gridcharge")
+    grid_log: GridLogConfig = Field(default_factory=GridLogConfig)
     http: Http | None = None
     smgw: Smgw | None = None
     buses: dict[Text, BusConfig] = Field(default_factory=dict)

@@ -39,7 +39,8 @@ This module owns ``state_dir/variables.json``:
   fsyncs) after it was acknowledged (given CPU time: a thread that sets variables in a loop
   without ever blocking can starve the saver of the GIL; API requests block on their sockets
   between calls). A failed save (disk full, read-only file system) is logged
-  once per failure streak and retried after ``min_interval_s`` and at the next change.
+  once per failure streak and retried after ``min_interval_s`` and at the next change; until a
+  save works again ``VariableSaver.failing`` is true and ``faults()`` gives the status line.
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ from typing import Any
 
 from controller.formulas import (FormulaError, NumberRangeError, check_name, compile_formula,
                                  evaluation_order)
+from controller.statedir import fsync_dir, one_line, set_aside, utc_text
 from controller.variables import Expr, VariableSet, VariableStore, normalize_expr
 
 log = logging.getLogger(__name__)
@@ -145,15 +147,6 @@ def _utc_stamp(unix_s: float) -> str:
     return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(unix_s))
 
 
-def fsync_dir(path: Path) -> None:
-    """Make a rename in ``path`` durable (POSIX: the directory entry is data of the directory)."""
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 class VariableFile:
     """``state_dir/variables.json``: atomic saves, validated loads, corrupt files kept aside."""
 
@@ -163,6 +156,7 @@ class VariableFile:
         self.tmp_path = self.state_dir / (FILE_NAME + ".tmp")
         self._clock = clock
         self.loaded: SavedVariables | None = None  # what the last load() found (the saver reads it)
+        self.set_aside_note: str | None = None  # a status fault line after a corrupt file was kept aside
 
     def load(self) -> SavedVariables | None:
         """The saved set; None when there is none, or when the file was corrupt (then renamed
@@ -196,21 +190,16 @@ class VariableFile:
         return saved
 
     def _set_aside(self, why: str) -> Path:
-        stamp = _utc_stamp(self._clock())
-        target = self.path.with_name(f"{FILE_NAME}.corrupt-{stamp}")
-        n = 1
-        while target.exists():  # two corrupt files in one second: never overwrite the first
-            target = self.path.with_name(f"{FILE_NAME}.corrupt-{stamp}-{n}")
-            n += 1
         try:
-            os.rename(self.path, target)
-            fsync_dir(self.state_dir)
+            target = set_aside(self.path, clock=self._clock)
         except OSError as exc:
             log.error("saved variables %s are unusable (%s) and could not be moved aside: %s; "
                       "refusing to start over them", self.path, why, exc)
             raise
         log.error("SAVED VARIABLES LOST: %s is unusable (%s); kept as %s; starting from the "
                   "config's variables", self.path, why, target)
+        self.set_aside_note = (f"state_dir: {FILE_NAME} was unusable ({' '.join(why.split())}); kept as "
+                               f"{target.name}; started from the config's variables")
         return target
 
     def save(self, saved: SavedVariables) -> None:
@@ -300,6 +289,8 @@ class _SaverState:
     last_start: float = -math.inf
     failures: int = 0
     saves: int = 0
+    failing_since: float | None = None  # wall time of the first failure of the current streak
+    last_error: str = ""
     tracked: set[str] = field(default_factory=set)  # names whose removal goes into "deleted"
 
 
@@ -333,6 +324,23 @@ class VariableSaver:
     def saves(self) -> int:
         """How many saves succeeded (tests, status)."""
         return self._state.saves
+
+    @property
+    def failing(self) -> bool:
+        """True from a failed save until a save works again: changes made meanwhile act, but a
+        restart would lose them (the API answers ``"saved": false``)."""
+        with self._cond:
+            return self._state.failing_since is not None
+
+    def faults(self) -> tuple[str, ...]:
+        """The status fault line while saving fails (empty when it works)."""
+        with self._cond:
+            since, error = self._state.failing_since, self._state.last_error
+        if since is None:
+            return ()
+        return (f"state_dir: saving the variables to {self._file.path} fails since "
+                f"{utc_text(since)} ({error}); the values in force act but are not saved, "
+                f"retried every {self._min_interval_s:g} s",)
 
     def _on_change(self, old: VariableSet, new: VariableSet, source: str) -> None:
         """Store listener, on the API's thread: only note that a save is due."""
@@ -412,6 +420,9 @@ class VariableSaver:
         except Exception as exc:
             with self._cond:
                 self._state.pending = not self._state.stopping
+                if self._state.failing_since is None:
+                    self._state.failing_since = saved.saved_at
+                self._state.last_error = one_line(exc)
             self._state.failures += 1
             if self._state.stopping:
                 log.error("saving the variables to %s failed at stop: %s; changes since the "
@@ -426,6 +437,9 @@ class VariableSaver:
             log.warning("saving the variables to %s works again after %d failed attempt(s)",
                         self._file.path, self._state.failures)
             self._state.failures = 0
+            with self._cond:
+                self._state.failing_since = None
+                self._state.last_error = ""
         self._state.saves += 1
         log.debug("saved %d variable(s), generation %d", len(saved.vars), saved.generation)
         return True

@@ -2,8 +2,19 @@
 hardware, control loop, the variable saver, the grid signal log and systemd notification.
 
 ``gridcharge run`` and ``gridcharge demo`` build a ``Service``; the HTTP listeners (``web``) hang
-off it from the command line (``web.runtime``), reading ``loop.status`` and writing through
+off it from the command line (``web.runtime``), reading ``status()`` and writing through
 ``store``, and are stopped through ``add_stop_hook`` before the loop's last cycle ends.
+
+**All or nothing at start.** The constructor first proves the state directory writable
+(``statedir.check_writable``), loads the saved variables and opens the grid log (a corrupt or
+foreign file in either is kept aside and replaced, with a status fault); only then does it build
+the hardware. When the state cannot be used it raises ``StartError`` (one line), before anything
+listens or talks to a device, and ``gridcharge run`` exits with it.
+
+**Faults outside the loop.** The loop's ``Status`` knows the devices and formulas; the state
+directory (failing saves, a file kept aside) and the grid log (failing writes, lost rows, the
+size budget) report through ``faults()``, and ``status()`` is the loop's status with those lines
+appended to ``faults``: what the API shows.
 """
 
 from __future__ import annotations
@@ -11,15 +22,17 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from controller.build import Hardware, build_hardware
 from controller.clock import Clock
-from controller.gridlog import GridLog, GridSignalRecorder
+from controller.gridlog import GridLog, GridLogFileError, GridSignalRecorder
 from controller.loop import ControlLoop
-from controller.persistence import VariableFile, VariableSaver, initial_variables
+from controller.persistence import SavedVariables, VariableFile, VariableSaver, initial_variables
 from controller.sdnotify import Notifier
+from controller.statedir import check_writable, one_line
 from controller.status import Status
 from controller.variables import VariableStore
 
@@ -29,30 +42,61 @@ log = logging.getLogger(__name__)
 GRID_LOG_FILE = "gridlog.sqlite3"
 
 
+class StartError(Exception):
+    """The state directory or the grid log cannot be used; ``str()`` is one line saying why."""
+
+
 class Service:
-    """One controller. Raises OSError when the state directory cannot be created or used."""
+    """One controller. Raises StartError when the state directory cannot be used (see above)."""
 
     def __init__(self, cfg: Any, *, clock: Clock | None = None, pin_factory: Any = None) -> None:
         self.cfg = cfg
         self.state_dir = Path(cfg.state_dir)
-        self.state_dir.mkdir(parents=True, exist_ok=True)
         self.variable_file = VariableFile(self.state_dir)
+        self.grid_log = GridLog(self.state_dir / GRID_LOG_FILE, max_bytes=cfg.grid_log.max_bytes)
+        try:
+            check_writable(self.state_dir)
+            try:
+                saved = self.variable_file.load()
+            except OSError as exc:
+                raise StartError(f"{self.variable_file.path} is unusable and cannot be kept aside: "
+                                 f"{one_line(exc)}") from exc
+            self.grid_log.open()
+        except (OSError, GridLogFileError) as exc:
+            raise StartError(str(exc)) from exc
+        try:
+            self._build(cfg, saved, clock, pin_factory)
+        except BaseException:
+            self.grid_log.close()
+            raise
+
+    def _build(self, cfg: Any, saved: SavedVariables | None, clock: Clock | None,
+               pin_factory: Any) -> None:
         reserved = cfg.device_ids  # a variable may not take a device's or an input's name
-        initial = initial_variables(dict(cfg.variables), self.variable_file.load(), reserved=reserved)
+        initial = initial_variables(dict(cfg.variables), saved, reserved=reserved)
         self.store = VariableStore(initial, reserved=reserved, max_variables=cfg.max_variables)
         self.saver = VariableSaver(self.variable_file, self.store)
         self._loop: ControlLoop | None = None
         self.hw: Hardware = build_hardware(cfg, on_edge=self._edge, pin_factory=pin_factory)
         self._loop = ControlLoop(cfg, self.hw, self.store, clock=clock)
-        self.grid_log = GridLog(self.state_dir / GRID_LOG_FILE)
         GridSignalRecorder(self.grid_log).attach(self.store, self.loop)
         self._stop_hooks: list[Callable[[], None]] = []
         self._thread: threading.Thread | None = None
-        self._background = False  # saver and grid log threads run (only under run())
         self.notifier = Notifier()
         self._ready = False
         self._failed_cycles = 0
         self.loop.add_cycle_listener(self._notify_systemd)
+
+    def faults(self) -> tuple[str, ...]:
+        """Status lines of the state directory and the grid log (empty when all is well)."""
+        kept = self.variable_file.set_aside_note
+        return ((kept,) if kept else ()) + self.saver.faults() + self.grid_log.faults()
+
+    def status(self) -> Status:
+        """The loop's latest status with ``faults()`` appended to its ``faults``."""
+        status = self.loop.status
+        extra = self.faults()
+        return replace(status, faults=status.faults + extra) if extra else status
 
     def _notify_systemd(self, status: Status) -> None:
         """READY after the first cycle, then WATCHDOG after every cycle that completed.
@@ -90,10 +134,9 @@ class Service:
         """Run the loop on this thread until ``stop()``; then release the hardware."""
         log.info("gridcharge running: %d meter(s), %d charger(s), %d input(s), cycle %.2f s",
                  len(self.hw.meters), len(self.hw.chargers), len(self.hw.inputs), self.cfg.site.cycle_s)
-        self.grid_log.start()
-        self.saver.start()
-        self._background = True
         try:
+            self.grid_log.start()
+            self.saver.start()
             self.loop.run_forever()
         finally:
             self.notifier.notify("STOPPING=1")
@@ -109,8 +152,7 @@ class Service:
             except Exception:
                 log.exception("stop hook %r failed", hook)
         self.saver.stop()  # flushes a pending save, also when never started
-        if self._background:
-            self.grid_log.stop()
+        self.grid_log.close()  # writes what is queued when its writer runs (under run())
         self.hw.close()
         self.loop.executor.shutdown()
 

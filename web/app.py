@@ -4,8 +4,9 @@
 reads the status the loop published and writes through the variable store; it never touches
 devices (and never imports ``hal``). Every request is: read the body (at most 64 KiB) →
 authenticate (``web.auth``) → find the command → check the caller's scope → run it. Every
-refusal is ``{"error": "..."}`` with 400/401/403/404/405/413/429 (``web.errors``); an unexpected
-exception is a 500 with the traceback in the log, never for bad input.
+refusal is ``{"error": "..."}`` with 400/401/403/404/405/413/429, or 503 for a grid log that
+cannot be read now (``web.errors``); an unexpected exception is a 500 with the traceback in the
+log, never for bad input.
 
 Decisions where SPEC §2 is silent (also in README's API section):
 
@@ -30,6 +31,11 @@ Decisions where SPEC §2 is silent (also in README's API section):
   offset that arrived as a space is accepted), ``format=json`` (default) or ``csv``, ``limit``
   1..10000 (default 10000; JSON says ``truncated: true`` when more events matched).
   CSV cells that a spreadsheet would run as a formula (``= + - @`` and no number) get a ``'``.
+- ``set_cm_vars`` answers ``"saved": false`` besides the ``get_cm_vars`` body while saving the
+  variables fails (a full or read-only card): the values act, but a restart would lose them
+  unless saving recovers (it is retried every second). The key is absent while saving works.
+- ``get_grid_log`` answers 503 (``Retry-After: 5``) when the log file cannot be read now; a
+  damaged file is then being kept aside and replaced, so asking again reads the new log.
 - ``set_tls_cert`` (POST, admin): ``{"cert": PEM, "key": PEM}``, or the two PEMs concatenated
   as the raw body (``curl --data-binary @cm.pem``). A listener without a TLS store answers 400.
 
@@ -50,6 +56,7 @@ from flask import Response, request
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, RequestEntityTooLarge
 
 from controller.formulas import FormulaError
+from controller.gridlog import GridLogUnavailable
 from controller.loop import Override
 from controller.status import Status
 from controller.variables import VariableStore
@@ -79,9 +86,17 @@ MAX_BODY_BYTES = 64 * 1024
 DRAIN_LIMIT_BYTES = 1024 * 1024  # an oversized body up to this is read and dropped before the 413
 
 
+def _saving_works() -> bool:
+    return False
+
+
 @dataclass(frozen=True)
 class ApiContext:
-    """What the web layer may use: the store to write, the status to read, the loop's overrides."""
+    """What the web layer may use: the store to write, the status to read, the loop's overrides.
+
+    ``save_failing`` tells whether saving the variables fails now (the service's saver); while it
+    does, ``set_cm_vars`` answers ``"saved": false``.
+    """
 
     store: VariableStore
     status: Callable[[], Status]
@@ -89,6 +104,7 @@ class ApiContext:
     grid_log: GridLog | None
     tls: TlsStore | None
     version: str
+    save_failing: Callable[[], bool] = _saving_works
 
 
 # --------------------------------------------------------------------------- overrides
@@ -180,7 +196,10 @@ class Api:
         names = ", ".join(short(n, 64) for n, _ in items) or "nothing"
         log.info("%s (%s) set %s%s%s", source, principal.name, names, " after clearing all" if clear else "",
                  " (tmp: not saved)" if tmp else "")
-        return json_response(vars_body(new, self.ctx.status()))
+        body = vars_body(new, self.ctx.status())
+        if not tmp and self.ctx.save_failing():
+            body["saved"] = False  # acts now, but a restart would lose it unless saving recovers
+        return json_response(body)
 
     def get_cm_vars(self, principal: Principal) -> Response:
         return json_response(vars_body(self.ctx.store.snapshot(), self.ctx.status()))
@@ -201,7 +220,10 @@ class Api:
         limit = parse_limit(one("limit"))
         if self.ctx.grid_log is None:
             raise bad_request("the grid signal log is not enabled on this controller")
-        events = self.ctx.grid_log.query(from_ts, to_ts, limit=limit + 1)
+        try:
+            events = self.ctx.grid_log.query(from_ts, to_ts, limit=limit + 1)
+        except GridLogUnavailable as exc:
+            raise ApiError(503, str(exc), {"Retry-After": "5"}) from None
         truncated = len(events) > limit
         rows = [event_row(e) for e in events[:limit]]
         if fmt == "csv":

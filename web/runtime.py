@@ -38,11 +38,12 @@ def start_web(service: Service, *, http: Any = None, smgw: Any = None) -> WebSer
     tls = TlsStore(smgw, service.state_dir) if smgw is not None else None
     ctx = ApiContext(
         store=service.store,
-        status=lambda: service.loop.status,
+        status=service.status,  # the loop's status plus the state directory's and grid log's faults
         set_override=service.loop.set_override,
         grid_log=service.grid_log,
         tls=tls,
         version=version(),
+        save_failing=lambda: service.saver.failing,
     )
     servers = WebServers(ctx, http, smgw, tls)
     servers.start()

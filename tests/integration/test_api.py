@@ -8,6 +8,7 @@ import json
 import re
 import shutil
 import socket
+import sqlite3
 import ssl
 import subprocess
 import threading
@@ -498,6 +499,36 @@ def test_grid_log_time_range_formats_and_limit(logged_web: tuple[WebSite, GridLo
 ])
 def test_bad_grid_log_queries_are_400(shared: WebSite, params: dict[str, Any], words: tuple[str, ...]) -> None:
     assert_error(shared.client.get("get_grid_log", **params), 400, *words)  # checked before the log is
+
+
+def test_a_damaged_grid_log_is_503_then_a_new_log(site: SimulatedSite, tmp_path: Path) -> None:
+    grid_log = GridLog(tmp_path / "gridlog.sqlite3")
+    grid_log.start()
+    try:
+        for i in range(2000):
+            grid_log.record("input", "RSE1", None, i % 2 == 0, "input", None, ts=1_767_614_400.0 + i)
+        grid_log.flush()
+        conn = sqlite3.connect(grid_log.path)
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        root = conn.execute("SELECT rootpage FROM sqlite_master WHERE name = 'events'").fetchone()[0]
+        size = conn.execute("PRAGMA page_size").fetchone()[0]
+        conn.close()
+        with open(grid_log.path, "r+b") as handle:  # junk over the events table's root page
+            handle.seek((root - 1) * size)
+            handle.write(b"\xa5" * size)
+        with running_web(site, grid_log=grid_log, cycles=0) as web:
+            r = web.client.get("get_grid_log")
+            assert_error(r, 503, "grid log file is damaged", "malformed", "ask again")
+            assert r.headers["Retry-After"] == "5"
+            deadline = time.monotonic() + 10
+            while (r := web.client.get("get_grid_log")).status_code != 200 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            grid_log.flush()
+            events = web.client.get("get_grid_log").json()["events"]
+            assert events[0]["kind"] == "gap" and events[0]["new"]["set_aside"].startswith("gridlog.sqlite3.corrupt-")
+            assert len(list(tmp_path.glob("gridlog.sqlite3.corrupt-*"))) == 1
+    finally:
+        grid_log.stop()
 
 
 def test_grid_log_not_configured_is_400(shared: WebSite) -> None:

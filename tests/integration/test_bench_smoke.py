@@ -4,7 +4,7 @@ The benchmarks are scripts that print figures (``make bench``), not timed tests,
 checks a performance target: only that each script still runs against the real controller and
 simulators, exits 0 and ends with its JSON line carrying sane figures. The six scripts run in
 parallel (they mostly wait on 1 s control cycles; ``bench_api`` loads the CPU for its 2 s of
-``get_cm_vars``), so the whole module takes about 15 s.
+``get_cm_vars``; ``bench_gridlog`` writes a small log), so the whole module takes about 15 s.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ TINY: dict[str, list[str]] = {
     "api": ["--chargers", "3", "--seconds", "2", "--changes", "3"],
     "variables": ["--counts", "20", "--long-counts", "5"],
     "listener_attack": ["--seconds", "1", "--scenarios", "baseline,stalled_tls", "--settle", "0.2"],
+    "gridlog": ["--rows", "20000", "--checks", "20", "--clear", "200"],
 }
 
 
@@ -123,3 +124,11 @@ def test_listener_attack_runs(runs: dict[str, subprocess.CompletedProcess[str]])
         assert all(p["n"] >= 1 for p in r["probes"].values())
         assert r["loop"]["failed_cycles"] == 0 and r["fds"]["max_open"] > 0
     assert data["results"][1]["attacks"][0]["connects"] >= 20
+
+
+def test_gridlog_runs(runs: dict[str, subprocess.CompletedProcess[str]]) -> None:
+    data = figures(runs["gridlog"])
+    assert data["bench"] == "gridlog" and data["rows"] == 20000
+    assert data["quick_check_ok"] and data["set_aside"] == 0 and data["budget_warning"]
+    assert data["clear_rows_lost"] == 0 and data["clear_written_ms"] > 0
+    assert 0 < data["open_s"] < 30 and data["budget_check_us"] > 0

@@ -37,11 +37,12 @@ def smgw_section(cert: Path, key: Path, client_ca: Path, functions: tuple[str, .
 def api_context(service: Service, *, grid_log: Any = None, tls: Any = None, version: str = "test") -> ApiContext:
     return ApiContext(
         store=service.store,
-        status=lambda: service.loop.status,
+        status=service.status,
         set_override=service.loop.set_override,
         grid_log=grid_log,
         tls=tls,
         version=version,
+        save_failing=lambda: service.saver.failing,
     )
 
 
@@ -119,7 +120,6 @@ def running_web(sim: SimulatedSite | None = None, *, http: Http | None = None, g
         if client is not None:
             client.close()
         servers.stop()
-        service.hw.close()
-        service.loop.executor.shutdown()
+        service.close()
         if own_sim:
             site.stop()

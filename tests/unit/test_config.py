@@ -153,6 +153,8 @@ def test_minimal_config_takes_the_documented_defaults() -> None:
     assert site.grid_limit_w is None and site.chargers_limit_w is None and site.grid_meter is None
     assert cfg.http is None and cfg.smgw is None and cfg.rules == () and cfg.buses == {}
     assert cfg.max_variables == 1000
+    assert cfg.grid_log.max_bytes == 1_000_000_000
+    assert parse_config({"site": {"main_fuse_a": 25}, "grid_log": {"max_bytes": 2_000_000}}).grid_log.max_bytes == 2_000_000
 
 
 def test_unbalanced_limit_can_be_switched_off() -> None:
@@ -288,6 +290,14 @@ CASES: list[tuple[str, list[tuple[str, Any]], list[tuple[str, str]]]] = [
     ("bad hash", [("http.password", DELETE), ("http.password_hash", "md5$x$y")], [("http.password_hash", "must be a werkzeug hash")]),
     ("user with colon", [("http.user", "ad:min")], [("http.user", "without ':' or spaces")]),
     ("listeners on one port", [("smgw.listen", "0.0.0.0:80")], [("smgw.listen", "port 80 is already http.listen")]),
+    # the grid log's size budget
+    ("grid log budget as text", [("grid_log", {"max_bytes": "1 GB"})], [("grid_log.max_bytes", "valid integer")]),
+    ("grid log budget as float", [("grid_log", {"max_bytes": 1e9})], [("grid_log.max_bytes", "valid integer")]),
+    ("grid log budget as bool", [("grid_log", {"max_bytes": True})], [("grid_log.max_bytes", "valid integer")]),
+    ("grid log budget too small", [("grid_log", {"max_bytes": 999_999})], [("grid_log.max_bytes", "greater than or equal to 1000000")]),
+    ("grid log budget too large", [("grid_log", {"max_bytes": 2 * 10**12})], [("grid_log.max_bytes", "less than or equal to 1000000000000")]),
+    ("grid log key typo", [("grid_log", {"max_byte": 10**9})], [("grid_log.max_byte", "did you mean 'max_bytes'?")]),
+    ("grid log not a mapping", [("grid_log", 10**9)], [("grid_log", "")]),
 ]
 
 
@@ -462,7 +472,7 @@ def test_duplicate_yaml_keys_are_errors(tmp_path: Path) -> None:
 def test_yaml_anchors_and_merge_keys_work(tmp_path: Path) -> None:
     text = SPEC_TEXT.replace("chargers:\n", "x-box: &box {model: alfen, bus: garage}\nchargers:\n", 1)
     errors = yaml_errors(tmp_path, text)
-    assert errors == ["x-box: unknown key (allowed: site, state_dir, http, smgw, buses, meters, chargers, inputs, variables, rules, max_variables)"]
+    assert errors == ["x-box: unknown key (allowed: site, state_dir, grid_log, http, smgw, buses, meters, chargers, inputs, variables, rules, max_variables)"]
     text = SPEC_TEXT.replace("  E3: {", "  E4: {<<: {model: alfen, bus: garage}, unit: 2}\n  E3: {")
     assert load_config(_write(tmp_path, text)).chargers["E4"].model == "alfen"
 

@@ -18,6 +18,7 @@ import pytest
 
 from controller import gridlog
 from controller.gridlog import DAY_S, RETENTION_S, GridEvent, GridLog, GridSignalRecorder
+from controller.gridlog_file import GridLogFileError
 from controller.status import EMPTY_STATUS, DeviceStatus, Status
 from controller.variables import VariableStore
 from hal.types import InputReading
@@ -226,11 +227,11 @@ def test_failed_insert_is_kept_retried_in_order_and_logged_once(
     failures = [1, 2, 3]
     real_insert = GridLog._insert
 
-    def flaky(self: GridLog, conn: sqlite3.Connection, rows: list) -> bool:
+    def flaky(self: GridLog, conn: sqlite3.Connection, rows: list) -> None:
         if failures:
             failures.pop()
             conn = _BrokenConnection()  # type: ignore[assignment]
-        return real_insert(self, conn, rows)
+        real_insert(self, conn, rows)
 
     monkeypatch.setattr(GridLog, "_insert", flaky)
     grid_log = make_log()
@@ -261,7 +262,7 @@ class _BrokenConnection:
 def test_start_fails_loudly_on_a_bad_path(tmp_path: Path) -> None:
     blocker = tmp_path / "a-file"
     blocker.write_text("")
-    with pytest.raises(OSError):
+    with pytest.raises(GridLogFileError, match="gridlog.sqlite3 cannot be used: not a directory: .*a-file'$"):
         GridLog(blocker / "gridlog.sqlite3").start()
 
 
@@ -278,7 +279,12 @@ def test_a_file_that_is_not_a_database_is_kept_aside(make_log: Callable[..., Gri
     assert "GRID LOG UNREADABLE" in caplog.text and str(aside) in caplog.text
     grid_log.record("input", "RSE1", None, True, "start", None)
     grid_log.flush()
-    assert len(grid_log.query()) == 1
+    gap, event = grid_log.query()
+    assert (gap.kind, gap.source, event.name) == ("gap", "gridlog", "RSE1")
+    assert gap.new == {"set_aside": aside.name, "label": "corrupt", "why": "file is not a database"}
+    assert grid_log.faults() == (
+        "grid log: gridlog.sqlite3 was corrupt (file is not a database) at 2026-01-01T00:00:00Z; "
+        "kept as gridlog.sqlite3.corrupt-20260101T000000Z; a new grid log was started",)
 
 
 # --------------------------------------------------------------------------- GridSignalRecorder
@@ -438,3 +444,50 @@ def test_cycle_listener_is_cheap(make_log: Callable[..., GridLog]) -> None:
     grid_log.start()
     grid_log.flush()
     assert len(grid_log.query()) == 4 + 2 + 1  # the start rows only
+
+
+# --------------------------------------------------------------------------- backpressure
+
+
+def test_a_clear_of_1000_variables_keeps_every_row_through_a_small_queue(
+        make_log: Callable[..., GridLog]) -> None:
+    grid_log = make_log(max_queue=50)  # 1,000 rows, then 1,001, through a queue of 50
+    store = VariableStore({})
+    GridSignalRecorder(grid_log).attach(store, FakeLoop())
+    names = {f"V{i:04d}" for i in range(1000)}
+    store.set_many([(name, 1) for name in sorted(names)], source="lan:10.0.0.8")
+    store.set_many([("ONLY", 1)], clear=True, source="lan:10.0.0.9")  # the API thread waits for room
+    grid_log.flush()
+    events = grid_log.query(limit=100_000)
+    assert {e.name for e in events if e.source == "lan:10.0.0.8"} == names
+    cleared = [e for e in events if e.source == "lan:10.0.0.9"]
+    assert {e.name for e in cleared if e.new is None} == names and len(cleared) == 1001
+    assert [e.name for e in cleared if e.new is not None] == ["ONLY"]
+    assert not [e for e in events if e.kind == "gap"] and grid_log.faults() == ()
+
+
+def test_waiting_for_room_is_bounded_and_what_finds_none_is_a_gap(
+        make_log: Callable[..., GridLog], caplog: pytest.LogCaptureFixture) -> None:
+    grid_log = make_log(start=False, max_queue=5)  # no writer: the queue never drains
+    events = [("variable", f"V{i}", None, i, "lan:10.0.0.9", None) for i in range(20)]
+    started = time.monotonic()
+    with caplog.at_level(logging.ERROR, logger="controller.gridlog"):
+        grid_log.record_many(events, wait_s=0.2)
+    waited = time.monotonic() - started
+    assert 0.2 <= waited < 1.0
+    assert "grid log queue full" in caplog.text
+    assert grid_log.faults() == ("grid log: 15 record(s) lost since start (the write queue was full); "
+                                 "gap rows mark where",)
+    grid_log.start()
+    grid_log.flush()
+    kinds = [(e.kind, e.name) for e in grid_log.query()]
+    assert kinds == [("variable", f"V{i}") for i in range(5)] + [("gap", "gridlog")]
+    assert grid_log.query()[-1].new["dropped"] == 15
+
+
+def test_the_control_loop_never_waits(make_log: Callable[..., GridLog]) -> None:
+    grid_log = make_log(start=False, max_queue=5)
+    started = time.monotonic()
+    for i in range(100):
+        grid_log.record("input", f"I{i}", None, i, "input", None)
+    assert time.monotonic() - started < 0.1

@@ -395,6 +395,34 @@ def test_failed_saves_are_logged_once_per_streak_and_retried(
     assert saver.poll() is None
 
 
+def test_a_failing_save_is_visible_until_a_save_works(tmp_path: Path) -> None:
+    store, saver, file, clock = make_saver(tmp_path)
+    assert not saver.failing and saver.faults() == ()
+    file.tmp_path.mkdir()  # a real failure, also for root: the tmp file cannot be opened
+    store.set_many([("AVAIL", 1)])
+    saver.poll()
+    assert saver.failing
+    [line] = saver.faults()
+    assert line.startswith(f"state_dir: saving the variables to {file.path} fails since ")
+    assert "Is a directory" in line and "not saved" in line
+    file.tmp_path.rmdir()
+    clock.t += 1.0
+    assert saver.poll() == 0.0  # the pending save is retried and works
+    assert not saver.failing and saver.faults() == ()
+    loaded = VariableFile(tmp_path).load()
+    assert loaded is not None and loaded.vars["AVAIL"] == 1
+
+
+def test_a_corrupt_file_kept_aside_leaves_a_status_line(tmp_path: Path) -> None:
+    file = VariableFile(tmp_path, clock=FakeTime(T0))
+    write(file.path, "{")
+    file.load()
+    assert file.set_aside_note == ("state_dir: variables.json was unusable (not JSON: Expecting property "
+                                   "name enclosed in double quotes: line 1 column 2 (char 1)); kept as "
+                                   "variables.json.corrupt-20260101T000000Z; started from the config's "
+                                   "variables")
+
+
 def test_a_failure_at_stop_is_an_error(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     store, saver, file, _ = make_saver(tmp_path)
     store.set_many([("AVAIL", 1)])

@@ -1,0 +1,98 @@
+"""The state directory's ground rules: it must be writable at start, renames in it are made
+durable, and a file that cannot be used is renamed aside, never deleted.
+
+The variables file (``controller.persistence``) and the grid log (``controller.gridlog_file``)
+both keep an unusable file under a new name and start afresh, so that the service keeps
+controlling the site while the old content stays on the card for whoever investigates (the grid
+log is a §14a EnWG record). ``set_aside`` is the one place that does this rename.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+PROBE_NAME = ".gridcharge-write-probe"
+
+
+class StateDirError(OSError):
+    """The state directory cannot be used; ``str()`` is one line saying which and why."""
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename in ``path`` durable (POSIX: the directory entry is data of the directory)."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def utc_text(unix_s: float) -> str:
+    """A time for a log or status line: ``2026-01-05T12:00:00Z``."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(unix_s))
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception as one log line: its errno text and file name, no newlines."""
+    if isinstance(exc, OSError) and exc.strerror:
+        text = exc.strerror + (f": '{exc.filename}'" if exc.filename else "")
+    else:
+        text = str(exc) or type(exc).__name__
+    return " ".join(text.split())
+
+
+def check_writable(state_dir: Path) -> None:
+    """Create ``state_dir`` if needed and prove that a file can be written and synced in it.
+
+    A probe file is created, one byte written and fsynced, then removed, and the directory is
+    synced: a read-only file system, a missing permission, a full card or a file where the
+    directory should be all fail here, at start, instead of at the first save. Raises
+    StateDirError.
+    """
+    probe = state_dir / PROBE_NAME
+    try:
+        if state_dir.exists() and not state_dir.is_dir():
+            raise NotADirectoryError(20, "not a directory", str(state_dir))
+        state_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, b"\n")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.unlink(probe)
+        fsync_dir(state_dir)
+    except OSError as exc:
+        raise StateDirError(f"state_dir {state_dir} cannot be written: {one_line(exc)}") from exc
+
+
+def set_aside(path: Path, *, label: str = "corrupt", sidecars: Sequence[str] = (),
+              clock: Callable[[], float] = time.time) -> Path:
+    """Rename ``path`` to ``<name>.<label>-<YYYYmmddTHHMMSSZ>`` (``-1``, ``-2`` … when that name
+    is taken: two bad files in one second are both kept) and sync the directory. Returns the
+    new path. Raises OSError when a rename fails; ``path`` itself is then still in place.
+
+    ``sidecars`` are suffixes of files that belong to ``path`` (SQLite's ``-wal``/``-shm``). They
+    are renamed first, to ``<new name><suffix>``: a stale ``-wal`` left next to a new database
+    would be replayed into it.
+    """
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(clock()))
+    base = f"{path.name}.{label}-{stamp}"
+    target = path.with_name(base)
+    n = 1
+    while target.exists() or any(target.with_name(target.name + s).exists() for s in sidecars):
+        target = path.with_name(f"{base}-{n}")
+        n += 1
+    for suffix in sidecars:
+        side = path.with_name(path.name + suffix)
+        if side.exists():
+            os.rename(side, target.with_name(target.name + suffix))
+    os.rename(path, target)
+    fsync_dir(path.parent)
+    return target
+
+
+__all__ = ["PROBE_NAME", "StateDirError", "check_writable", "fsync_dir", "one_line", "set_aside", "utc_text"]
