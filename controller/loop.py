@@ -1,9 +1,23 @@
 """The control loop: read → evaluate → allocate → write → publish, at a fixed rate.
 
 One thread owns the cycle. Device I/O runs on one worker per bus (``hal.executor``) with a
-deadline, so a dead bus only makes its own readings age. A variable change or an input edge sets
-the wake event and a cycle runs at once. Time comes from an injected clock; tests call
-``run_once()`` and move a ``FakeClock`` instead of sleeping.
+deadline, so a dead bus only makes its own readings age. Time comes from an injected clock;
+tests call ``run_once()`` and move a ``FakeClock`` instead of sleeping.
+
+Three kinds of cycle, so that grid signals act at once without polling the devices more often
+than their buses allow:
+
+* the **tick**, every ``cycle_s``: read every device, decide, write;
+* a grid signal (a variable set over the API, an override, a GPIO edge) wakes the loop at once:
+  the first signal after ``cycle_s`` without one gets a prompt cycle (below: its decreases go
+  out at once) and then a **full cycle** like the tick (fresh readings, every write), at most
+  one such extra cycle per ``cycle_s``;
+* any other signal, and a reading that a slow bus delivers after the read deadline, gets a
+  **prompt cycle**: no device is read (the latest readings are used, GPIO contacts are read, as
+  they cost no bus time), everything is decided again and only decreases are written; increases
+  wait for the next full cycle. Prompt cycles are at least ``PROMPT_SPACING_S`` apart. So a
+  client setting variables in a loop cannot multiply the polling, and a decrease still reaches
+  the boxes within a fraction of a second of the set or of the late reading that calls for it.
 
 Safety rules implemented here: writes of decreases are acknowledged before any increase is
 written, and increases only go out from readings taken after the last write (the writer and
@@ -58,6 +72,10 @@ from hal.types import ChargerReading, IecState, MeterReading, Phases3
 
 log = logging.getLogger(__name__)
 TICK_TOLERANCE_S = 0.005  # a timed wait may return a hair early: that is still the tick
+#: Prompt cycles (decreases only, no reads) are at least this far apart: a storm of signals
+#: costs at most 20 evaluations a second, and a decrease waits at most this long.
+PROMPT_SPACING_S = 0.05
+PROMPT_HELD = "waiting for the next cycle (signals between two cycles lower only)"
 
 
 @dataclass(frozen=True)
@@ -101,6 +119,7 @@ class ControlLoop:
         self.store = store
         self.clock = clock or SystemClock()
         self.executor = executor or GroupExecutor(hardware.groups())
+        self.executor.on_late = self._late_reading  # a slow bus's reading: act on it at once
         self.site = cfg.site
         self.limits = compile_limits(cfg)
         self.evaluator = Evaluator()
@@ -115,11 +134,14 @@ class ControlLoop:
         self._pending_overrides: list[tuple[str, Override | None]] = []
         self._lock = threading.Lock()
         self._wake = threading.Event()
+        self._signal = threading.Event()  # a grid signal, as opposed to a late reading
         self._stop = threading.Event()
         self._status: Status = EMPTY_STATUS
         self._listeners: list[Callable[[Status], None]] = []
         self._faults = FaultLog()
         self._cycle_count = 0
+        self.reading_cycles = 0  # cycles that read the buses (ticks and extra full cycles)
+        self._last_prompt = -float("inf")
         self._overruns = 0
         self._failed = 0
         self._wire_time_prev: dict[str, float] = {}
@@ -136,8 +158,14 @@ class ControlLoop:
         self._listeners.append(callback)
 
     def wake(self, reason: str = "") -> None:
-        """Run a cycle at once (a grid signal arrived)."""
+        """Run a cycle at once (a grid signal arrived); see the module docstring."""
         log.debug("wake: %s", reason)
+        self._signal.set()
+        self._wake.set()
+
+    def _late_reading(self, group: str, key: object) -> None:
+        """A bus worker finished a read after the deadline: a prompt cycle uses it at once."""
+        log.debug("late reading: %s on %s", key, group)
         self._wake.set()
 
     def set_override(self, charger_id: str, override: Override | None) -> None:
@@ -163,26 +191,36 @@ class ControlLoop:
     def run_forever(self) -> None:
         next_tick = self.clock.monotonic()
         cycle_s = self.site.cycle_s
+        last_extra = -float("inf")
         while not self._stop.is_set():
             self.clock.wait(self._wake, next_tick - self.clock.monotonic())
             if self._stop.is_set():
                 break
             self._wake.clear()
             start = self.clock.monotonic()
-            self.run_once()
-            if start >= next_tick - TICK_TOLERANCE_S:  # the scheduled cycle, not one woken by a signal
+            signal = self._signal.is_set()
+            self._signal.clear()
+            if start >= next_tick - TICK_TOLERANCE_S:  # the scheduled cycle
+                self.run_once()
                 next_tick += cycle_s
                 end = self.clock.monotonic()
                 if end > next_tick:
                     self._overruns += 1
                     next_tick = end
+            elif signal and start - last_extra >= cycle_s:  # the first signal in a while
+                last_extra = start
+                self._prompt_now()  # its decreases at once, from the readings we have
+                self.run_once()  # then fresh readings, and everything else
+            else:
+                self._prompt_now()
         self.write_failsafe()
 
-    def run_once(self) -> Status:
-        """One complete cycle. Never raises: a failing cycle is counted, logged and survived."""
+    def run_once(self, *, prompt: bool = False) -> Status:
+        """One cycle (a prompt one: no reads, decreases only). Never raises: a failing cycle is
+        counted, logged and survived."""
         start = self.clock.monotonic()
         try:
-            status = self._cycle(start)
+            status = self._cycle(start, prompt)
         except Exception:
             self._failed += 1
             log.exception("cycle %d failed", self._cycle_count + 1)
@@ -196,9 +234,14 @@ class ControlLoop:
         return status
 
     # ---- one cycle -------------------------------------------------------------------------
-    def _cycle(self, now: float) -> Status:
+    def _cycle(self, now: float, prompt: bool = False) -> Status:
+        self._signal.clear()  # this cycle takes every signal so far; a later one cuts its reads short
         self._take_overrides()
-        self._read_all(now)
+        if prompt:
+            self._read_late_and_local(now)
+        else:
+            self.reading_cycles += 1
+            self._read_all(now)
         symbols = self._symbols(now)
         varset = self.store.snapshot()
         ev = evaluate_cycle(self.evaluator, varset, self.limits, symbols)
@@ -209,7 +252,8 @@ class ControlLoop:
         observed = {cid: Observed(c.online, c.draw_a if c.online else 0.0, self.trackers[cid].read_seq)
                     for cid, c in chargers.items()}
         meter_seq = self.trackers[self.site.grid_meter].read_seq if site.grid_current_a is not None else None
-        self._report = self.writer.write(now, commands, observed, meter_seq, site.grid_current_a)
+        self._report = self.writer.write(now, commands, observed, meter_seq, site.grid_current_a,
+                                         increases=PROMPT_HELD if prompt else None, interrupt=self._signal)
         self._alloc_state = acknowledge(alloc.state, {cid: self.writer.written_a(cid) for cid in chargers})
         faults.update({f"formula {e.where}": e.error for e in ev.errors})
         self._faults.update(faults)
@@ -225,6 +269,23 @@ class ControlLoop:
             else:
                 self._overrides[cid] = override
 
+    def _prompt_now(self) -> None:
+        """A prompt cycle from inside another cycle's reads, keeping the prompt spacing."""
+        wait_s = self._last_prompt + PROMPT_SPACING_S - self.clock.monotonic()
+        if wait_s > 0:
+            self.clock.wait(self._stop, wait_s)
+        self._last_prompt = self.clock.monotonic()
+        self.run_once(prompt=True)
+
+    def _read_late_and_local(self, now: float) -> None:
+        """A prompt cycle's reading: what slow buses delivered late, and the local contacts."""
+        for key, res in self.executor.collect_late("read").items():
+            if isinstance(key, str) and key in self.trackers:
+                self._record(key, res.value, res.error, now)
+        for h in self.hw.all():
+            if h.group is None:
+                self._record(h.id, *self._call(functools.partial(self._sample, h.device.read)), now)
+
     def _sample(self, read: Callable[[], Any]) -> Sample:
         """Run one read, noting when it started: what it returns describes that moment or later."""
         seq, taken_s = self._next_seq(), self.clock.monotonic()
@@ -239,7 +300,13 @@ class ControlLoop:
             else:
                 jobs.setdefault(h.group, []).append((h.id, read))
         busy = {g for g in jobs if self.executor.busy(g)}
-        results = self.executor.run(jobs, self.read_budget_s, late_tag="read")
+        batch = self.executor.submit(jobs, late_tag="read")
+        deadline = time.monotonic() + self.read_budget_s  # the executor's waits are in real time
+        while not batch.wait(deadline - time.monotonic(), interrupt=self._signal) and self._signal.is_set():
+            # A grid signal while a slow bus is still being read: its decreases go out now, from
+            # the readings so far; this cycle then goes on waiting and decides again in full.
+            self._prompt_now()
+        results = batch.results()
         for group, items in jobs.items():
             for key, _ in items:
                 res = results[key]

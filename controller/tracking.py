@@ -39,7 +39,8 @@ class DeviceTracker(Generic[R]):
         self.error = error
 
     def age_s(self, now_s: float) -> float | None:
-        return None if self.read_at_s is None else now_s - self.read_at_s
+        """Seconds since the reading was taken (0 for one taken during this cycle's reads)."""
+        return None if self.read_at_s is None else max(0.0, now_s - self.read_at_s)
 
     def fresh(self, now_s: float, stale_s: float) -> bool:
         """A usable reading: one no older than ``stale_s``."""

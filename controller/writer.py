@@ -23,7 +23,7 @@ import itertools
 import logging
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from controller.build import Hardware
@@ -106,14 +106,21 @@ class LimitWriter:
 
     # ---- one cycle -------------------------------------------------------------------------
     def write(self, now: float, commands: Mapping[str, float], observed: Mapping[str, Observed],
-              meter_read_seq: int | None, phase_load_a: Sequence[float] | None = None) -> WriteReport:
+              meter_read_seq: int | None, phase_load_a: Sequence[float] | None = None, *,
+              increases: str | None = None, interrupt: threading.Event | None = None) -> WriteReport:
         """Write this cycle's limits (see controller/write_plan.py for the order).
 
         ``meter_read_seq``: the sequence number of the grid meter reading the allocation used;
         ``phase_load_a``: its per-phase currents (the heaviest phase is lowered first).
+        ``increases``: None writes them as the plan allows; a text holds them all back this
+        cycle with that reason (a prompt cycle between two ticks writes decreases only).
+        ``interrupt``: a new grid signal; it ends the wait for the increases (they still land,
+        and the next cycle sees them), so that the signal's own decreases need not wait.
         """
         boxes = self._box_states(observed)
         plan = plan_writes(commands, boxes, meter_read_seq, now, phase_load_a)
+        if increases is not None:
+            plan = replace(plan, held={w.charger_id: plan.held.get(w.charger_id, increases) for w in plan.increases})
         failed: list[str] = []
         for step in plan.decreases:  # the fuse comes first: a later step goes even if one failed
             failed += self._run(self._limit_jobs(step), self.budget_s)
@@ -127,7 +134,7 @@ class LimitWriter:
         for group, items in self._limit_jobs(tuple(increases)).items():
             jobs.setdefault(group, []).extend(items)  # a box's setup before its increase
         if jobs:
-            self._run(jobs, self.budget_s + (SETUP_EXTRA_S if plan.setups else 0.0))
+            self._run(jobs, self.budget_s + (SETUP_EXTRA_S if plan.setups else 0.0), interrupt)
         return WriteReport({cid: f"{why} ({commands[cid]:g} A held back)" for cid, why in held.items()})
 
     def _box_states(self, observed: Mapping[str, Observed]) -> dict[str, BoxState]:
@@ -163,11 +170,12 @@ class LimitWriter:
             jobs.setdefault(self._group(cid), []).append(((cid, "setup"), functools.partial(self._setup, cid)))
         return jobs
 
-    def _run(self, jobs: Jobs, timeout_s: float) -> list[str]:
+    def _run(self, jobs: Jobs, timeout_s: float, interrupt: threading.Event | None = None) -> list[str]:
         """Run the jobs; the chargers whose write did not land in time or failed."""
         if not jobs:
             return []
-        results = self.executor.run(jobs, timeout_s)
+        # urgent: ahead of a slow bus's queued reads
+        results = self.executor.run(jobs, timeout_s, urgent=True, interrupt=interrupt)
         failed = []
         now = self.clock.monotonic()
         for key, res in results.items():
@@ -216,7 +224,7 @@ class LimitWriter:
             failsafe = self.cfg.chargers[cid].failsafe_current_a
             target = failsafe if last is None else min(last, failsafe)
             jobs.setdefault(h.group or "local", []).append((cid, functools.partial(h.device.apply, target)))
-        results = self.executor.run(jobs, 2.0)
+        results = self.executor.run(jobs, 2.0, urgent=True)
         failed = [k for k, r in results.items() if not r.done or r.error is not None]
         log.info("stopped: fail-safe currents written%s", f" (failed: {', '.join(failed)})" if failed else "")
 

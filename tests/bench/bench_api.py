@@ -31,7 +31,8 @@ Three figures, measured after the warm-up of ``common.warm_up``:
    ``t0 = time.monotonic()`` just before the request, the simulator answers when the LAST box
    got a limit different from its armed one; latency = that instant - t0. The HTTP answer's own
    latency is noted too. ``--changes`` (40) changes, each after the previous one is complete plus
-   a random (seeded) 0.2 .. 1.2 s, so they land at every phase of the cycle. Every box's new
+   a random (seeded) 1.0 .. 2.0 s, so they land at every phase of the cycle and each is the
+   first grid signal for a whole cycle (closer ones are coalesced, see bench_reaction.py). Every box's new
    limit is checked (6.6 A at AVAIL=40, 16 A at 100).
 
 Password: ``--auth plain`` (default) configures ``http.password``: every request compares the
@@ -304,7 +305,7 @@ def measure_sets(sim: common.SimProcess, port: int, auth: str, chargers: int, ch
             want = expected_limit_a(chargers, avail)
             wrong += [f"change {i + 1}: {cid} got {a} A, expected {want} A"
                       for cid, a in answer["limits"].items() if a is None or abs(a - want) > 0.05]
-            time.sleep(rng.uniform(0.2, 1.2))
+            time.sleep(rng.uniform(1.0, 2.0))
     finally:
         conn.close()
     return {"written": common.summary(written_s), "answered": common.summary(answered_s), "wrong": wrong}

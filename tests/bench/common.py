@@ -14,6 +14,11 @@ line per command line on stdin (the control channel, see :func:`serve`):
 - ``wait TIMEOUT_S``: block until every box has received a limit different from its baseline;
   answer the ``time.monotonic()`` of the first and the last such write (CLOCK_MONOTONIC is one
   clock for all processes on Linux, so the benchmark can subtract its own timestamps);
+- ``base L1 L2 L3``: set the house's base load (A per phase);
+- ``latency DEVICE SECONDS``: the device answers that much later from now on;
+- ``watch``: from now on, note every change of the grid currents (``grid`` answers them);
+- ``grid``: the changes noted since ``watch``, as ``[time.monotonic(), [L1, L2, L3]]``;
+- ``reads``: every device's count of register reads so far;
 - ``quit``: stop the servers and exit.
 
 The recorder wraps each :class:`hal.sim.physics.SimWallbox`'s ``set_limit``, which the register
@@ -212,11 +217,65 @@ def _build_site(spec: Mapping[str, Any]) -> Any:
     )
 
 
-def _answer(command: str, recorder: WriteRecorder) -> dict[str, Any] | None:
+class SiteProbe:
+    """The simulator-side answers beyond limits: grid changes and register reads per device."""
+
+    def __init__(self, site: Any) -> None:
+        self.site = site
+        self._lock = threading.Lock()
+        self._grid: list[tuple[float, list[float]]] | None = None
+        self.reads: dict[str, int] = {}
+        site.physics.watch(self._changed)
+        for device_id in site._devices:  # noqa: SLF001 - the bench's own simulator
+            bank = site.bank(device_id)
+            self.reads[device_id] = 0
+            bank.read = self._counted(device_id, bank.read)
+
+    def _counted(self, device_id: str, read: Callable[..., Any]) -> Callable[..., Any]:
+        def counted(*args: Any) -> Any:
+            with self._lock:
+                self.reads[device_id] += 1
+            return read(*args)
+        return counted
+
+    def _changed(self, _: float, currents: Any) -> None:
+        with self._lock:
+            if self._grid is not None:
+                self._grid.append((time.monotonic(), list(currents)))
+
+    def watch(self) -> dict[str, Any]:
+        with self._lock:
+            self._grid = [(time.monotonic(), list(self.site.physics.grid_currents_a()))]
+        return {"watching": True}
+
+    def grid(self) -> dict[str, Any]:
+        with self._lock:
+            return {"changes": list(self._grid or [])}
+
+    def count_reads(self) -> dict[str, Any]:
+        with self._lock:
+            return {"reads": dict(self.reads)}
+
+
+def _answer(command: str, recorder: WriteRecorder, probe: SiteProbe | None = None) -> dict[str, Any] | None:
     """One control-channel command; None means quit."""
     word, _, arg = command.strip().partition(" ")
     if word == "quit":
         return None
+    if probe is not None:
+        if word == "base":
+            probe.site.set_base_load(*(float(x) for x in arg.split()))
+            return {"base": arg}
+        if word == "latency":
+            device_id, seconds = arg.split()
+            probe.site.set_latency(device_id, float(seconds))
+            return {"latency": arg}
+        if word == "watch":
+            return probe.watch()
+        if word == "grid":
+            return probe.grid()
+        if word == "reads":
+            return probe.count_reads()
     if word == "limits":
         return recorder.snapshot()
     if word == "arm":
@@ -233,6 +292,7 @@ def serve(spec: Mapping[str, Any], *, out: Any = sys.stdout, commands: Iterable[
     site = _build_site(spec)
     recorder = WriteRecorder(site.physics.wallboxes)
     recorder.install(site)
+    probe = SiteProbe(site)
     site.start()
     try:
         out.write(json.dumps({"config": site.config_dict(), "pid": os.getpid()}) + "\n")
@@ -240,7 +300,7 @@ def serve(spec: Mapping[str, Any], *, out: Any = sys.stdout, commands: Iterable[
         for command in commands:
             if not command.strip():
                 continue
-            answer = _answer(command, recorder)
+            answer = _answer(command, recorder, probe)
             if answer is None:
                 break
             out.write(json.dumps(answer) + "\n")
@@ -423,20 +483,19 @@ def start_controller(config: Mapping[str, Any], *,
 
 
 def warm_up(watcher: CycleWatcher, timeout_s: float, steady_cycles: int = 3) -> Any:
-    """Until every device answers, every charger has its limit, and the commands have not changed
-    for ``steady_cycles`` cycles (the ramp of ``increase_step_a`` per cycle is over)."""
+    """Until every device answers, every charger has its limit, and the written limits have not
+    changed for ``steady_cycles`` seconds' worth of 1 s ticks (the ramp of ``increase_step_a``
+    is over). Counted in time, not in cycles: prompt cycles between two ticks count as cycles."""
     watcher.wait_for(all_written, timeout_s, "every device online and every limit written")
-    seen: dict[str, Any] = {"commands": None, "same": 0, "cycle": -1}
+    seen: dict[str, Any] = {"commands": None, "since": 0.0}
 
     def steady(status: Any) -> bool:
-        if status.cycle_count != seen["cycle"]:
-            seen["cycle"] = status.cycle_count
-            commands = tuple(c.written_a for c in status.chargers)
-            seen["same"] = seen["same"] + 1 if commands == seen["commands"] else 0
-            seen["commands"] = commands
-        return all_written(status) and seen["same"] >= steady_cycles
+        commands = tuple(c.written_a for c in status.chargers)
+        if commands != seen["commands"]:
+            seen["commands"], seen["since"] = commands, status.monotonic_s
+        return all_written(status) and status.monotonic_s - seen["since"] >= steady_cycles + 0.5
 
-    return watcher.wait_for(steady, timeout_s, f"limits unchanged for {steady_cycles} cycles")
+    return watcher.wait_for(steady, timeout_s, f"limits unchanged for {steady_cycles} s")
 
 
 # --------------------------------------------------------------------------- figures and output

@@ -95,3 +95,66 @@ def test_late_results_are_kept_only_with_a_tag() -> None:
     out = ex.run({"g": [("k", lambda: (_ for _ in ()).throw(RuntimeError("x")))]}, timeout_s=1)
     assert isinstance(out["k"].error, RuntimeError)
     ex.shutdown()
+
+
+def test_urgent_jobs_overtake_reads_that_have_not_started() -> None:
+    """A limit write on a slow RS485 line waits for the request on the wire, not for the round."""
+    ex = GroupExecutor(["rs485"])
+    order: list[str] = []
+    gate = threading.Event()
+
+    def read(name: str, wait: bool = False):  # type: ignore[no-untyped-def]
+        def job() -> str:
+            if wait:
+                gate.wait(5)
+            order.append(name)
+            return name
+        return job
+
+    reads = {"rs485": [("M1", read("M1", wait=True)), ("E1", read("E1")), ("E2", read("E2"))]}
+    out = ex.run(reads, timeout_s=0.05, late_tag="read")
+    assert not any(r.done for r in out.values()) and ex.busy("rs485")
+    done = threading.Event()
+    result: dict[str, object] = {}
+
+    def write() -> None:
+        result.update(ex.run({"rs485": [("E1", read("write E1"))]}, timeout_s=2, urgent=True))
+        done.set()
+
+    threading.Thread(target=write).start()
+    time.sleep(0.05)
+    assert ex.run({"rs485": [("M1", read("again"))]}, timeout_s=0.05, late_tag="read")["M1"].done is False
+    gate.set()
+    assert done.wait(2)
+    assert order[:2] == ["M1", "write E1"]  # after the read on the wire, before the queued ones
+    assert result["E1"].done  # type: ignore[union-attr]
+    ex.shutdown()
+
+
+def test_late_results_are_announced_and_can_be_collected_at_once() -> None:
+    told: list[tuple[str, object]] = []
+    ex = GroupExecutor(["g"], on_late=lambda group, key: told.append((group, key)))
+    gate = threading.Event()
+    ex.run({"g": [("M1", lambda: gate.wait(5) and "reading")]}, timeout_s=0.05, late_tag="read")
+    assert ex.collect_late("read") == {}
+    gate.set()
+    deadline = time.monotonic() + 2
+    while not told and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert told == [("g", "M1")]
+    late = ex.collect_late("read")
+    assert late["M1"].value == "reading" and late["M1"].late
+    assert ex.collect_late("read") == {}  # handed out once
+    ex.shutdown()
+
+
+def test_one_call_of_urgent_jobs_at_a_time_per_group() -> None:
+    ex = GroupExecutor(["g"])
+    gate = threading.Event()
+    calls = []
+    out = ex.run({"g": [("w1", lambda: calls.append(1) or gate.wait(5))]}, timeout_s=0.05, urgent=True)
+    assert not out["w1"].done
+    out = ex.run({"g": [("w2", lambda: calls.append(2))]}, timeout_s=0.05, urgent=True)
+    assert not out["w2"].done and calls == [1]  # skipped while the first is unfinished
+    gate.set()
+    ex.shutdown()
