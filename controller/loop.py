@@ -253,7 +253,7 @@ class ControlLoop:
                     for cid, c in chargers.items()}
         meter_seq = self.trackers[self.site.grid_meter].read_seq if site.grid_current_a is not None else None
         self._report = self.writer.write(now, commands, observed, meter_seq, site.grid_current_a,
-                                         increases=PROMPT_HELD if prompt else None, interrupt=self._signal)
+                                         hold_increases=PROMPT_HELD if prompt else None, interrupt=self._signal)
         self._alloc_state = acknowledge(alloc.state, {cid: self.writer.written_a(cid) for cid in chargers})
         faults.update({f"formula {e.where}": e.error for e in ev.errors})
         self._faults.update(faults)

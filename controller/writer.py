@@ -33,7 +33,8 @@ from controller.write_plan import BoxState, Write, plan_writes
 from hal.executor import GroupExecutor
 
 log = logging.getLogger(__name__)
-Jobs = dict[str, list[tuple[str, Callable[[], Any]]]]
+JobKey = str | tuple[str, str]  # a charger's limit write, or (charger, "setup")
+Jobs = dict[str, list[tuple[JobKey, Callable[[], Any]]]]
 SETUP_EXTRA_S = 2.0  # a box's setup is several writes with the bus's gaps between them
 
 
@@ -107,20 +108,21 @@ class LimitWriter:
     # ---- one cycle -------------------------------------------------------------------------
     def write(self, now: float, commands: Mapping[str, float], observed: Mapping[str, Observed],
               meter_read_seq: int | None, phase_load_a: Sequence[float] | None = None, *,
-              increases: str | None = None, interrupt: threading.Event | None = None) -> WriteReport:
+              hold_increases: str | None = None, interrupt: threading.Event | None = None) -> WriteReport:
         """Write this cycle's limits (see controller/write_plan.py for the order).
 
         ``meter_read_seq``: the sequence number of the grid meter reading the allocation used;
         ``phase_load_a``: its per-phase currents (the heaviest phase is lowered first).
-        ``increases``: None writes them as the plan allows; a text holds them all back this
-        cycle with that reason (a prompt cycle between two ticks writes decreases only).
+        ``hold_increases``: None writes increases as the plan allows; a text holds them all back
+        this cycle with that reason (a prompt cycle between two ticks writes decreases only).
         ``interrupt``: a new grid signal; it ends the wait for the increases (they still land,
         and the next cycle sees them), so that the signal's own decreases need not wait.
         """
         boxes = self._box_states(observed)
         plan = plan_writes(commands, boxes, meter_read_seq, now, phase_load_a)
-        if increases is not None:
-            plan = replace(plan, held={w.charger_id: plan.held.get(w.charger_id, increases) for w in plan.increases})
+        if hold_increases is not None:
+            plan = replace(plan, held={w.charger_id: plan.held.get(w.charger_id, hold_increases)
+                                       for w in plan.increases})
         failed: list[str] = []
         for step in plan.decreases:  # the fuse comes first: a later step goes even if one failed
             failed += self._run(self._limit_jobs(step), self.budget_s)
@@ -225,6 +227,6 @@ class LimitWriter:
             target = failsafe if last is None else min(last, failsafe)
             jobs.setdefault(h.group or "local", []).append((cid, functools.partial(h.device.apply, target)))
         results = self.executor.run(jobs, 2.0, urgent=True)
-        failed = [k for k, r in results.items() if not r.done or r.error is not None]
+        failed = [str(k) for k, r in results.items() if not r.done or r.error is not None]
         log.info("stopped: fail-safe currents written%s", f" (failed: {', '.join(failed)})" if failed else "")
 
