@@ -550,6 +550,7 @@ def enable_in_root(root: Path) -> None:
 
 @pytest.fixture()
 def installed(tmp_path: Path) -> Iterator[tuple[Path, subprocess.CompletedProcess[str]]]:
+    """A first install of one's own, for tests that change it (upgrade, uninstall)."""
     root = tmp_path / "root"
     root.mkdir()
     res = run_install(root, "--no-venv")
@@ -557,8 +558,18 @@ def installed(tmp_path: Path) -> Iterator[tuple[Path, subprocess.CompletedProces
     yield root, res
 
 
-def test_install_into_a_root_file_by_file(installed: tuple[Path, subprocess.CompletedProcess[str]]) -> None:
-    root, res = installed
+@pytest.fixture(scope="module")
+def first_install(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess[str]]:
+    """One first install shared by the tests that only look at it."""
+    root = tmp_path_factory.mktemp("first") / "root"
+    root.mkdir()
+    res = run_install(root, "--no-venv")
+    assert res.returncode == 0, res.stdout + res.stderr
+    return root, res
+
+
+def test_install_into_a_root_file_by_file(first_install: tuple[Path, subprocess.CompletedProcess[str]]) -> None:
+    root, res = first_install
     assert files_under(root) == INSTALLED_FILES
     unit = root / "etc/systemd/system/gridcharge.service"
     assert unit.read_bytes() == UNIT.read_bytes() and mode(unit) == 0o644
@@ -586,8 +597,8 @@ def skipped_actions(res: subprocess.CompletedProcess[str]) -> list[str]:
 
 
 def test_install_reports_every_system_action_as_skipped(
-        installed: tuple[Path, subprocess.CompletedProcess[str]]) -> None:
-    _, res = installed
+        first_install: tuple[Path, subprocess.CompletedProcess[str]]) -> None:
+    _, res = first_install
     skipped = skipped_actions(res)
     for action in ("useradd", "usermod", "groupadd", "chown gridcharge:gridcharge", "chown root:gridcharge",
                    "udevadm control", "systemctl daemon-reload"):
@@ -598,16 +609,16 @@ def test_install_reports_every_system_action_as_skipped(
 
 
 def test_first_install_neither_enables_nor_starts_the_service(
-        installed: tuple[Path, subprocess.CompletedProcess[str]]) -> None:
-    root, res = installed
+        first_install: tuple[Path, subprocess.CompletedProcess[str]]) -> None:
+    root, res = first_install
     assert not [a for a in skipped_actions(res) if re.search(r"systemctl (enable|start|restart)", a)]
     assert "gridcharge.service is not enabled and not started: the site is not described yet" in res.stdout
     assert not (root / WANTS_LINK).is_symlink()
 
 
 def test_first_install_ends_with_url_credentials_and_the_three_steps(
-        installed: tuple[Path, subprocess.CompletedProcess[str]]) -> None:
-    _, res = installed
+        first_install: tuple[Path, subprocess.CompletedProcess[str]]) -> None:
+    _, res = first_install
     last = res.stdout.splitlines()[-9:]
     assert re.fullmatch(r"  HTTP API: http://[0-9a-zA-Z.:\[\]-]+:80/cnf", last[0]), last
     assert last[1] == "  user:     admin"
@@ -618,18 +629,18 @@ def test_first_install_ends_with_url_credentials_and_the_three_steps(
     assert res.stderr == ""
 
 
-def test_install_names_each_phase(installed: tuple[Path, subprocess.CompletedProcess[str]]) -> None:
-    _, res = installed
+def test_install_names_each_phase(first_install: tuple[Path, subprocess.CompletedProcess[str]]) -> None:
+    _, res = first_install
     phases = [line for line in res.stdout.splitlines() if line.startswith("==> ")]
     assert [p.split()[1] for p in phases] == ["system", "virtualenv", "systemd", "config:", "applying", "service"]
     assert "==> config: writing " in res.stdout and "for a first install (no devices yet" in res.stdout
 
 
 def test_first_install_config_describes_no_devices(
-        installed: tuple[Path, subprocess.CompletedProcess[str]]) -> None:
+        first_install: tuple[Path, subprocess.CompletedProcess[str]]) -> None:
     from controller.config import load_config
 
-    root, _ = installed
+    root, _ = first_install
     config = root / "etc/gridcharge/config.yaml"
     template = FIRST_INSTALL.read_text().splitlines()
     installed_lines = config.read_text().splitlines()
@@ -691,14 +702,14 @@ def free_loopback_port() -> int:
 
 
 def test_run_on_the_first_install_config_controls_nothing(
-        installed: tuple[Path, subprocess.CompletedProcess[str]], tmp_path: Path) -> None:
+        first_install: tuple[Path, subprocess.CompletedProcess[str]], tmp_path: Path) -> None:
     """``gridcharge run`` on the first-install config, given a meter to talk to (a real listening
     socket) and a free loopback port for its API: it says why it stops and stops, with exit code 6,
     before anything listens, a device is contacted or the state directory is made."""
     from controller.cli import EXIT_NOT_CONFIGURED, site_not_configured
 
     assert site_not_configured("/etc/gridcharge/config.yaml") == NOT_CONFIGURED
-    root, _ = installed
+    root, _ = first_install
     data = yaml.safe_load((root / "etc/gridcharge/config.yaml").read_text())
     api_port = free_loopback_port()
     state = tmp_path / "state"
