@@ -3,7 +3,9 @@
 Exit codes: 0 clean stop, 1 bad config (or a port that cannot be bound), 2 usage, 3 a device
 did not answer (``read``), 4 the state directory or the grid log cannot be used (``run``: the
 reason is the last line on stderr, and nothing was listening or talking to a device yet),
-5 ``run`` ended by an unexpected error (traceback in the log). Logs go to stderr, where journald
+5 ``run`` ended by an unexpected error (traceback in the log), 6 ``run`` found no chargers in the
+config: the site is not described yet (a first install), so it controls nothing and says so in
+one line; the systemd unit does not restart it on this code. Logs go to stderr, where journald
 picks them up.
 """
 
@@ -18,6 +20,7 @@ from typing import Any
 
 DEFAULT_CONFIG = "/etc/gridcharge/config.yaml"
 EXIT_OK, EXIT_CONFIG, EXIT_USAGE, EXIT_DEVICE, EXIT_STATE, EXIT_FAILED = 0, 1, 2, 3, 4, 5
+EXIT_NOT_CONFIGURED = 6  # deploy/gridcharge.service: RestartPreventExitStatus=6
 log = logging.getLogger("gridcharge")
 
 
@@ -139,6 +142,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     cfg = _load(args.config)
     if cfg is None:
         return EXIT_CONFIG
+    if not cfg.chargers:  # nothing to control: start nothing (no listener, no device, no state)
+        log.error("%s", site_not_configured(args.config))
+        return EXIT_NOT_CONFIGURED
     for warning in config_warnings(cfg):
         log.warning("config: %s", warning)
     try:
@@ -166,6 +172,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         log.exception("gridcharge stopped by an unexpected error")
         return EXIT_FAILED
     return EXIT_OK
+
+
+def site_not_configured(path: str) -> str:
+    """The one line ``run`` logs for a config without chargers, naming the next three steps."""
+    check = "gridcharge check-config" + ("" if path == DEFAULT_CONFIG else f" --config {path}")
+    return f"site not configured: edit {path}, run {check}, then systemctl enable --now gridcharge"
 
 
 def _stop_on_signals(stop: Any) -> None:

@@ -8,10 +8,15 @@
 # What it does (every step is idempotent; re-running upgrades the code and keeps config and state):
 #   - system user "gridcharge" in the groups dialout (serial ports) and gpio (GPIO chips)
 #   - /opt/gridcharge/venv: a virtualenv with gridcharge installed from this checkout
-#   - /etc/gridcharge/config.yaml from deploy/config.example.yaml, only when absent, with a fresh
-#     random admin password stored as a hash (the password is printed once) and the SMGW section
-#     commented out (its TLS files do not exist yet); mode 0640 root:gridcharge
-#   - /var/lib/gridcharge (state), the systemd unit and the udev rules; enables and starts the service
+#   - /usr/local/bin/gridcharge, a link to the venv's command (so "sudo gridcharge ..." works)
+#   - /var/lib/gridcharge (state), the systemd unit and the udev rules
+#   - first install (no /etc/gridcharge/config.yaml yet): the config from
+#     deploy/config.first-install.yaml, which describes no devices, with a fresh random admin
+#     password stored as a hash (the password is printed once); mode 0640 root:gridcharge. The
+#     service is neither enabled nor started: it must control nothing until the electrician has
+#     described the site. The last lines printed are the API URL, user, password and next steps.
+#   - upgrade (the config exists): the config is kept byte for byte; the service is restarted if it
+#     is enabled, and left alone (not enabled) if it never was
 #
 # --root DIR prefixes every path with DIR and changes nothing outside it: no user accounts, no apt,
 # no systemctl, no udevadm, no chown (each is printed as "skipped (--root): ..."). The tests use it.
@@ -24,6 +29,9 @@ readonly SERVICE=gridcharge.service
 readonly SVC_USER=gridcharge
 readonly RULE_FILES=(99-gridcharge-serial.rules 99-gridcharge-gpio.rules)
 readonly LOCAL_RULES=98-gridcharge-local.rules   # the electrician's own names; never written here
+readonly COMMAND_LINK=/usr/local/bin/gridcharge    # on sudo's PATH: "sudo gridcharge check-config"
+readonly VENV_COMMAND=/opt/gridcharge/venv/bin/gridcharge
+readonly LIVE_CONFIG=/etc/gridcharge/config.yaml   # the path on the target system (also with --root)
 
 usage() {
     cat <<'EOF'
@@ -42,6 +50,8 @@ EOF
 }
 
 log() { printf '%s\n' "$*"; }
+# One line per phase, so whoever watches a slow Pi sees what it is doing and that it is working.
+phase() { printf '==> %s\n' "$*"; }
 warn() { printf 'WARNING: %s\n' "$*" >&2; }
 die() { printf 'install.sh: error: %s\n' "$*" >&2; exit 1; }
 skip() { log "skipped (--root): $*"; }
@@ -114,6 +124,7 @@ booted_with_systemd() { [[ -z $ROOT && -d /run/systemd/system ]]; }
 
 # ---------------------------------------------------------------------------------- system parts
 ensure_accounts() {
+    phase "system user $SVC_USER (groups dialout, gpio)"
     if [[ -n $ROOT ]]; then
         skip "groupadd --system gpio (if missing)"
         skip "useradd --system --user-group $SVC_USER (if missing)"
@@ -158,6 +169,7 @@ apt_install() {
 LGPIO_SOURCE=none   # apt | pip | none
 choose_lgpio_source() {
     is_arm || return 0
+    phase "GPIO library python3-lgpio (apt)"
     if [[ -n $ROOT ]]; then
         skip "apt-get install python3-lgpio"
         LGPIO_SOURCE=apt
@@ -194,19 +206,22 @@ install_venv() {
     mkdir -p -- "$OPT_DIR"
     if [[ -x $VENV/bin/python && "$(py_version "$VENV/bin/python")" == "$(py_version "$PYTHON")" ]]; then
         # Keep the venv (upgrade in place); this only rewrites pyvenv.cfg.
+        phase "updating the virtualenv $VENV"
         "$PYTHON" -m venv --without-pip "${venv_args[@]}" "$VENV"
     else
-        log "creating virtualenv $VENV with $PYTHON"
+        phase "creating the virtualenv $VENV with $PYTHON"
         "$PYTHON" -m venv --clear "${venv_args[@]}" "$VENV"
     fi
     local stage
     stage=$(mktemp -d)
     STAGE_DIRS+=("$stage")
     stage_source "$stage"
-    log "installing gridcharge into $VENV (pip)"
-    "$VENV/bin/python" -m pip install --quiet --upgrade --progress-bar off "$stage"
+    # pip's own lines (and its download bars on a terminal) show it is working: no --quiet.
+    phase "installing gridcharge and its dependencies (pip, about a minute)"
+    "$VENV/bin/python" -m pip install --upgrade --disable-pip-version-check "$stage"
     if [[ $LGPIO_SOURCE == pip ]]; then
-        "$VENV/bin/python" -m pip install --quiet --progress-bar off lgpio \
+        phase "installing lgpio (pip)"
+        "$VENV/bin/python" -m pip install --disable-pip-version-check lgpio \
             || warn "pip install lgpio failed: GPIO inputs will have no value (fail-safe limits apply)"
     fi
     install -m 0644 -- "$SRC/README.md" "$OPT_DIR/README.md"
@@ -228,8 +243,8 @@ app_python() {
 }
 
 # --------------------------------------------------------------------------------------- config
-# make_config EXAMPLE TARGET: write TARGET (mode 0640) from EXAMPLE with a fresh admin password
-# stored as a werkzeug scrypt hash and the smgw section commented out; print "USER PASSWORD".
+# make_config TEMPLATE TARGET: write TARGET (mode 0640) from TEMPLATE with a fresh admin password
+# stored as a werkzeug scrypt hash in place of its one 'password: "..."' line; print "USER PASSWORD".
 make_config() {
     "$APP_PY" - "$1" "$2" <<'PY'
 import os
@@ -239,14 +254,14 @@ import sys
 
 from werkzeug.security import generate_password_hash
 
-example, target = sys.argv[1], sys.argv[2]
-with open(example, encoding="utf-8") as f:
+template, target = sys.argv[1], sys.argv[2]
+with open(template, encoding="utf-8") as f:
     text = f.read()
 
 # The password line and the comment lines that continue it.
 password_line = re.compile(r'^(?P<indent>[ \t]+)password:[ \t]*"[^"\n]*"[^\n]*\n(?:[ \t]+#[^\n]*\n)*', re.M)
 if len(password_line.findall(text)) != 1:
-    sys.exit(f"{example}: expected exactly one 'password: \"...\"' line under http:")
+    sys.exit(f"{template}: expected exactly one 'password: \"...\"' line under http:")
 password = secrets.token_urlsafe(12)  # 16 characters from A-Z a-z 0-9 _ -
 pw_hash = generate_password_hash(password, method="scrypt")
 
@@ -254,24 +269,9 @@ def hashed(match: re.Match) -> str:
     indent = match["indent"]
     return (f'{indent}password_hash: "{pw_hash}"\n'
             f"{indent}# set by install.sh: a random password, shown once at install time. To change it,\n"
-            f"{indent}# see \"Install on a Raspberry Pi\" in /opt/gridcharge/README.md.\n")
+            f"{indent}# put the hash that  gridcharge hash-password  prints here, then restart gridcharge.\n")
 
 text = password_line.sub(hashed, text)
-
-# The smgw section needs TLS files that a fresh install does not have: switched off until the
-# electrician installs them (the service must start on a fresh install).
-lines = text.splitlines(keepends=True)
-out, in_smgw = [], False
-for line in lines:
-    if line.startswith("smgw:"):
-        in_smgw = True
-        out.append("# The SMGW channel is switched off by install.sh: put cm.pem, cm.key and smgw-ca.pem into\n"
-                   "# /etc/gridcharge/tls/ (group gridcharge, mode 0640), remove the '# ' in front of the\n"
-                   "# lines below, run gridcharge check-config and restart the service.\n")
-    elif in_smgw and (not line.strip() or not line[0].isspace()):
-        in_smgw = False
-    out.append(f"# {line}" if in_smgw else line)
-text = "".join(out)
 
 user = re.search(r'^[ \t]+user:[ \t]*"?([^"\s#]+)', text, re.M)
 fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
@@ -297,32 +297,62 @@ check_config() {
 ADMIN_USER=""
 ADMIN_PASSWORD=""
 CONFIG_TMP=""
+FIRST_INSTALL=0   # 1 when this run wrote the config: the site is not described yet
 install_config() {
     install -d -m 0755 -- "$ETC_DIR"
     install -d -m 0750 -- "$ETC_DIR/tls"
     system chown "root:$SVC_USER" "$ETC_DIR/tls"
     if [[ -e $CONFIG ]]; then
+        phase "config: keeping $CONFIG as it is"
         log "keeping existing $CONFIG"
         check_config "$CONFIG" \
             || warn "$CONFIG has errors: the service will not start until they are fixed"
         return 0
     fi
+    phase "config: writing $CONFIG for a first install (no devices yet, a random admin password)"
     "$APP_PY" -c 'import werkzeug.security' 2>/dev/null \
         || die "$APP_PY cannot import werkzeug: run without --no-venv, or pass --python"
     CONFIG_TMP=$ETC_DIR/.config.yaml.new
     rm -f -- "$CONFIG_TMP"
     local credentials
-    credentials=$(make_config "$SRC/deploy/config.example.yaml" "$CONFIG_TMP")
+    credentials=$(make_config "$SRC/deploy/config.first-install.yaml" "$CONFIG_TMP")
     read -r ADMIN_USER ADMIN_PASSWORD <<<"$credentials"
     system chown "root:$SVC_USER" "$CONFIG_TMP"
     check_config "$CONFIG_TMP" || die "the generated config does not pass check-config (a bug)"
     mv -f -- "$CONFIG_TMP" "$CONFIG"
     CONFIG_TMP=""
+    FIRST_INSTALL=1
     log "wrote $CONFIG (mode 0640, admin password hashed)"
+}
+
+# api_url: the LAN API's address as a browser or curl on the LAN would use it: the config's
+# http.listen, with a wildcard address ("0.0.0.0", "::") replaced by this machine's address on
+# its default route. Prints nothing when the config has no http section.
+api_url() {
+    "$APP_PY" - "$CONFIG" <<'PY' 2>/dev/null || printf '%s\n' "http://<this host's address>/cnf (see http.listen in the config)"
+import socket
+import sys
+
+from controller.config import load_config
+
+http = load_config(sys.argv[1]).http
+if http is None:
+    sys.exit(0)
+host = http.host
+if host in ("", "0.0.0.0", "::"):
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.connect(("192.0.2.1", 9))  # UDP connect sends nothing: it only picks the route
+            host = probe.getsockname()[0]
+    except OSError:  # no default route: the name is the best guess left
+        host = socket.gethostname()
+print(f"http://[{host}]:{http.port}/cnf" if ":" in host else f"http://{host}:{http.port}/cnf")
+PY
 }
 
 # ---------------------------------------------------------------------------------- files, state
 install_files() {
+    phase "systemd unit, udev rules, state directory, $COMMAND_LINK"
     install -D -m 0644 -- "$SRC/deploy/gridcharge.service" "$UNIT_DIR/$SERVICE"
     local rule
     for rule in "${RULE_FILES[@]}"; do
@@ -332,9 +362,27 @@ install_files() {
     # --root install) find it with the right owner and mode. Its contents are kept.
     install -d -m 0750 -- "$STATE_DIR"
     system chown "$SVC_USER:$SVC_USER" "$STATE_DIR"
+    install_command_link
+}
+
+our_command_link() { [[ -L $1 && "$(readlink -- "$1")" == "$VENV_COMMAND" ]]; }
+
+# /usr/local/bin/gridcharge -> the venv's command, so the README's "sudo gridcharge ..." works
+# (sudo's PATH has /usr/local/bin). Anything else already there is someone else's: left alone.
+install_command_link() {
+    local link=$ROOT$COMMAND_LINK
+    if our_command_link "$link"; then
+        return 0
+    elif [[ -e $link || -L $link ]]; then
+        warn "$link exists and is not gridcharge's link: left alone; use $VENV_COMMAND instead"
+    else
+        install -d -m 0755 -- "$(dirname -- "$link")"
+        ln -s -- "$VENV_COMMAND" "$link"
+    fi
 }
 
 apply_udev_rules() {
+    phase "applying the udev rules"
     if [[ -n $ROOT ]]; then
         skip "udevadm control --reload-rules; udevadm trigger (tty, usb-serial, gpio)"
     elif command -v udevadm >/dev/null && udevadm control --reload-rules 2>/dev/null; then
@@ -345,48 +393,83 @@ apply_udev_rules() {
     fi
 }
 
+# service_enabled: is the unit enabled, on this system or inside --root DIR? Only reads.
+service_enabled() {
+    if command -v systemctl >/dev/null; then   # works offline too (chroot, --root)
+        systemctl ${ROOT:+"--root=$ROOT"} is-enabled --quiet "$SERVICE" 2>/dev/null
+    else
+        [[ -L $UNIT_DIR/multi-user.target.wants/$SERVICE ]]
+    fi
+}
+
+# A first install enables and starts nothing: its config describes no site, and the electrician
+# enables the service once the site is described and checked. An upgrade restarts an enabled
+# service with the new code and leaves one that was never enabled off.
+SERVICE_ENABLED=0
 start_service() {
+    phase "service $SERVICE"
     if [[ -n $ROOT ]]; then
         skip "systemctl daemon-reload"
-        skip "systemctl enable $SERVICE"
+    elif booted_with_systemd; then
+        systemctl daemon-reload
+    fi
+    if ((FIRST_INSTALL)); then
+        log "$SERVICE is not enabled and not started: the site is not described yet (next steps below)"
+        return 0
+    fi
+    if ! service_enabled; then
+        log "$SERVICE was never enabled: it is not enabled or started now either (next steps below)"
+        return 0
+    fi
+    SERVICE_ENABLED=1
+    if [[ -n $ROOT ]]; then
         skip "systemctl restart $SERVICE"
-        return 0
-    fi
-    if ! booted_with_systemd; then
-        systemctl enable "$SERVICE"
-        log "systemd is not running here (chroot?): $SERVICE is enabled and starts at the next boot"
-        return 0
-    fi
-    systemctl daemon-reload
-    systemctl enable "$SERVICE"
-    # restart, not start: an upgrade must replace the running code. Type=notify makes this wait
-    # for the first complete control cycle (READY=1).
-    if systemctl restart "$SERVICE"; then
+    elif ! booted_with_systemd; then
+        log "systemd is not running here (chroot?): $SERVICE stays enabled and starts at the next boot"
+    elif systemctl restart "$SERVICE"; then
+        # restart, not start: an upgrade must replace the running code. Type=notify makes this
+        # wait for the first complete control cycle (READY=1).
         log "$SERVICE is running"
     else
         warn "$SERVICE did not start; see: journalctl -u gridcharge -e"
     fi
 }
 
+# The installer's last lines: where the API answers, the credentials (first install only: the
+# password exists nowhere else), and what to do next.
 summary() {
+    local url
+    url=$(api_url)
     log ""
-    log "gridcharge is installed."
-    log "  config:   /etc/gridcharge/config.yaml   (then: sudo systemctl restart gridcharge)"
-    log "  check it: /opt/gridcharge/venv/bin/gridcharge check-config"
-    log "  logs:     journalctl -u gridcharge -f"
+    if ((FIRST_INSTALL)); then
+        log "gridcharge is installed. It controls nothing yet: the service stays off until the site is described."
+    else
+        log "gridcharge is upgraded; $LIVE_CONFIG is kept as it was."
+    fi
+    log ""
+    log "  HTTP API: ${url:-none (the config has no http: section)}"
     if [[ -n $ADMIN_PASSWORD ]]; then
+        log "  user:     $ADMIN_USER"
+        log "  password: $ADMIN_PASSWORD"
+        log "  Write the password down now: it is shown only this once (the config holds only its hash)."
+    fi
+    if ((SERVICE_ENABLED)); then
+        log "  logs:     journalctl -u gridcharge -f"
+    else
         log ""
-        log "  HTTP API user: $ADMIN_USER"
-        log "  HTTP API password: $ADMIN_PASSWORD"
-        log "  Write the password down now: it is shown only this once (config.yaml holds its hash)."
+        log "Next steps:"
+        log "  1. edit $LIVE_CONFIG (meters, chargers, inputs)"
+        log "  2. sudo gridcharge check-config"
+        log "  3. sudo systemctl enable --now gridcharge"
     fi
 }
 
 do_install() {
-    [[ -f $SRC/setup.cfg && -f $SRC/deploy/config.example.yaml ]] \
+    [[ -f $SRC/setup.cfg && -f $SRC/deploy/config.first-install.yaml ]] \
         || die "$SRC does not look like a gridcharge checkout"
     ensure_accounts
     if ((NO_VENV)); then
+        phase "virtualenv $VENV"
         log "skipped (--no-venv): virtualenv $VENV"
     else
         choose_lgpio_source
@@ -414,6 +497,7 @@ do_uninstall() {
     local rule
     for rule in "${RULE_FILES[@]}"; do rm -f -- "$RULES_DIR/$rule"; done
     rm -rf -- "$OPT_DIR"
+    if our_command_link "$ROOT$COMMAND_LINK"; then rm -f -- "$ROOT$COMMAND_LINK"; fi
     if ((PURGE)); then
         rm -rf -- "$ETC_DIR" "$STATE_DIR" "$UNIT_DIR/$SERVICE.d"
         rm -f -- "$RULES_DIR/$LOCAL_RULES"

@@ -1,4 +1,4 @@
-"""Appliance deployment (issue #4): install.sh into a temporary root, the systemd unit, udev rules.
+"""Appliance deployment: install.sh into a temporary root, the systemd unit, udev rules, first start.
 
 What each check proves, and why it is done this way on Debian 12 (systemd/udev 252):
 
@@ -22,7 +22,9 @@ What each check proves, and why it is done this way on Debian 12 (systemd/udev 2
 - install.sh ``--root DIR``: everything lands under DIR, each system action is reported as
   ``skipped (--root): ...``; the result is checked file by file. ``--no-venv`` runs are fast (the
   project's own interpreter hashes the password and checks the config); one full run builds the
-  real virtualenv with pip (about 30 s) and runs its ``gridcharge check-config``. Set
+  real virtualenv with pip (about 30 s) and runs its ``gridcharge check-config``. Whether the
+  service counts as enabled inside DIR is read from DIR (``systemctl --root``), so a test enables
+  it there with the symlink ``systemctl enable`` would make. Set
   ``GRIDCHARGE_SKIP_VENV_INSTALL=1`` to skip that one where pip cannot reach an index; it is
   ignored under CI, where the full run always happens.
 
@@ -37,25 +39,35 @@ import os
 import pwd
 import re
 import shutil
+import socket
 import stat
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+import yaml
 from werkzeug.security import check_password_hash
 
 REPO = Path(__file__).resolve().parents[2]
 INSTALL_SH = REPO / "deploy" / "install.sh"
 UNIT = REPO / "deploy" / "gridcharge.service"
 EXAMPLE = REPO / "deploy" / "config.example.yaml"
+FIRST_INSTALL = REPO / "deploy" / "config.first-install.yaml"
 SERIAL_RULES = REPO / "udev" / "99-gridcharge-serial.rules"
 GPIO_RULES = REPO / "udev" / "99-gridcharge-gpio.rules"
 RULE_FILES = (SERIAL_RULES, GPIO_RULES)
 EXEC_START = "/opt/gridcharge/venv/bin/gridcharge run --config /etc/gridcharge/config.yaml"
-PASSWORD_LINE = re.compile(r"^  HTTP API password: (\S+)$", re.M)
+PASSWORD_LINE = re.compile(r"^  password: (\S+)$", re.M)
+NEXT_STEPS = ["Next steps:",
+              "  1. edit /etc/gridcharge/config.yaml (meters, chargers, inputs)",
+              "  2. sudo gridcharge check-config",
+              "  3. sudo systemctl enable --now gridcharge"]
+NOT_CONFIGURED = ("site not configured: edit /etc/gridcharge/config.yaml, run gridcharge check-config, "
+                  "then systemctl enable --now gridcharge")
 IN_CI = bool(os.environ.get("CI"))
 
 
@@ -114,6 +126,8 @@ def unit_settings(text: str) -> dict[tuple[str, str], list[str]]:
 
 
 def test_unit_has_the_required_settings() -> None:
+    from controller.cli import EXIT_NOT_CONFIGURED
+
     s = unit_settings(UNIT.read_text())
 
     def one(key: str, section: str = "Service") -> str:
@@ -131,6 +145,8 @@ def test_unit_has_the_required_settings() -> None:
         "DevicePolicy": "closed", "UMask": "0027", "SystemCallArchitectures": "native",
         "WorkingDirectory": "/run/gridcharge", "RuntimeDirectory": "gridcharge",
         "LimitNOFILE": "4096",  # the HTTP caps (512 + 64) plus the device reserve (256) fit with room
+        # "site not configured" is final until someone edits the config: no restart every 5 s
+        "RestartPreventExitStatus": str(EXIT_NOT_CONFIGURED),
     }
     for key, value in expected.items():
         assert one(key) == value, key
@@ -507,7 +523,10 @@ INSTALLED_FILES = {
     "etc/udev/rules.d/99-gridcharge-serial.rules",
     "etc/udev/rules.d/99-gridcharge-gpio.rules",
     "etc/gridcharge/config.yaml",
+    "usr/local/bin/gridcharge",   # a link to the venv's command (dangling here: --no-venv)
 }
+VENV_COMMAND = "/opt/gridcharge/venv/bin/gridcharge"
+WANTS_LINK = "etc/systemd/system/multi-user.target.wants/gridcharge.service"
 
 
 def installed_password(res: subprocess.CompletedProcess[str]) -> str:
@@ -522,8 +541,16 @@ def config_hash(config: Path) -> str:
     return found[0]
 
 
+def enable_in_root(root: Path) -> None:
+    """What ``systemctl --root=ROOT enable gridcharge.service`` writes (WantedBy=multi-user.target)."""
+    wants = root / WANTS_LINK
+    wants.parent.mkdir(parents=True, exist_ok=True)
+    wants.symlink_to("/etc/systemd/system/gridcharge.service")
+
+
 @pytest.fixture()
 def installed(tmp_path: Path) -> Iterator[tuple[Path, subprocess.CompletedProcess[str]]]:
+    """A first install of one's own, for tests that change it (upgrade, uninstall)."""
     root = tmp_path / "root"
     root.mkdir()
     res = run_install(root, "--no-venv")
@@ -531,8 +558,18 @@ def installed(tmp_path: Path) -> Iterator[tuple[Path, subprocess.CompletedProces
     yield root, res
 
 
-def test_install_into_a_root_file_by_file(installed: tuple[Path, subprocess.CompletedProcess[str]]) -> None:
-    root, res = installed
+@pytest.fixture(scope="module")
+def first_install(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess[str]]:
+    """One first install shared by the tests that only look at it."""
+    root = tmp_path_factory.mktemp("first") / "root"
+    root.mkdir()
+    res = run_install(root, "--no-venv")
+    assert res.returncode == 0, res.stdout + res.stderr
+    return root, res
+
+
+def test_install_into_a_root_file_by_file(first_install: tuple[Path, subprocess.CompletedProcess[str]]) -> None:
+    root, res = first_install
     assert files_under(root) == INSTALLED_FILES
     unit = root / "etc/systemd/system/gridcharge.service"
     assert unit.read_bytes() == UNIT.read_bytes() and mode(unit) == 0o644
@@ -541,6 +578,7 @@ def test_install_into_a_root_file_by_file(installed: tuple[Path, subprocess.Comp
         assert installed_rules.read_bytes() == rules.read_bytes() and mode(installed_rules) == 0o644
     assert (root / "var/lib/gridcharge").is_dir() and mode(root / "var/lib/gridcharge") == 0o750
     assert mode(root / "etc/gridcharge") == 0o755 and mode(root / "etc/gridcharge/tls") == 0o750
+    assert os.readlink(root / "usr/local/bin/gridcharge") == VENV_COMMAND
 
     config = root / "etc/gridcharge/config.yaml"
     assert mode(config) == 0o640
@@ -550,45 +588,167 @@ def test_install_into_a_root_file_by_file(installed: tuple[Path, subprocess.Comp
     assert len(password) == 16
     pw_hash = config_hash(config)
     assert pw_hash.startswith("scrypt:") and check_password_hash(pw_hash, password)
-    assert not check_password_hash(pw_hash, "1234abcd")
     assert password not in text
 
 
+def skipped_actions(res: subprocess.CompletedProcess[str]) -> list[str]:
+    prefix = "skipped (--root): "
+    return [line[len(prefix):] for line in res.stdout.splitlines() if line.startswith(prefix)]
+
+
 def test_install_reports_every_system_action_as_skipped(
-        installed: tuple[Path, subprocess.CompletedProcess[str]]) -> None:
-    _, res = installed
-    skipped = [line for line in res.stdout.splitlines() if line.startswith("skipped (--root): ")]
+        first_install: tuple[Path, subprocess.CompletedProcess[str]]) -> None:
+    _, res = first_install
+    skipped = skipped_actions(res)
     for action in ("useradd", "usermod", "groupadd", "chown gridcharge:gridcharge", "chown root:gridcharge",
-                   "udevadm control", "systemctl daemon-reload", "systemctl enable", "systemctl restart"):
+                   "udevadm control", "systemctl daemon-reload"):
         assert any(action in line for line in skipped), action
     if not USER_EXISTED:   # --root must not have created an account on this machine
         with pytest.raises(KeyError):
             pwd.getpwnam("gridcharge")
 
 
-def test_installed_config_is_the_example_with_hash_and_smgw_off(
-        installed: tuple[Path, subprocess.CompletedProcess[str]]) -> None:
+def test_first_install_neither_enables_nor_starts_the_service(
+        first_install: tuple[Path, subprocess.CompletedProcess[str]]) -> None:
+    root, res = first_install
+    assert not [a for a in skipped_actions(res) if re.search(r"systemctl (enable|start|restart)", a)]
+    assert "gridcharge.service is not enabled and not started: the site is not described yet" in res.stdout
+    assert not (root / WANTS_LINK).is_symlink()
+
+
+def test_first_install_ends_with_url_credentials_and_the_three_steps(
+        first_install: tuple[Path, subprocess.CompletedProcess[str]]) -> None:
+    _, res = first_install
+    last = res.stdout.splitlines()[-9:]
+    assert re.fullmatch(r"  HTTP API: http://[0-9a-zA-Z.:\[\]-]+:80/cnf", last[0]), last
+    assert last[1] == "  user:     admin"
+    assert last[2] == f"  password: {installed_password(res)}"
+    assert "shown only this once" in last[3] and last[4] == ""
+    assert last[5:] == NEXT_STEPS
+    assert res.stdout.count(installed_password(res)) == 1
+    assert res.stderr == ""
+
+
+def test_install_names_each_phase(first_install: tuple[Path, subprocess.CompletedProcess[str]]) -> None:
+    _, res = first_install
+    phases = [line for line in res.stdout.splitlines() if line.startswith("==> ")]
+    assert [p.split()[1] for p in phases] == ["system", "virtualenv", "systemd", "config:", "applying", "service"]
+    assert "==> config: writing " in res.stdout and "for a first install (no devices yet" in res.stdout
+
+
+def test_first_install_config_describes_no_devices(
+        first_install: tuple[Path, subprocess.CompletedProcess[str]]) -> None:
     from controller.config import load_config
 
-    root, _ = installed
+    root, _ = first_install
     config = root / "etc/gridcharge/config.yaml"
-    example = EXAMPLE.read_text().splitlines()
+    template = FIRST_INSTALL.read_text().splitlines()
     installed_lines = config.read_text().splitlines()
-    smgw_start = example.index(next(line for line in example if line.startswith("smgw:")))
-    smgw_end = next(i for i in range(smgw_start + 1, len(example)) if not example[i].startswith(" "))
-    for line in example[smgw_start:smgw_end]:
-        assert f"# {line}" in installed_lines
-    others = [line for i, line in enumerate(example)
-              if not smgw_start <= i < smgw_end and not re.match(r'^\s+(password:|# password_hash)', line)]
+    others = [line for line in template if not re.match(r"^\s+password:", line)]
     assert [line for line in installed_lines if line in others] == others, "other lines changed or moved"
 
     cfg = load_config(str(config))
-    assert cfg.smgw is None
+    assert (cfg.buses, cfg.meters, cfg.chargers, cfg.inputs, cfg.variables, cfg.rules) == ({}, {}, {}, {}, {}, ())
+    assert cfg.smgw is None and cfg.site.grid_limit_w is None and cfg.site.chargers_limit_w is None
     assert cfg.http is not None and cfg.http.password is None and cfg.http.password_hash == config_hash(config)
     assert str(cfg.state_dir) == "/var/lib/gridcharge"
 
+    check = subprocess.run([sys.executable, "-m", "controller.cli", "check-config", "--config", str(config)],
+                           capture_output=True, text=True, timeout=60, cwd="/")
+    assert check.returncode == 0 and "config OK" in check.stdout, check.stdout + check.stderr
 
-def test_second_run_keeps_config_and_state(installed: tuple[Path, subprocess.CompletedProcess[str]]) -> None:
+
+def uncommented_examples(text: str) -> str:
+    """The first-install template with its commented device sections (and the commented site keys)
+    switched on, the way an electrician edits it: remove "# " in front of the lines."""
+    out: list[str] = []
+    in_block = False
+    for line in text.splitlines():
+        if re.match(r"^# (buses|meters|chargers|inputs|variables):", line):
+            in_block = True
+        elif in_block and not line.startswith("#   "):
+            in_block = False
+        if in_block or re.match(r"^  # (grid_meter|chargers_limit_w):", line):
+            line = line.replace("# ", "", 1)
+        out.append(line)
+    return "\n".join(out) + "\n"
+
+
+def test_first_install_template_examples_form_a_valid_site(tmp_path: Path) -> None:
+    """The commented devices in the first-install config are right as they stand: switched on, they
+    pass check-config, so an electrician only changes addresses and ratings."""
+    from controller.config import load_config
+
+    site = tmp_path / "site.yaml"
+    site.write_text(uncommented_examples(FIRST_INSTALL.read_text()).replace('password: ""', 'password: "12345678"'))
+    cfg = load_config(str(site))
+    assert set(cfg.meters) == {"M1"} and set(cfg.chargers) == {"E1", "E2"} and set(cfg.inputs) == {"RSE1"}
+    assert set(cfg.buses) == {"rs485", "garage"} and cfg.site.grid_meter == "M1"
+    assert cfg.site.chargers_limit_w is not None and cfg.variables == {"AVAIL": 100}
+
+
+def test_the_template_alone_ships_no_usable_password(tmp_path: Path) -> None:
+    """Copied by hand, without install.sh, the template fails check-config: no known password."""
+    res = subprocess.run([sys.executable, "-m", "controller.cli", "check-config", "--config", str(FIRST_INSTALL)],
+                         capture_output=True, text=True, timeout=60, cwd="/")
+    assert res.returncode == 1 and "http.password" in res.stderr, res.stdout + res.stderr
+
+
+def free_loopback_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def test_run_on_the_first_install_config_controls_nothing(
+        first_install: tuple[Path, subprocess.CompletedProcess[str]], tmp_path: Path) -> None:
+    """``gridcharge run`` on the first-install config, given a meter to talk to (a real listening
+    socket) and a free loopback port for its API: it says why it stops and stops, with exit code 6,
+    before anything listens, a device is contacted or the state directory is made."""
+    from controller.cli import EXIT_NOT_CONFIGURED, site_not_configured
+
+    assert site_not_configured("/etc/gridcharge/config.yaml") == NOT_CONFIGURED
+    root, _ = first_install
+    data = yaml.safe_load((root / "etc/gridcharge/config.yaml").read_text())
+    api_port = free_loopback_port()
+    state = tmp_path / "state"
+    with socket.socket() as meter:   # stands in for a Modbus TCP meter: any connection would queue here
+        meter.bind(("127.0.0.1", 0))
+        meter.listen()
+        meter.setblocking(False)
+        data["http"]["listen"] = f"127.0.0.1:{api_port}"
+        data["state_dir"] = str(state)
+        data["meters"] = {"M1": {"model": "sdm630", "host": "127.0.0.1", "port": meter.getsockname()[1],
+                                 "unit": 1}}
+        data["site"]["grid_meter"] = "M1"
+        config = tmp_path / "config.yaml"
+        config.write_text(yaml.safe_dump(data))
+        proc = subprocess.Popen([sys.executable, "-m", "controller.cli", "run", "--config", str(config)],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd="/")
+        try:
+            deadline = time.monotonic() + 30
+            while proc.poll() is None and time.monotonic() < deadline:
+                with socket.socket() as probe:   # the API port stays closed the whole time
+                    probe.settimeout(1)
+                    assert probe.connect_ex(("127.0.0.1", api_port)) != 0
+                time.sleep(0.02)
+            out, err = proc.communicate(timeout=5)
+        finally:
+            proc.kill()
+        with pytest.raises(BlockingIOError):
+            meter.accept()
+    assert proc.returncode == EXIT_NOT_CONFIGURED, err
+    assert out == ""
+    lines = err.splitlines()
+    assert len(lines) == 1 and lines[0].endswith(
+        f"ERROR gridcharge: site not configured: edit {config}, run gridcharge check-config --config {config}, "
+        f"then systemctl enable --now gridcharge"), err
+    assert not state.exists()
+
+
+def test_upgrade_keeps_config_and_state_and_leaves_a_never_enabled_service_off(
+        installed: tuple[Path, subprocess.CompletedProcess[str]]) -> None:
     root, _ = installed
     config = root / "etc/gridcharge/config.yaml"
     before = config.read_bytes()
@@ -600,6 +760,25 @@ def test_second_run_keeps_config_and_state(installed: tuple[Path, subprocess.Com
     assert state_file.read_text() == '{"AVAIL": 40}'
     assert "keeping existing" in res.stdout and not PASSWORD_LINE.search(res.stdout)
     assert "config OK" in res.stdout   # the kept config is checked again
+    assert "gridcharge.service was never enabled: it is not enabled or started now either" in res.stdout
+    assert not [a for a in skipped_actions(res) if re.search(r"systemctl (enable|start|restart)", a)]
+    assert res.stdout.splitlines()[-4:] == NEXT_STEPS
+    assert not (root / WANTS_LINK).is_symlink()
+
+
+def test_upgrade_restarts_an_enabled_service(installed: tuple[Path, subprocess.CompletedProcess[str]]) -> None:
+    root, _ = installed
+    config = root / "etc/gridcharge/config.yaml"
+    config.write_text(EXAMPLE.read_text())   # the site has been described since
+    config.chmod(0o640)
+    before = config.read_bytes()
+    enable_in_root(root)
+    res = run_install(root, "--no-venv")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert config.read_bytes() == before
+    assert "skipped (--root): systemctl restart gridcharge.service" in res.stdout
+    assert not [a for a in skipped_actions(res) if "systemctl enable" in a] and "Next steps:" not in res.stdout
+    assert res.stdout.splitlines()[-1] == "  logs:     journalctl -u gridcharge -f"
 
 
 def test_uninstall_keeps_config_and_state(installed: tuple[Path, subprocess.CompletedProcess[str]]) -> None:
@@ -615,6 +794,18 @@ def test_uninstall_keeps_config_and_state(installed: tuple[Path, subprocess.Comp
     assert not (root / "opt/gridcharge").exists()
     assert files_under(root) == {"etc/gridcharge/config.yaml", "etc/udev/rules.d/98-gridcharge-local.rules"}
     assert config.read_bytes() == before and (root / "var/lib/gridcharge").is_dir()
+
+
+def test_a_foreign_gridcharge_command_is_left_alone(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    foreign = root / "usr/local/bin/gridcharge"
+    foreign.parent.mkdir(parents=True)
+    foreign.write_text("#!/bin/sh\n")
+    res = run_install(root, "--no-venv")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "is not gridcharge's link: left alone" in res.stderr
+    assert run_install(root, "--uninstall").returncode == 0
+    assert foreign.read_text() == "#!/bin/sh\n"
 
 
 def test_uninstall_purge_removes_everything(installed: tuple[Path, subprocess.CompletedProcess[str]]) -> None:
@@ -637,15 +828,17 @@ def test_refuses_bad_options(tmp_path: Path) -> None:
     assert files_under(tmp_path) == set()
 
 
-def test_never_installs_the_default_password(tmp_path: Path) -> None:
-    """An example without the expected password line must stop the installer, not ship 1234abcd."""
+def test_never_installs_a_known_password(tmp_path: Path) -> None:
+    """A template without the expected password line must stop the installer, not ship a config
+    whose password is written in this repository."""
     checkout = tmp_path / "checkout"
     for part in ("deploy", "udev"):
         shutil.copytree(REPO / part, checkout / part)
     for name in ("setup.cfg", "README.md"):
         shutil.copy(REPO / name, checkout / name)
-    example = checkout / "deploy/config.example.yaml"
-    example.write_text(example.read_text().replace('password: "1234abcd"', 'passwd: "1234abcd"'))
+    template = checkout / "deploy/config.first-install.yaml"
+    assert template.read_text().count('  password: ""') == 1
+    template.write_text(template.read_text().replace('  password: ""', '  passwd: "1234abcd"'))
     root = tmp_path / "root"
     root.mkdir()
     res = run_install(root, "--no-venv", script=checkout / "deploy/install.sh")
@@ -657,33 +850,39 @@ def test_never_installs_the_default_password(tmp_path: Path) -> None:
 
 # ------------------------------------------------- without --root, in a throwaway overlay of /
 def test_real_install_in_a_throwaway_overlay(tmp_path: Path) -> None:
-    """The production path (useradd, groups, chown, systemctl enable) on this machine's own /etc,
-    /opt and /var, but through overlays in a private mount namespace, so nothing is left behind.
-    /run is hidden too: the script then sees no running systemd or udev (as in a chroot) and only
-    enables the unit, offline."""
+    """The production path (useradd, groups, chown, systemctl) on this machine's own /etc, /opt,
+    /var and /usr/local, but through overlays in a private mount namespace, so nothing is left
+    behind. /run is hidden too: the script then sees no running systemd or udev (as in a chroot).
+    The first install enables nothing; an upgrade leaves a never-enabled unit off; once the
+    electrician has enabled it, an upgrade keeps it enabled (it starts at the next boot)."""
     unshare = need_tool("unshare")
-    if os.geteuid() != 0 or not all(Path(d).is_dir() for d in ("/etc", "/opt", "/var")):
-        pytest.skip("needs root and /etc, /opt, /var")
+    dirs = ("etc", "opt", "var", "usr/local")
+    if os.geteuid() != 0 or not all(Path("/", d).is_dir() for d in dirs):
+        pytest.skip("needs root and /etc, /opt, /var, /usr/local")
     work = tmp_path / "overlay"
     work.mkdir()
     facts = ("stat -c '%a %U:%G %n' /etc/gridcharge/config.yaml /etc/gridcharge/tls /var/lib/gridcharge "
              "/etc/systemd/system/gridcharge.service /etc/udev/rules.d/99-gridcharge-serial.rules; "
-             "readlink /etc/systemd/system/multi-user.target.wants/gridcharge.service; "
+             f"test -e /{WANTS_LINK} || echo 'not enabled'; "
+             "echo link: $(readlink /usr/local/bin/gridcharge); "
              "echo groups: $(id -nG gridcharge); getent passwd gridcharge")
     script = f"""
 set -e
 mount -t tmpfs gc-overlay '{work}' || exit 77
-for d in etc opt var; do
-    mkdir -p '{work}'/$d-up '{work}'/$d-work
-    mount -t overlay gc-$d -o lowerdir=/$d,upperdir='{work}'/$d-up,workdir='{work}'/$d-work /$d || exit 77
+for d in {' '.join(dirs)}; do
+    n=$(echo "$d" | tr / -)
+    mkdir -p '{work}'/$n-up '{work}'/$n-work
+    mount -t overlay gc-$n -o lowerdir=/$d,upperdir='{work}'/$n-up,workdir='{work}'/$n-work /$d || exit 77
 done
 mount -t tmpfs gc-run /run
 bash '{INSTALL_SH}' --no-venv --python '{sys.executable}'
 echo '== facts'; {facts}
 echo '== again'; bash '{INSTALL_SH}' --no-venv --python '{sys.executable}'
+echo '== enabled'; systemctl enable gridcharge.service 2>&1; readlink /{WANTS_LINK}
+bash '{INSTALL_SH}' --no-venv --python '{sys.executable}'
 echo '== purge'; bash '{INSTALL_SH}' --uninstall --purge
 getent passwd gridcharge || echo 'no user gridcharge'
-test ! -e /etc/gridcharge && test ! -e /var/lib/gridcharge && echo 'all gone'
+test ! -e /etc/gridcharge && test ! -e /var/lib/gridcharge && test ! -L /usr/local/bin/gridcharge && echo 'all gone'
 """
     res = subprocess.run([unshare, "--mount", "--propagation", "private", "bash", "-c", script],
                          capture_output=True, text=True, timeout=120)
@@ -692,23 +891,29 @@ test ! -e /etc/gridcharge && test ! -e /var/lib/gridcharge && echo 'all gone'
     assert res.returncode == 0, res.stdout + res.stderr
     first, rest = res.stdout.split("== facts\n")
     facts_out, rest = rest.split("== again\n")
-    again, purge = rest.split("== purge\n")
+    again, rest = rest.split("== enabled\n")
+    enabled, purge = rest.split("== purge\n")
     assert "skipped (--root)" not in res.stdout
-    assert "enabled and starts at the next boot" in first
+    assert "gridcharge.service is not enabled and not started: the site is not described yet" in first
+    assert first.splitlines()[-4:] == NEXT_STEPS
     password = installed_password(subprocess.CompletedProcess([], 0, first, ""))
     assert len(password) == 16
     for line in ("640 root:gridcharge /etc/gridcharge/config.yaml", "750 root:gridcharge /etc/gridcharge/tls",
                  "750 gridcharge:gridcharge /var/lib/gridcharge",
                  "644 root:root /etc/systemd/system/gridcharge.service",
                  "644 root:root /etc/udev/rules.d/99-gridcharge-serial.rules",
-                 "/etc/systemd/system/gridcharge.service"):
+                 "not enabled", f"link: {VENV_COMMAND}"):
         assert line in facts_out.splitlines(), facts_out
     groups = next(line for line in facts_out.splitlines() if line.startswith("groups:")).split()[1:]
     assert {"gridcharge", "dialout", "gpio"} <= set(groups)
     assert ":/var/lib/gridcharge:/usr/sbin/nologin" in facts_out
     assert "keeping existing /etc/gridcharge/config.yaml" in again and not PASSWORD_LINE.search(again)
+    assert "gridcharge.service was never enabled: it is not enabled or started now either" in again
+    assert "/etc/systemd/system/gridcharge.service" in enabled.splitlines()
+    assert "gridcharge.service stays enabled and starts at the next boot" in enabled
     assert "no user gridcharge" in purge and "all gone" in purge
     assert _user_exists("gridcharge") == USER_EXISTED   # the machine itself is untouched
+    assert not Path("/usr/local/bin/gridcharge").is_symlink()
 
 
 # ------------------------------------------------------------------- the real venv, one full run
@@ -742,6 +947,34 @@ def test_full_install_builds_a_working_venv(full_install: tuple[Path, subprocess
     assert "config OK" in check.stdout and "smgw" not in check.stdout
     assert check_password_hash(config_hash(config), installed_password(res))
     assert (root / "opt/gridcharge/README.md").is_file()
+    assert (root / "opt/gridcharge/config.example.yaml").read_bytes() == EXAMPLE.read_bytes()
+    assert os.readlink(root / "usr/local/bin/gridcharge") == VENV_COMMAND and gridcharge.is_file()
+
+
+def test_full_install_shows_its_progress(full_install: tuple[Path, subprocess.CompletedProcess[str]]) -> None:
+    """A line per phase, and pip's own lines for the long step, so a slow Pi is seen working."""
+    _, res = full_install
+    lines = res.stdout.splitlines()
+    pip_phase = lines.index("==> installing gridcharge and its dependencies (pip, about a minute)")
+    assert any(line.startswith("==> creating the virtualenv ") for line in lines[:pip_phase])
+    next_phase = next(i for i in range(pip_phase + 1, len(lines)) if lines[i].startswith("==> "))
+    pip_lines = lines[pip_phase + 1:next_phase]
+    assert any(line.startswith("Successfully installed") for line in pip_lines), pip_lines
+    assert any(line.startswith(("Processing ", "Collecting ", "Requirement already")) for line in pip_lines)
+
+
+def test_installed_command_stops_on_the_first_install_config(
+        full_install: tuple[Path, subprocess.CompletedProcess[str]], tmp_path: Path) -> None:
+    root, _ = full_install
+    data = yaml.safe_load((root / "etc/gridcharge/config.yaml").read_text())
+    data["http"]["listen"] = f"127.0.0.1:{free_loopback_port()}"
+    data["state_dir"] = str(tmp_path / "state")
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(data))
+    res = subprocess.run([str(root / "opt/gridcharge/venv/bin/gridcharge"), "run", "--config", str(config)],
+                         capture_output=True, text=True, timeout=60, cwd="/")
+    assert res.returncode == 6 and "site not configured: edit " in res.stderr, res.stderr
+    assert not (tmp_path / "state").exists()
 
 
 def test_installed_unit_verifies_inside_the_root(full_install: tuple[Path, subprocess.CompletedProcess[str]]) -> None:
@@ -773,3 +1006,5 @@ def test_rerun_upgrades_the_code_and_keeps_the_config(
     assert installed_cli.read_bytes() == (REPO / "controller" / "cli.py").read_bytes()
     assert config.read_bytes() == before
     assert not PASSWORD_LINE.search(res.stdout)
+    assert "==> updating the virtualenv " in res.stdout
+    assert "gridcharge.service was never enabled" in res.stdout
