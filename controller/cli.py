@@ -102,30 +102,25 @@ def describe(cfg: Any) -> str:
 
 
 def cmd_read(args: argparse.Namespace) -> int:
-    from controller.build import build_hardware
+    """Read one device once; only that device and its bus are built (no GPIO, no other bus)."""
+    from controller.build import UnknownDevice, build_device
+    from controller.device_read import read_once
 
     cfg = _load(args.config)
     if cfg is None:
         return EXIT_CONFIG
-    hw = build_hardware(cfg)
     try:
-        handle = next((h for h in hw.all() if h.id == args.device), None)
-        if handle is None:
-            print(f"no device {args.device!r} in {args.config}", file=sys.stderr)
-            return EXIT_USAGE
-        reader = getattr(handle.device, "read_values", handle.device.read)
-        try:
-            values = reader()
-        except Exception as exc:
-            print(f"{handle.id} ({handle.model} at {handle.address}): {exc}", file=sys.stderr)
-            return EXIT_DEVICE
-        print(f"{handle.id} ({handle.model} at {handle.address})")
-        items = values.items() if isinstance(values, dict) else vars(values).items()
-        for key, value in items:
-            print(f"  {key:16} {value}")
-        return EXIT_OK
+        hw, handle = build_device(cfg, args.device)
+    except UnknownDevice:
+        known = ", ".join([*cfg.meters, *cfg.chargers, *cfg.inputs]) or "none"
+        print(f"no device {args.device!r} in {args.config} (its devices: {known})", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        report = read_once(hw, handle)
     finally:
         hw.close()
+    print(report.text, file=sys.stdout if report.ok else sys.stderr)
+    return EXIT_OK if report.ok else EXIT_DEVICE
 
 
 def cmd_run(args: argparse.Namespace) -> int:
