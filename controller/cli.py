@@ -1,10 +1,11 @@
-"""The ``gridcharge`` command line (SPEC §4a): run, demo, check-config, read.
+"""The ``gridcharge`` command line: run, demo, check-config, read, backup, restore.
 
-Exit codes: 0 clean stop, 1 bad config (or a port that cannot be bound), 2 usage, 3 a device
-did not answer (``read``), 4 the state directory or the grid log cannot be used (``run``: the
-reason is the last line on stderr, and nothing was listening or talking to a device yet),
-5 ``run`` ended by an unexpected error (traceback in the log). Logs go to stderr, where journald
-picks them up.
+Exit codes: 0 clean stop, 1 bad config (or a port that cannot be bound; ``restore``: a backup
+that does not validate, or the service is running), 2 usage, 3 a device did not answer
+(``read``), 4 the state directory or the grid log cannot be used (``run``: the reason is the
+last line on stderr, and nothing was listening or talking to a device yet; ``backup``/``restore``:
+a file cannot be read or written), 5 ``run`` ended by an unexpected error (traceback in the log).
+Logs go to stderr, where journald picks them up.
 """
 
 from __future__ import annotations
@@ -37,6 +38,12 @@ def _parser() -> argparse.ArgumentParser:
     read.add_argument("--config", default=DEFAULT_CONFIG)
     hashpw = sub.add_parser("hash-password", help="print a password hash for http.password_hash")
     hashpw.add_argument("--stdin", action="store_true", help="read the password from standard input")
+    backup = sub.add_parser("backup", help="save config, variables, grid log and certificates into one file")
+    backup.add_argument("file", help="the backup file to write (a .tar.gz)")
+    backup.add_argument("--config", default=DEFAULT_CONFIG)
+    restore = sub.add_parser("restore", help="check a backup completely, then put its files back")
+    restore.add_argument("file", help="a file written by gridcharge backup")
+    restore.add_argument("--config", default=DEFAULT_CONFIG, help="where the config goes")
     return p
 
 
@@ -192,6 +199,63 @@ def cmd_hash_password(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_backup(args: argparse.Namespace) -> int:
+    """Write config, variables, grid log and TLS files to one file; safe while the service runs."""
+    import sqlite3
+    from pathlib import Path
+
+    from controller.backup import create_backup
+
+    cfg = _load(args.config)
+    if cfg is None:
+        return EXIT_CONFIG
+    try:
+        result = create_backup(cfg, Path(args.config).absolute(), Path(args.file))
+    except (OSError, sqlite3.Error) as exc:
+        print(f"backup failed, nothing written: {exc}", file=sys.stderr)
+        return EXIT_STATE
+    for line in result.missing:
+        print(f"warning: {line}")
+    for entry in result.manifest.entries:
+        print(f"  {entry.name:24} {entry.size:>12} bytes  from {entry.source}")
+    print(f"backup written: {result.path} ({result.size} bytes, {len(result.manifest.entries)} files); "
+          "keep it private: it holds the API password (hash) and any TLS private keys")
+    return EXIT_OK
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    """Check a backup completely, refuse while the service runs, then replace file by file."""
+    from pathlib import Path
+
+    from controller.restore import RestoreRefused, restore_backup
+
+    try:
+        result = restore_backup(Path(args.file), Path(args.config))
+    except RestoreRefused as exc:
+        print(f"restore refused, nothing changed: {args.file}", file=sys.stderr)
+        for line in exc.problems:
+            print(f"  {line}", file=sys.stderr)
+        return EXIT_CONFIG
+    except OSError as exc:
+        print(f"restore failed, nothing changed: {exc}", file=sys.stderr)
+        return EXIT_STATE
+    m = result.manifest
+    print(f"restored the backup of {m.host} made {_utc(m.created)} by gridcharge {m.gridcharge}:")
+    for f in result.files:
+        kept = f"; the previous one is kept as {f.kept_as.name}" if f.kept_as is not None else ""
+        print(f"  {f.path}: {f.outcome}{kept}")
+    for warning in result.warnings:
+        print(f"warning: {warning}")
+    print("next: sudo systemctl start gridcharge")
+    return EXIT_OK
+
+
+def _utc(unix_s: float) -> str:
+    from controller.statedir import utc_text
+
+    return utc_text(unix_s)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from controller.demo import run_demo
 
@@ -203,6 +267,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     _setup_logging(args.log_level)
     commands = {"run": cmd_run, "demo": cmd_demo, "check-config": cmd_check_config, "read": cmd_read,
                 "hash-password": cmd_hash_password}
+    commands.update({"backup": cmd_backup, "restore": cmd_restore})
     return commands[args.command](args)
 
 
