@@ -6,6 +6,10 @@ that does not validate, or the service is running), 2 usage, 3 a device did not 
 last line on stderr, and nothing was listening or talking to a device yet; ``backup``/``restore``:
 a file cannot be read or written), 5 ``run`` ended by an unexpected error (traceback in the log).
 Logs go to stderr, where journald picks them up.
+
+Global options (``--log-level``) are accepted before and after the command
+(``gridcharge check-config --log-level DEBUG``), also by commands added later: ``_parser``
+gives every subcommand a copy of them.
 """
 
 from __future__ import annotations
@@ -22,9 +26,15 @@ EXIT_OK, EXIT_CONFIG, EXIT_USAGE, EXIT_DEVICE, EXIT_STATE, EXIT_FAILED = 0, 1, 2
 log = logging.getLogger("gridcharge")
 
 
+LOG_LEVELS = ["DEBUG", "INFO", "WARNING", "ERROR"]
+
+
 def _parser() -> argparse.ArgumentParser:
+    from controller.version import version
+
     p = argparse.ArgumentParser(prog="gridcharge", description="Grid-friendly EV charging manager.")
-    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    p.add_argument("--version", action="version", version=f"gridcharge {version()}")
+    p.add_argument("--log-level", default="INFO", choices=LOG_LEVELS)
     sub = p.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run the controller (the service)")
     run.add_argument("--config", default=DEFAULT_CONFIG)
@@ -44,7 +54,19 @@ def _parser() -> argparse.ArgumentParser:
     restore = sub.add_parser("restore", help="check a backup completely, then put its files back")
     restore.add_argument("file", help="a file written by gridcharge backup")
     restore.add_argument("--config", default=DEFAULT_CONFIG, help="where the config goes")
+    _accept_global_options_anywhere(sub)
     return p
+
+
+def _accept_global_options_anywhere(sub: Any) -> None:
+    """Give every subcommand the global options too, so that they may follow the command.
+
+    The subcommand's copy has no default (``SUPPRESS``): given after the command it wins,
+    left out it leaves the value given before the command (or the global default) alone.
+    """
+    for command in sub.choices.values():
+        command.add_argument("--log-level", default=argparse.SUPPRESS, choices=LOG_LEVELS,
+                             help="also accepted before the command")
 
 
 def _setup_logging(level: str) -> None:
