@@ -67,9 +67,10 @@ def bus_spec(name: str, bus_cfg: Any) -> BusSpec:
 
 
 class _Builder:
-    def __init__(self, cfg: Any) -> None:
+    def __init__(self, cfg: Any, *, one_shot: bool = False) -> None:
         self.cfg = cfg
         self.bus_configs = cfg.all_buses()  # declared ones plus the implicit tcp:HOST:PORT ones
+        self.one_shot = one_shot
         self.hw = Hardware()
 
     def bus_for(self, dev_cfg: Any) -> tuple[str, ModbusBus, Any]:
@@ -77,7 +78,7 @@ class _Builder:
         name = dev_cfg.bus_name
         bus_cfg = self.bus_configs[name]
         if name not in self.hw.buses:
-            self.hw.buses[name] = ModbusBus(bus_spec(name, bus_cfg))
+            self.hw.buses[name] = ModbusBus(bus_spec(name, bus_cfg), one_shot=self.one_shot)
         return name, self.hw.buses[name], bus_cfg
 
     def policy(self, dev_cfg: Any, profile_policy: RequestPolicy, bus_cfg: Any) -> RequestPolicy:
@@ -124,3 +125,28 @@ def build_hardware(cfg: Any, *, on_edge: Callable[[str], None] | None = None,
     for dev_id, in_cfg in cfg.inputs.items():
         b.hw.inputs[dev_id] = b.input_device(dev_id, in_cfg, on_edge, pin_factory)
     return b.hw
+
+
+class UnknownDevice(KeyError):
+    """``build_device`` was asked for an id the config does not have."""
+
+
+def build_device(cfg: Any, dev_id: str) -> tuple[Hardware, DeviceHandle]:
+    """Only ``dev_id`` and the bus it is on, for one read (``gridcharge read``).
+
+    Nothing else of the site is built: no other bus is opened and no GPIO pin is claimed, so
+    reading a meter on a machine without GPIO logs nothing about GPIO, and a pin another program
+    holds does not matter. The bus is ``one_shot``: a link that does not open fails with its
+    reason, without a reconnect schedule. Raises UnknownDevice.
+    """
+    b = _Builder(cfg, one_shot=True)
+    if dev_id in cfg.meters:
+        handle = b.hw.meters[dev_id] = b.profile_device("meter", dev_id, cfg.meters[dev_id])
+    elif dev_id in cfg.chargers:
+        handle = b.hw.chargers[dev_id] = b.profile_device("charger", dev_id, cfg.chargers[dev_id])
+    elif dev_id in cfg.inputs:
+        handle = b.hw.inputs[dev_id] = b.input_device(dev_id, cfg.inputs[dev_id], None, None)
+    else:
+        raise UnknownDevice(dev_id)
+    return b.hw, handle
+

@@ -1,12 +1,17 @@
-"""The ``gridcharge`` command line (SPEC §4a): run, demo, check-config, read.
+"""The ``gridcharge`` command line: run, demo, check-config, read, backup, restore.
 
-Exit codes: 0 clean stop, 1 bad config (or a port that cannot be bound), 2 usage, 3 a device
-did not answer (``read``), 4 the state directory or the grid log cannot be used (``run``: the
-reason is the last line on stderr, and nothing was listening or talking to a device yet),
-5 ``run`` ended by an unexpected error (traceback in the log), 6 ``run`` found no chargers in the
-config: the site is not described yet (a first install), so it controls nothing and says so in
-one line; the systemd unit does not restart it on this code. Logs go to stderr, where journald
-picks them up.
+Exit codes: 0 clean stop, 1 bad config (or a port that cannot be bound; ``restore``: a backup
+that does not validate, or the service is running), 2 usage, 3 a device did not answer
+(``read``), 4 the state directory or the grid log cannot be used (``run``: the reason is the
+last line on stderr, and nothing was listening or talking to a device yet; ``backup``/``restore``:
+a file cannot be read or written), 5 ``run`` ended by an unexpected error (traceback in the
+log), 6 ``run`` found no chargers in the config: the site is not described yet (a first install),
+so it controls nothing and says so in one line; the systemd unit does not restart it on this
+code. Logs go to stderr, where journald picks them up.
+
+Global options (``--log-level``) are accepted before and after the command
+(``gridcharge check-config --log-level DEBUG``), also by commands added later: ``_parser``
+gives every subcommand a copy of them.
 """
 
 from __future__ import annotations
@@ -24,9 +29,15 @@ EXIT_NOT_CONFIGURED = 6  # deploy/gridcharge.service: RestartPreventExitStatus=6
 log = logging.getLogger("gridcharge")
 
 
+LOG_LEVELS = ["DEBUG", "INFO", "WARNING", "ERROR"]
+
+
 def _parser() -> argparse.ArgumentParser:
+    from controller.version import version
+
     p = argparse.ArgumentParser(prog="gridcharge", description="Grid-friendly EV charging manager.")
-    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    p.add_argument("--version", action="version", version=f"gridcharge {version()}")
+    p.add_argument("--log-level", default="INFO", choices=LOG_LEVELS)
     sub = p.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run the controller (the service)")
     run.add_argument("--config", default=DEFAULT_CONFIG)
@@ -40,7 +51,25 @@ def _parser() -> argparse.ArgumentParser:
     read.add_argument("--config", default=DEFAULT_CONFIG)
     hashpw = sub.add_parser("hash-password", help="print a password hash for http.password_hash")
     hashpw.add_argument("--stdin", action="store_true", help="read the password from standard input")
+    backup = sub.add_parser("backup", help="save config, variables, grid log and certificates into one file")
+    backup.add_argument("file", help="the backup file to write (a .tar.gz)")
+    backup.add_argument("--config", default=DEFAULT_CONFIG)
+    restore = sub.add_parser("restore", help="check a backup completely, then put its files back")
+    restore.add_argument("file", help="a file written by gridcharge backup")
+    restore.add_argument("--config", default=DEFAULT_CONFIG, help="where the config goes")
+    _accept_global_options_anywhere(sub)
     return p
+
+
+def _accept_global_options_anywhere(sub: Any) -> None:
+    """Give every subcommand the global options too, so that they may follow the command.
+
+    The subcommand's copy has no default (``SUPPRESS``): given after the command it wins,
+    left out it leaves the value given before the command (or the global default) alone.
+    """
+    for command in sub.choices.values():
+        command.add_argument("--log-level", default=argparse.SUPPRESS, choices=LOG_LEVELS,
+                             help="also accepted before the command")
 
 
 def _setup_logging(level: str) -> None:
@@ -105,30 +134,25 @@ def describe(cfg: Any) -> str:
 
 
 def cmd_read(args: argparse.Namespace) -> int:
-    from controller.build import build_hardware
+    """Read one device once; only that device and its bus are built (no GPIO, no other bus)."""
+    from controller.build import UnknownDevice, build_device
+    from controller.device_read import read_once
 
     cfg = _load(args.config)
     if cfg is None:
         return EXIT_CONFIG
-    hw = build_hardware(cfg)
     try:
-        handle = next((h for h in hw.all() if h.id == args.device), None)
-        if handle is None:
-            print(f"no device {args.device!r} in {args.config}", file=sys.stderr)
-            return EXIT_USAGE
-        reader = getattr(handle.device, "read_values", handle.device.read)
-        try:
-            values = reader()
-        except Exception as exc:
-            print(f"{handle.id} ({handle.model} at {handle.address}): {exc}", file=sys.stderr)
-            return EXIT_DEVICE
-        print(f"{handle.id} ({handle.model} at {handle.address})")
-        items = values.items() if isinstance(values, dict) else vars(values).items()
-        for key, value in items:
-            print(f"  {key:16} {value}")
-        return EXIT_OK
+        hw, handle = build_device(cfg, args.device)
+    except UnknownDevice:
+        known = ", ".join([*cfg.meters, *cfg.chargers, *cfg.inputs]) or "none"
+        print(f"no device {args.device!r} in {args.config} (its devices: {known})", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        report = read_once(hw, handle)
     finally:
         hw.close()
+    print(report.text, file=sys.stdout if report.ok else sys.stderr)
+    return EXIT_OK if report.ok else EXIT_DEVICE
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -209,6 +233,63 @@ def cmd_hash_password(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_backup(args: argparse.Namespace) -> int:
+    """Write config, variables, grid log and TLS files to one file; safe while the service runs."""
+    import sqlite3
+    from pathlib import Path
+
+    from controller.backup import create_backup
+
+    cfg = _load(args.config)
+    if cfg is None:
+        return EXIT_CONFIG
+    try:
+        result = create_backup(cfg, Path(args.config).absolute(), Path(args.file))
+    except (OSError, sqlite3.Error) as exc:
+        print(f"backup failed, nothing written: {exc}", file=sys.stderr)
+        return EXIT_STATE
+    for line in result.missing:
+        print(f"warning: {line}")
+    for entry in result.manifest.entries:
+        print(f"  {entry.name:24} {entry.size:>12} bytes  from {entry.source}")
+    print(f"backup written: {result.path} ({result.size} bytes, {len(result.manifest.entries)} files); "
+          "keep it private: it holds the API password (hash) and any TLS private keys")
+    return EXIT_OK
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    """Check a backup completely, refuse while the service runs, then replace file by file."""
+    from pathlib import Path
+
+    from controller.restore import RestoreRefused, restore_backup
+
+    try:
+        result = restore_backup(Path(args.file), Path(args.config))
+    except RestoreRefused as exc:
+        print(f"restore refused, nothing changed: {args.file}", file=sys.stderr)
+        for line in exc.problems:
+            print(f"  {line}", file=sys.stderr)
+        return EXIT_CONFIG
+    except OSError as exc:
+        print(f"restore failed, nothing changed: {exc}", file=sys.stderr)
+        return EXIT_STATE
+    m = result.manifest
+    print(f"restored the backup of {m.host} made {_utc(m.created)} by gridcharge {m.gridcharge}:")
+    for f in result.files:
+        kept = f"; the previous one is kept as {f.kept_as.name}" if f.kept_as is not None else ""
+        print(f"  {f.path}: {f.outcome}{kept}")
+    for warning in result.warnings:
+        print(f"warning: {warning}")
+    print("next: sudo systemctl start gridcharge")
+    return EXIT_OK
+
+
+def _utc(unix_s: float) -> str:
+    from controller.statedir import utc_text
+
+    return utc_text(unix_s)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from controller.demo import run_demo
 
@@ -220,6 +301,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     _setup_logging(args.log_level)
     commands = {"run": cmd_run, "demo": cmd_demo, "check-config": cmd_check_config, "read": cmd_read,
                 "hash-password": cmd_hash_password}
+    commands.update({"backup": cmd_backup, "restore": cmd_restore})
     return commands[args.command](args)
 
 

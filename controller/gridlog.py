@@ -67,14 +67,14 @@ from typing import Any, Protocol
 from controller import gridlog_file
 from controller.gridlog_budget import SizeBudget
 from controller.gridlog_file import CHECK_BUDGET_S, GridLogFileError, SetAside, Unusable, is_corrupt
-from controller.statedir import one_line, utc_text
+from controller.statedir import GRID_LOG_FILE, one_line, utc_text
 from controller.status import DeviceStatus, Status
 from controller.variables import VariableSet, VariableStore, same_exprs
 from hal.types import InputReading
 
 log = logging.getLogger(__name__)
 
-FILE_NAME = "gridlog.sqlite3"
+FILE_NAME = GRID_LOG_FILE
 KINDS = frozenset({"input", "variable", "limit", "failsafe", "gap"})
 DAY_S = 86400.0
 RETENTION_S = (2 * 365 + 31) * DAY_S  # two years (§14a) and a month of margin

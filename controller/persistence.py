@@ -59,12 +59,12 @@ from typing import Any
 
 from controller.formulas import (FormulaError, NumberRangeError, check_name, compile_formula,
                                  evaluation_order)
-from controller.statedir import fsync_dir, one_line, set_aside, utc_text
+from controller.statedir import VARIABLES_FILE, fsync_dir, one_line, set_aside, utc_text
 from controller.variables import Expr, VariableSet, VariableStore, normalize_expr
 
 log = logging.getLogger(__name__)
 
-FILE_NAME = "variables.json"
+FILE_NAME = VARIABLES_FILE
 FORMAT = 1
 FILE_MODE = 0o600
 MAX_FILE_BYTES = 64 * 1024 * 1024  # far beyond any real set; guards the start against a junk file

@@ -32,14 +32,11 @@ from controller.gridlog import GridLog, GridLogFileError, GridSignalRecorder
 from controller.loop import ControlLoop
 from controller.persistence import SavedVariables, VariableFile, VariableSaver, initial_variables
 from controller.sdnotify import Notifier
-from controller.statedir import check_writable, one_line
+from controller.statedir import GRID_LOG_FILE, check_writable, one_line
 from controller.status import Status
 from controller.variables import VariableStore
 
 log = logging.getLogger(__name__)
-
-
-GRID_LOG_FILE = "gridlog.sqlite3"
 
 
 class StartError(Exception):

@@ -16,6 +16,14 @@ from pathlib import Path
 
 PROBE_NAME = ".gridcharge-write-probe"
 
+# What lives in the state directory. The modules that own these files take the names from here,
+# and ``gridcharge backup``/``restore`` (``controller.backup_manifest``) find them by them.
+VARIABLES_FILE = "variables.json"  # controller.persistence
+GRID_LOG_FILE = "gridlog.sqlite3"  # controller.gridlog
+TLS_DIR = "tls"  # web.tls: the SMGW pair uploaded over the API
+TLS_CERT_FILE = "cm.pem"
+TLS_KEY_FILE = "cm.key"
+
 
 class StateDirError(OSError):
     """The state directory cannot be used; ``str()`` is one line saying which and why."""
@@ -95,4 +103,5 @@ def set_aside(path: Path, *, label: str = "corrupt", sidecars: Sequence[str] = (
     return target
 
 
-__all__ = ["PROBE_NAME", "StateDirError", "check_writable", "fsync_dir", "one_line", "set_aside", "utc_text"]
+__all__ = ["GRID_LOG_FILE", "PROBE_NAME", "TLS_CERT_FILE", "TLS_DIR", "TLS_KEY_FILE", "VARIABLES_FILE",
+           "StateDirError", "check_writable", "fsync_dir", "one_line", "set_aside", "utc_text"]

@@ -18,6 +18,7 @@ from hal.types import (
     ChargerReading,
     DeviceAnswerError,
     Fallback,
+    IecState,
     InputReading,
     MeterReading,
     Phases3,
@@ -161,7 +162,7 @@ class ProfileCharger(_ProfileDevice):
     def read(self) -> ChargerReading:
         values = self._read()
         try:
-            state = self._state.resolve(values["state"], values)
+            state = self.state_of(values)
         except InvalidValue as exc:
             raise DeviceAnswerError(f"{self.id}: state: {exc}") from exc
         current_a = self._phases(values, "current_l{}_a") or (0.0, 0.0, 0.0)
@@ -174,7 +175,13 @@ class ProfileCharger(_ProfileDevice):
             power_w=power_w,
             energy_wh=_number(values.get("energy_wh")),
             limit_a=_number(values.get("limit_a")),
+            raw_state=_raw_code(values["state"]),
         )
+
+    def state_of(self, values: Values) -> IecState:
+        """The IEC state of decoded ``values`` (from ``read_values()``); raises InvalidValue for a
+        code the profile's state map does not know."""
+        return self._state.resolve(values.get("state"), values)
 
     def apply(self, current_a: float) -> None:
         """Write the limit, floored to the register resolution; 0 pauses.
@@ -281,6 +288,11 @@ def device_for(
     if profile.kind is Kind.CHARGER:
         return ProfileCharger(id, profile, bus, unit, policy)
     raise ValueError(f"{id}: profile {profile.model!r} is an input module; build a ModbusInput")
+
+
+def _raw_code(value: float | int | str | None) -> int | str | None:
+    """A vendor state code as the box sent it (the profile schema allows integers and text)."""
+    return value if isinstance(value, (int, str)) else None
 
 
 def _number(value: float | int | str | None) -> float | None:

@@ -83,6 +83,11 @@ class GpioInput:
         closed = (not high) if self._active_low else high
         return InputReading(active=closed != self._normally_closed)
 
+    def read_values(self) -> dict[str, str | int]:
+        """The pin level and the resulting state, for ``gridcharge read``."""
+        reading = self.read()
+        return {"pin": "high" if self.pin_is_high() else "low", "active": int(reading.active)}
+
     def close(self) -> None:
         if self._device is not None:
             self._device.close()

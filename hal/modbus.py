@@ -16,8 +16,10 @@ The server for simulators and tests (``ModbusServer``, ``RegisterBank``) is in `
 
 from __future__ import annotations
 
+import errno
 import logging
 import math
+import socket
 import threading
 import time
 from collections import deque
@@ -25,6 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import serial
 from pymodbus import ExceptionResponse, FramerType
 from pymodbus.client import ModbusSerialClient, ModbusTcpClient
 from pymodbus.constants import ExcCodes
@@ -36,7 +39,7 @@ from pymodbus.server import ModbusSerialServer, ModbusTcpServer
 # only one that imports pymodbus (its API moves between 3.x releases; one place to follow it).
 SERVER_API = (ModbusServerContext, NoSuchIdException, ModbusSerialServer, ModbusTcpServer)
 
-from hal.types import CommError, DeviceAnswerError, DeviceError, RequestPolicy, Table
+from hal.types import CommCause, CommError, DeviceAnswerError, DeviceError, RequestPolicy, Table
 
 log = logging.getLogger(__name__)
 
@@ -153,12 +156,18 @@ class ModbusBus:
     30 s, on the injected clock) allows the next try. A silent unit is not a down bus (others on
     the line may answer), but on TCP a few timeouts in a row reopen the connection, since a
     peer that vanished without a reset only ever shows as timeouts.
+
+    ``one_shot`` (``gridcharge read``: one request, then the process ends): a link that does not
+    open is not "down, retrying with backoff" but a failure with its reason found out
+    (``open_failure``: refused, not reachable, no such port, port in use ...), nothing logged,
+    since the command prints it.
     """
 
     def __init__(self, spec: BusSpec, *, clock: Callable[[], float] = time.monotonic,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
+                 sleep: Callable[[float], None] = time.sleep, one_shot: bool = False) -> None:
         self.spec = spec
         self.name = spec.name
+        self.one_shot = one_shot
         self._clock, self._sleep = clock, sleep
         self._client = _make_client(spec)
         self._lock = threading.Lock()  # one request at a time on the bus
@@ -265,12 +274,12 @@ class ModbusBus:
                 rr = send(self._client)
             except ModbusIOException:
                 self._finish(start_s, fc, count, answered=None)
-                error = CommError(f"{what}: no answer within {policy.timeout_s:g} s")
+                error = CommError(f"{what}: no answer within {policy.timeout_s:g} s", CommCause.NO_ANSWER)
                 self._note_timeout()
                 continue
             except Exception as exc:  # ConnectionException, OSError, pyserial errors: link lost
                 self._last_end_s = self._clock()  # not booked as a transaction: maybe nothing was sent
-                error = CommError(f"{what}: connection lost ({exc})")
+                error = CommError(f"{what}: connection lost ({exc})", CommCause.LINK_LOST)
                 log.debug("bus %s: connection lost: %s", self.name, exc)
                 self._drop_connection()
                 continue
@@ -313,6 +322,9 @@ class ModbusBus:
             ok = bool(self._client.connect())
         except Exception:  # pyserial raises undocumented things; pymodbus catches most
             ok = False
+        if not ok and self.one_shot:
+            cause, why = open_failure(self.spec, self._client.comm_params.timeout_connect)
+            raise CommError(f"bus {self.name}: cannot open {self._target()}: {why}", cause)
         if ok:
             if self._down:
                 log.info("bus %s is back (%s)", self.name, self._target())
@@ -370,6 +382,48 @@ class ModbusBus:
     def _target(self) -> str:
         s = self.spec
         return (s.port or "?") if s.kind == "rtu" else f"{s.host}:{s.tcp_port}"
+
+
+def open_failure(spec: BusSpec, timeout_s: float) -> tuple[CommCause, str]:
+    """Why ``spec``'s link does not open: one attempt of our own, since pymodbus's ``connect()``
+    only answers False and keeps the reason to its log. Opens what pymodbus opens (a TCP
+    connection; the serial port with its exclusive lock) and closes it again."""
+    if spec.kind == "rtu":
+        return _serial_failure(spec)
+    try:
+        sock = socket.create_connection((spec.host or "", spec.tcp_port), timeout=timeout_s)
+    except ConnectionRefusedError:
+        return CommCause.REFUSED, "connection refused"
+    except socket.gaierror as exc:
+        return CommCause.UNKNOWN_HOST, f"host name not found ({exc.strerror})"
+    except TimeoutError:
+        return CommCause.UNREACHABLE, f"no connection within {timeout_s:g} s"
+    except OSError as exc:
+        if exc.errno in _UNREACHABLE_ERRNOS:
+            return CommCause.UNREACHABLE, exc.strerror or str(exc)
+        return CommCause.CANNOT_OPEN, exc.strerror or str(exc)
+    sock.close()
+    return CommCause.CANNOT_OPEN, "the connection failed, and opened on a second try"
+
+
+_UNREACHABLE_ERRNOS = frozenset({errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EHOSTDOWN, errno.ETIMEDOUT})
+_PORT_ERRNOS = {
+    errno.ENOENT: CommCause.NO_PORT, errno.ENODEV: CommCause.NO_PORT, errno.ENXIO: CommCause.NO_PORT,
+    errno.EACCES: CommCause.NO_PERMISSION, errno.EPERM: CommCause.NO_PERMISSION,
+    errno.EAGAIN: CommCause.PORT_BUSY, errno.EBUSY: CommCause.PORT_BUSY,
+}
+
+
+def _serial_failure(spec: BusSpec) -> tuple[CommCause, str]:
+    try:
+        port = serial.serial_for_url(spec.port, baudrate=spec.baudrate, bytesize=spec.bytesize,
+                                     parity=spec.parity, stopbits=spec.stopbits, exclusive=True)
+    except Exception as exc:  # SerialException carries the errno; pyserial raises others too
+        code = getattr(exc, "errno", None)
+        cause = _PORT_ERRNOS.get(code, CommCause.CANNOT_OPEN) if isinstance(code, int) else CommCause.CANNOT_OPEN
+        return cause, " ".join(str(getattr(exc, "strerror", None) or exc).split())
+    port.close()
+    return CommCause.CANNOT_OPEN, "the port failed to open, and opened on a second try"
 
 
 def _make_client(spec: BusSpec) -> ModbusSerialClient | ModbusTcpClient:

@@ -10,7 +10,7 @@ be changed behind its back.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 Phases3 = tuple[float, float, float]
@@ -35,9 +35,31 @@ class IecState(str, enum.Enum):
         return self in (IecState.B, IecState.C, IecState.D)
 
     @property
+    def words(self) -> str:
+        """What the state means, in the words ``gridcharge read``, ``get_dev_info`` and the
+        status view all use (one vocabulary: the installer sees the same words everywhere)."""
+        return IEC_WORDS[self.value]
+
+    @property
+    def label(self) -> str:
+        """The letter with its words: ``C (charging)``."""
+        return f"{self.value} ({self.words})"
+
+    @property
     def cfos_state(self) -> int:
         """The cFos ``get_dev_info`` state code (1 no car ... 5 error; 6 offline is not a state)."""
         return {"A": 1, "B": 2, "C": 3, "D": 4, "E": 5, "F": 5}[self.value]
+
+
+#: The words of each IEC 61851-1 state (see ``IecState.words``).
+IEC_WORDS: dict[str, str] = {
+    "A": "no car",
+    "B": "car connected",
+    "C": "charging",
+    "D": "charging with ventilation",
+    "E": "no power",
+    "F": "error",
+}
 
 
 class Table(str, enum.Enum):
@@ -53,8 +75,30 @@ class DeviceError(Exception):
     """A device did not give a usable value. Always a fault of that device, never of the loop."""
 
 
+class CommCause(str, enum.Enum):
+    """Why a device could not be reached, as far as its bus can tell.
+
+    ``gridcharge read`` turns it into the likely causes in plain words; the value is a short
+    description for logs.
+    """
+
+    NO_ANSWER = "no answer"  # the link is open, the unit stayed silent
+    REFUSED = "connection refused"  # TCP: nothing listens at host:port
+    UNREACHABLE = "host not reachable"  # TCP: the connect timed out, no route to the host
+    UNKNOWN_HOST = "unknown host"  # TCP: the host name does not resolve
+    NO_PORT = "no such serial port"
+    PORT_BUSY = "serial port in use"  # another process holds its exclusive lock
+    NO_PERMISSION = "permission denied"
+    LINK_LOST = "connection lost"  # the link failed during a request
+    CANNOT_OPEN = "cannot open"  # the link did not open, and why is not known
+
+
 class CommError(DeviceError):
-    """No answer: timeout, connection refused, serial port gone."""
+    """No answer: timeout, connection refused, serial port gone. ``cause`` says which, where known."""
+
+    def __init__(self, message: str, cause: CommCause = CommCause.CANNOT_OPEN) -> None:
+        super().__init__(message)
+        self.cause = cause
 
 
 class DeviceAnswerError(DeviceError):
@@ -81,6 +125,9 @@ class ChargerReading:
     power_w: float | None = None
     energy_wh: float | None = None
     limit_a: float | None = None  # the limit the box reports as applied, where it reports one
+    #: The vendor's own state code the IEC state was mapped from (Heidelberg 7, Alfen "C2"):
+    #: shown beside the IEC state so an installer can compare it with the box's manual.
+    raw_state: int | str | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)

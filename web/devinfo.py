@@ -19,7 +19,9 @@ Decisions the spec left open (also in README's API section):
 - Extras of ours, beside those SPEC §2 lists: params ``power_headroom_w``, ``grid_power_w``,
   ``limiting``, ``faults``, ``failed_cycles``, ``time`` (unix, as cFos); per device ``age_s``
   (seconds since the last good reading); per charger ``used_phases`` (cFos bitmask L1=1 L2=2
-  L3=4), ``override_cur`` (mA or null) and ``assigned_cur`` (mA, what the allocation decided).
+  L3=4), ``override_cur`` (mA or null) and ``assigned_cur`` (mA, what the allocation decided),
+  ``state_text`` (``C (charging)``, or ``offline``: the words ``gridcharge read`` and the status
+  view use, from ``IecState.label``) and ``state_raw`` (the vendor's own code, e.g. 7 or "C2").
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from typing import Any
 from controller.status import ChargerStatus, DeviceStatus, Status
 
 OFFLINE_STATE = 6  # cFos: offline (states 1..5 are IEC A..E/F)
+OFFLINE_TEXT = "offline"
 
 
 def _finite(value: float | None) -> float | None:
@@ -91,6 +94,8 @@ def charger_info(ch: ChargerStatus) -> dict[str, Any]:
     out.update(
         is_evse=True,
         state=live.state.cfos_state if live is not None else OFFLINE_STATE,
+        state_text=live.state.label if live is not None else OFFLINE_TEXT,
+        state_raw=live.raw_state if live is not None else None,
         **_phases(live.current_a if live is not None else None, milliamps, "current"),
         cur_charging_power=whole(live.power_w) if live is not None else None,
         total_energy=whole(live.energy_wh) if live is not None else None,

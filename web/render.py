@@ -79,23 +79,41 @@ def event_row(event: Any) -> dict[str, Any]:
     }
 
 
-def _csv_cell(value: Any) -> str:
-    """A cell a spreadsheet will not run as a formula: ``= + - @`` text that is no number gets a ``'``."""
+def _csv_cell(value: Any, *, watts: bool = False) -> str:
+    """A cell a spreadsheet will not run as a formula: ``= + - @`` text that is no number gets a ``'``.
+
+    Numbers are rounded to what they mean: ``watts`` (grid power, a limit) to whole watts, any
+    other number written without a float's noise (``50`` for 50.0, ``0.35`` stays).
+    """
     if value is None:
         return ""
-    text = value if isinstance(value, str) else json.dumps(json_value(value))
+    value = json_value(value)
+    if isinstance(value, float) and (watts or value.is_integer()):
+        value = round(value)
+    text = value if isinstance(value, str) else json.dumps(value)
     if text[:1] in ("=", "+", "-", "@", "\t", "\r") and not NUMBER_TEXT.fullmatch(text):
         return "'" + text
     return text
 
 
+def _whole_second(ts: float) -> tuple[str, str]:
+    """A CSV row's time and ts: the second the event happened in (cut, not rounded, so a row
+    never shows a later second than it happened in)."""
+    whole = math.floor(ts)
+    return datetime.fromtimestamp(whole, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), str(whole)
+
+
 def grid_log_csv(rows: list[dict[str, Any]]) -> Response:
-    """The ``get_grid_log`` rows as a CSV download."""
+    """The ``get_grid_log`` rows as a CSV download, for a spreadsheet: whole-second UTC times,
+    powers and limits in whole watts (the JSON keeps milliseconds and full values)."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\r\n")
     writer.writerow(CSV_FIELDS)
     for row in rows:
-        writer.writerow([row["time"], repr(row["ts"])] + [_csv_cell(row[k]) for k in CSV_FIELDS[2:]])
+        watts = row["kind"] == "limit"  # old/new of a limit row are watts
+        writer.writerow([*_whole_second(row["ts"]), _csv_cell(row["kind"]), _csv_cell(row["name"]),
+                         _csv_cell(row["old"], watts=watts), _csv_cell(row["new"], watts=watts),
+                         _csv_cell(row["source"]), _csv_cell(row["grid_power_w"], watts=True)])
     response = Response(out.getvalue(), mimetype="text/csv")
     response.headers["Content-Disposition"] = 'attachment; filename="gridcharge-gridlog.csv"'
     return response

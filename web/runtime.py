@@ -8,22 +8,15 @@ the loop's last cycle writes the fail-safe currents.
 from __future__ import annotations
 
 import logging
-from importlib import metadata
 from typing import Any
 
 from controller.service import Service
+from controller.version import version
 from web.app import ApiContext
 from web.server import WebServers
 from web.tls import TlsStore
 
 log = logging.getLogger(__name__)
-
-
-def version() -> str:
-    try:
-        return metadata.version("gridcharge")
-    except metadata.PackageNotFoundError:
-        return "0+unknown"
 
 
 def start_web(service: Service, *, http: Any = None, smgw: Any = None) -> WebServers:

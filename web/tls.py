@@ -39,6 +39,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
 from controller.config_schema import Smgw
+from controller.statedir import TLS_CERT_FILE, TLS_DIR, TLS_KEY_FILE
 from web.tls_checks import (
     CheckedUpload,
     TlsError,
@@ -56,9 +57,8 @@ __all__ = ["TlsError", "TlsStore"]
 log = logging.getLogger(__name__)
 
 EXPIRY_WARNING_S = 30 * 86400.0  # warn at start when the certificate in force expires sooner
-TLS_DIR = "tls"
-CERT_FILE = "cm.pem"
-KEY_FILE = "cm.key"
+CERT_FILE = TLS_CERT_FILE
+KEY_FILE = TLS_KEY_FILE
 TMP_SUFFIX = ".tmp"
 
 

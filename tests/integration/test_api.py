@@ -484,6 +484,24 @@ def test_grid_log_time_range_formats_and_limit(logged_web: tuple[WebSite, GridLo
     assert "'=cmd|" in csv_text  # a spreadsheet will not run it
 
 
+def test_grid_log_csv_has_whole_seconds_and_whole_watts(logged_web: tuple[WebSite, GridLog]) -> None:
+    web, grid_log = logged_web
+    base = 1_767_614_400.0  # 2026-01-05T12:00:00Z
+    grid_log.record("limit", "grid_limit_w", 16999.6, 17000.4, "loop", 13364.4375, ts=base + 59.603)
+    grid_log.record("variable", "AVAIL", 100, 50.0, "lan:10.0.0.9", None, ts=base + 61.999)
+    grid_log.record("variable", "K", 0.35, "AVAIL * 2", "lan:10.0.0.9", -0.4, ts=base + 62)
+    grid_log.flush()
+    params = {"format": "csv", "from": str(base), "to": str(base + 100)}
+    lines = web.client.get("get_grid_log", **params).text.splitlines()
+    assert lines[1:] == [
+        "2026-01-05T12:00:59Z,1767614459,limit,grid_limit_w,17000,17000,loop,13364",
+        "2026-01-05T12:01:01Z,1767614461,variable,AVAIL,100,50,lan:10.0.0.9,",
+        "2026-01-05T12:01:02Z,1767614462,variable,K,0.35,AVAIL * 2,lan:10.0.0.9,0",
+    ]
+    event = web.client.get("get_grid_log", **{**params, "format": "json"}).json()["events"][0]
+    assert event["time"] == "2026-01-05T12:00:59.603Z" and event["new"] == 17000.4  # JSON keeps all
+
+
 @pytest.mark.parametrize(("params", "words"), [
     ({"from": "yesterday"}, ("from must be",)),
     ({"to": "nan"}, ("to must be",)),

@@ -105,6 +105,14 @@ def test_state_codes(iec: IecState, code: int) -> None:
     assert find(info, "E1")["state"] == code
 
 
+def test_state_in_words_with_the_vendor_code() -> None:
+    reading = ChargerReading(state=IecState.C, raw_state=7)
+    e1 = find(dev_info(status(chargers=(charger(reading=reading),)), "v"), "E1")
+    assert e1["state_text"] == "C (charging)" == IecState.C.label and e1["state_raw"] == 7
+    offline = find(dev_info(status(chargers=(charger(error="no answer"),)), "v"), "E1")
+    assert offline["state_text"] == "offline" and offline["state_raw"] is None
+
+
 def test_offline_charger_shows_state_6_and_no_stale_values() -> None:
     ch = charger(error="no answer in time", error_s=12.7, written_a=None, command_a=0.0,
                  reason="offline: fail-safe current reserved")
