@@ -173,6 +173,9 @@ def test_refused_while_the_service_runs(site: Site, tmp_path: Path) -> None:
     assert gridcharge("backup", str(archive), "--config", str(site.config)).returncode == 0
     config = yaml.safe_load(site.config.read_text())
     del config["smgw"]  # no listener needed to hold the grid log open
+    # A site with a charger (without one, run stops at once: "site not configured"); nothing
+    # listens on loopback port 1, so the box is simply offline.
+    config["chargers"] = {"E1": {"model": "alfen", "host": "127.0.0.1", "port": 1, "unit": 1}}
     running_config = tmp_path / "running.yaml"
     running_config.write_text(yaml.safe_dump(config))
     service = subprocess.Popen([sys.executable, "-m", "controller.cli", "run", "--config", str(running_config)],
