@@ -85,9 +85,14 @@ def _load(path: str) -> Any:
     try:
         return load_config(path)
     except ConfigError as exc:
-        print(f"{path}: {len(exc.errors)} error(s)", file=sys.stderr)
+        counts = [f"{len(exc.errors)} error{'s' if len(exc.errors) != 1 else ''}"]
+        if exc.warnings:
+            counts.append(f"{len(exc.warnings)} warning{'s' if len(exc.warnings) != 1 else ''}")
+        print(f"{path}: {', '.join(counts)}", file=sys.stderr)
         for line in exc.errors:
             print(f"  {line}", file=sys.stderr)
+        for line in exc.warnings:
+            print(f"  warning: {line}", file=sys.stderr)
         return None
 
 

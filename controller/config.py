@@ -1,17 +1,21 @@
 """The configuration file (SPEC §4): the entry points that read, validate and warn.
 
 ``load_config()`` reads ``/etc/gridcharge/config.yaml``, ``parse_config()`` validates a dict, and
-``config_warnings()`` lists what only the target machine has (serial ports, TLS files, GPIO), so a
-config can be checked on a laptop before it goes to the Pi (SPEC §4a). Every problem is collected
-and reported at once, each as ``path.to.field: reason`` sorted by path, because an electrician at
-the meter cabinet wants one run of ``gridcharge check-config`` to list everything.
+``config_warnings()`` lists what is odd but usable: what only the target machine has (serial
+ports, TLS files, GPIO), so a config can be checked on a laptop before it goes to the Pi, and
+what the device profiles make implausible. Every problem of every stage is collected and
+reported at once, each as ``path.to.field: reason`` sorted by path, because an electrician at the
+meter cabinet wants one run of ``gridcharge check-config`` to list everything.
 
 The work is split by stage; this module runs them in order and turns pydantic's errors into
 readable problems (unknown keys get a "did you mean"):
 
 - ``config_yaml``: the YAML reader that refuses YAML 1.1's silent guesses and duplicate keys;
 - ``config_schema``: field types, the frozen section models and ``Config``;
-- ``config_checks``: ``Problem``/``ConfigError`` and the checks that span sections.
+- ``config_parts``: what validated, field by field, when the whole did not;
+- ``config_checks``: the checks that span sections, with ``config_names`` (every name a formula
+  reads exists) and ``config_plausibility`` (the profiles' facts);
+- ``config_problems``: ``Problem`` and ``ConfigError``, the one shape every stage reports in.
 
 Other modules import from here; the names re-exported below keep that import path stable.
 Build a ``Config`` only through ``load_config()`` or ``parse_config()``: ``Config.model_validate()``
@@ -24,23 +28,15 @@ import difflib
 import glob
 import logging
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from controller import formulas
-from controller.config_checks import (
-    ConfigError,
-    Loc,
-    Parts,
-    Problem,
-    compiled_formulas,
-    cross_problems,
-    dangling_bus_references,
-    raise_if,
-)
+from controller.config_checks import cross_problems
+from controller.config_parts import Parts
+from controller.config_problems import ConfigError, Loc, Problem, raise_if, rendered
 from controller.config_schema import (
     BUS_MODELS,
     IEC_MIN_CURRENT_A,
@@ -157,6 +153,7 @@ def _pydantic_problems(exc: ValidationError, data: Mapping[str, Any]) -> list[Pr
 
 
 def _validate(data: Any, source: str, yaml_problems: list[Problem], void: set[Loc]) -> Config:
+    """The config, or ConfigError with every error of every stage (and the warnings beside them)."""
     if not isinstance(data, Mapping):
         what = {type(None): "empty", list: "a list", str: "text", int: "a number", float: "a number"}.get(
             type(data), type(data).__name__)
@@ -171,9 +168,8 @@ def _validate(data: Any, source: str, yaml_problems: list[Problem], void: set[Lo
                 problems.append(problem)
     parts = Parts.of(cfg) if cfg is not None else Parts.salvage(data)
     problems += cross_problems(parts)
-    if cfg is None:
-        problems += dangling_bus_references(data, parts)
-    raise_if(problems, source)
+    if cfg is None or any(not p.warning for p in problems):
+        raise_if(problems + _machine_warnings(parts, _GPIOCHIPS), source)
     assert cfg is not None
     return cfg
 
@@ -204,20 +200,7 @@ def load_config(path: str | Path) -> Config:
 
 # --------------------------------------------------------------------------- warnings
 
-
-def _undefined_names(cfg: Config) -> Iterator[str]:
-    """Formula names that nothing defines yet: allowed (SPEC §3), but usually a typo."""
-    defined = set(cfg.variables) | set(cfg.inputs) | set(formulas.TIME_SYMBOLS)
-    for path, formula in compiled_formulas(Parts.of(cfg)):
-        where = ".".join(map(str, path))
-        for name in sorted(formula.names - defined):
-            if "." in name:
-                continue
-            if name in cfg.meters or name in cfg.chargers:
-                yield f"{where}: '{name}' is a device; use one of its values, e.g. {name}.power_w"
-            else:
-                yield (f"{where}: '{name}' is not defined in variables "
-                       "(an evaluation error until it is set over the API)")
+_GPIOCHIPS = "/dev/gpiochip*"
 
 
 def _state_dir_writable(state_dir: Path) -> bool:
@@ -227,26 +210,34 @@ def _state_dir_writable(state_dir: Path) -> bool:
     return os.access(probe, os.W_OK | os.X_OK)
 
 
-def config_warnings(cfg: Config, *, gpiochip_glob: str = "/dev/gpiochip*") -> list[str]:
-    """What looks wrong on THIS machine but may be right on the target: missing serial ports, TLS
-    files and GPIO chips, an unwritable state directory, and formula names nothing defines."""
-    warnings: list[str] = []
-    for name, bus in cfg.buses.items():
+def _machine_warnings(parts: Parts, gpiochip_glob: str) -> list[Problem]:
+    """What this machine lacks but the target may have, and a site without chargers."""
+    warnings: list[Problem] = []
+    for name, bus in parts.buses.items():
         if isinstance(bus, RtuBus) and not os.path.exists(bus.port):
-            warnings.append(f"buses.{name}.port: {bus.port} does not exist on this machine")
-    if cfg.smgw is not None:
+            warnings.append(Problem(("buses", name, "port"), f"{bus.port} does not exist on this machine", True))
+    if parts.smgw is not None:
         for name in ("cert", "key", "client_ca"):
-            file = getattr(cfg.smgw, name)
-            if not file.is_file():
-                warnings.append(f"smgw.{name}: {file} does not exist on this machine")
-    if not _state_dir_writable(cfg.state_dir):
-        warnings.append(f"state_dir: {cfg.state_dir} is not writable by this user")
-    gpio_inputs = sorted(i for i, d in cfg.inputs.items() if isinstance(d, GpioInputConfig))
+            file = getattr(parts.smgw, name)
+            if parts.intact(("smgw",), name) and not file.is_file():
+                warnings.append(Problem(("smgw", name), f"{file} does not exist on this machine", True))
+    if parts.state_dir is not None and not _state_dir_writable(parts.state_dir):
+        warnings.append(Problem(("state_dir",), f"{parts.state_dir} is not writable by this user", True))
+    gpio_inputs = sorted(i for i, d in parts.inputs.items()
+                         if isinstance(d, GpioInputConfig) and parts.intact(("inputs", i), "gpio"))
     if gpio_inputs and not glob.glob(gpiochip_glob):
         for input_id in gpio_inputs:
-            warnings.append(f"inputs.{input_id}.gpio: this machine has no GPIO chip ({gpiochip_glob}); "
-                            "the input will have no value")
-    if not cfg.chargers:
-        warnings.append("chargers: none configured")
-    warnings.extend(_undefined_names(cfg))
+            warnings.append(Problem(("inputs", input_id, "gpio"), f"this machine has no GPIO chip ({gpiochip_glob}); "
+                                    "the input will have no value", True))
+    if not parts.present["chargers"]:
+        warnings.append(Problem(("chargers",), "none configured", True))
     return warnings
+
+
+def config_warnings(cfg: Config, *, gpiochip_glob: str = _GPIOCHIPS) -> list[str]:
+    """What is odd but usable, sorted by path: missing serial ports, TLS files and GPIO chips on
+    this machine, an unwritable state directory, no chargers, and the plausibility warnings
+    (``config_plausibility``)."""
+    parts = Parts.of(cfg)
+    found = [p for p in cross_problems(parts) if p.warning] + _machine_warnings(parts, gpiochip_glob)
+    return rendered(found)

@@ -1,185 +1,44 @@
-"""What is wrong with a config beyond a single field, and how every problem is reported.
+"""The checks that span sections: what is wrong with a config beyond a single field.
 
-This module owns:
+Ids are valid and unique, a device's bus exists, a model is a profile of the right kind, two
+devices do not share a unit on one bus, rules name real chargers, variables form no cycle; and,
+from their own modules, the names formulas read (``config_names``) and what the profiles' facts
+make implausible (``config_plausibility``). ``cross_problems`` runs them all.
 
-- ``Problem`` (a path into the config and a reason) and ``ConfigError``, which carries every problem
-  as ``path.to.field: reason`` sorted by path; the YAML reader and the field validation report in
-  the same shape, so one run of ``gridcharge check-config`` lists everything;
-- the checks that span sections: ids are valid and unique, a device's bus exists, a model is a
-  profile of the right kind, two devices do not share a unit on one bus, rules name real chargers,
-  formulas name real devices and variables form no cycle.
-
-It is separate from the schema (``config_schema``) because these checks need the whole config at
-once, and they still run on the items that validated when others did not (``Parts.salvage``): a
-file with three mistakes gives three messages, not one.
+They run on whatever part of the config validated (``config_parts.Parts``), field by field, so a
+file with ten mistakes of different kinds gives ten messages in one run. A check that compares
+fields skips a field that did not validate (``Parts.intact``): its own error says enough.
 """
 
 from __future__ import annotations
 
 import difflib
 import re
-from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterator
 from typing import Any
 
-from pydantic import BaseModel, TypeAdapter, ValidationError
-
 from controller import formulas
+from controller.config_names import check_names
+from controller.config_parts import Parts, compiled_formulas
+from controller.config_plausibility import check_plausibility
+from controller.config_problems import Loc, Problem
 from controller.config_schema import (
     MAX_CURRENT_A,
-    BusConfig,
     ChargerConfig,
-    Config,
     GpioInputConfig,
-    Http,
-    InputConfig,
-    MeterConfig,
     ModbusDeviceConfig,
     ModbusInputConfig,
-    Rule,
     RtuBus,
-    MaxVariables,
     RtuOverTcpBus,
-    Site,
-    Smgw,
     TcpBus,
-    VariableValue,
 )
-from controller.variables import DEFAULT_MAX_VARIABLES
 from hal import profile as profiles
 
 ID_RE = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,63}")
 BUS_NAME_RE = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,63}")  # never a ':', so never an implicit "tcp:..." name
 RTU_UNITS = range(1, 248)  # Modbus serial line: 0 is broadcast, 248..255 reserved
 
-# --------------------------------------------------------------------------- problems
-
-Loc = tuple[Any, ...]
-
-
-@dataclass(frozen=True)
-class Problem:
-    """One thing wrong with the config: where (keys and list indexes) and why, in plain words."""
-
-    path: Loc
-    message: str
-
-    def render(self) -> str:
-        where = ".".join(str(part) for part in self.path) if self.path else "top level"
-        return f"{where}: {self.message}"
-
-
-def _sort_key(problem: Problem) -> tuple[Any, ...]:
-    parts = tuple((0, part, "") if isinstance(part, int) else (1, 0, str(part)) for part in problem.path)
-    return parts, problem.message
-
-
-class ConfigError(Exception):
-    """The configuration is unusable. ``errors`` lists every problem as ``path: reason``."""
-
-    def __init__(self, errors: list[str], source: str = "<config>") -> None:
-        self.errors = errors
-        self.source = source
-        count = f"{len(errors)} error{'s' if len(errors) != 1 else ''}"
-        super().__init__(f"{source}: {count}\n" + "\n".join(f"  {e}" for e in errors))
-
-
-def raise_if(problems: Iterable[Problem], source: str) -> None:
-    """Raise one ConfigError with every distinct problem, sorted by path (list indexes numerically)."""
-    unique = sorted(set(problems), key=_sort_key)
-    if unique:
-        raise ConfigError([p.render() for p in unique], source)
-
-
 # --------------------------------------------------------------------------- cross-reference checks
-
-
-@dataclass
-class Parts:
-    """The sections that validated, item by item, so that cross-reference checks run even when
-    some other item is broken (a file with three mistakes gives three messages)."""
-
-    site: Site | None
-    http: Http | None
-    smgw: Smgw | None
-    buses: dict[str, Any]
-    meters: dict[str, MeterConfig]
-    chargers: dict[str, ChargerConfig]
-    inputs: dict[str, Any]
-    variables: dict[str, Any]
-    rules: dict[int, Rule]
-    present: dict[str, frozenset[str]]  # raw keys per section: what exists, valid or not
-    max_variables: int | None = None  # None: the value given is invalid (reported by the schema)
-
-    @classmethod
-    def of(cls, cfg: Config) -> Parts:
-        present = {s: frozenset(getattr(cfg, s)) for s in ("buses", "meters", "chargers", "inputs", "variables")}
-        return cls(cfg.site, cfg.http, cfg.smgw, cfg.buses, cfg.meters, cfg.chargers, cfg.inputs,
-                   cfg.variables, dict(enumerate(cfg.rules)), present, cfg.max_variables)
-
-    @classmethod
-    def salvage(cls, data: Mapping[str, Any]) -> Parts:
-        sections = {name: data.get(name) for name in _ITEM_ADAPTERS}
-        good = {name: _good_items(adapter, sections[name]) for name, adapter in _ITEM_ADAPTERS.items()}
-        raw_rules = data.get("rules")
-        rules = dict(enumerate(raw_rules)) if isinstance(raw_rules, list) else {}
-        present = {n: frozenset(k for k in s if isinstance(k, str)) if isinstance(s, Mapping) else frozenset()
-                   for n, s in sections.items()}
-        return cls(_good(Site, data.get("site")), _good(Http, data.get("http")), _good(Smgw, data.get("smgw")),
-                   good["buses"], good["meters"], good["chargers"], good["inputs"], good["variables"],
-                   _good_items(_RULE, rules), present, _good_max_variables(data))
-
-
-_ITEM_ADAPTERS: dict[str, TypeAdapter[Any]] = {
-    "buses": TypeAdapter(BusConfig),
-    "meters": TypeAdapter(MeterConfig),
-    "chargers": TypeAdapter(ChargerConfig),
-    "inputs": TypeAdapter(InputConfig),
-    "variables": TypeAdapter(VariableValue),
-}
-_RULE = TypeAdapter(Rule)
-_MAX_VARIABLES = TypeAdapter(MaxVariables)
-
-
-def _good_max_variables(data: Mapping[str, Any]) -> int | None:
-    try:
-        return int(_MAX_VARIABLES.validate_python(data.get("max_variables", DEFAULT_MAX_VARIABLES)))
-    except ValidationError:
-        return None
-
-
-def _good(model: type[BaseModel], raw: Any) -> Any:
-    try:
-        return model.model_validate(raw) if raw is not None else None
-    except ValidationError:
-        return None
-
-
-def dangling_bus_references(data: Mapping[str, Any], parts: Parts) -> Iterator[Problem]:
-    """``bus:`` references of devices that failed validation for another reason.
-
-    A device with a bad formula still gets its unknown bus reported, so one run of check-config
-    lists every mistake (the checks on valid devices report the rest)."""
-    for section in ("meters", "chargers", "inputs"):
-        raw = data.get(section)
-        good = getattr(parts, section)
-        for dev_id, item in (raw.items() if isinstance(raw, Mapping) else ()):
-            if dev_id in good or not isinstance(item, Mapping):
-                continue
-            bus = item.get("bus")
-            if isinstance(bus, str) and bus not in parts.present["buses"]:
-                known = ", ".join(sorted(parts.present["buses"])) or "none"
-                yield Problem((section, dev_id, "bus"), f"no bus named '{bus}' (buses: {known})")
-
-
-def _good_items(adapter: TypeAdapter[Any], raw: Any) -> dict[Any, Any]:
-    result = {}
-    for key, value in (raw.items() if isinstance(raw, Mapping) else ()):
-        try:
-            result[key] = adapter.validate_python(value)
-        except ValidationError:
-            pass
-    return result
 
 
 def _check_ids(parts: Parts) -> Iterator[Problem]:
@@ -209,17 +68,19 @@ def _check_site(parts: Parts) -> Iterator[Problem]:
     if site.grid_meter is not None and site.grid_meter not in parts.present["meters"]:
         what = "a charger, not a meter" if site.grid_meter in parts.present["chargers"] else "not a meter"
         yield Problem(("site", "grid_meter"), f"'{site.grid_meter}' is {what}")
-    if site.stale_s < site.cycle_s:
+    if parts.intact(("site",), "stale_s", "cycle_s") and site.stale_s < site.cycle_s:
         yield Problem(("site", "stale_s"), f"must be at least cycle_s ({site.cycle_s:g} s)")
-    if site.watchdog_s < 2 * site.cycle_s:
+    if parts.intact(("site",), "watchdog_s", "cycle_s") and site.watchdog_s < 2 * site.cycle_s:
         yield Problem(("site", "watchdog_s"), f"must be at least twice cycle_s ({2 * site.cycle_s:g} s)")
 
 
 def _check_listeners(parts: Parts) -> Iterator[Problem]:
     http, smgw = parts.http, parts.smgw
-    if http is not None and (http.password is None) == (http.password_hash is None):
+    if http is not None and parts.intact(("http",), "password", "password_hash") \
+            and (http.password is None) == (http.password_hash is None):
         yield Problem(("http", "password"), "give exactly one of password or password_hash")
-    if http is not None and smgw is not None and http.port == smgw.port:
+    listens = parts.intact(("http",), "listen") and parts.intact(("smgw",), "listen")
+    if http is not None and smgw is not None and listens and http.port == smgw.port:
         wildcard = {"0.0.0.0", "::"}
         if http.host == smgw.host or http.host in wildcard or smgw.host in wildcard:
             yield Problem(("smgw", "listen"), f"port {smgw.port} is already http.listen")
@@ -240,6 +101,8 @@ def _check_buses(parts: Parts) -> Iterator[Problem]:
 
 def _check_address(parts: Parts, path: Loc, device: ModbusDeviceConfig) -> Iterator[Problem]:
     """bus XOR host; the bus exists; port only with host; RTU unit range; one connection per endpoint."""
+    if not parts.intact(path, "bus", "host", "port"):
+        return
     if device.bus is not None and device.host is not None:
         yield Problem(path + ("host",), "give either bus or host, not both")
         return
@@ -253,7 +116,7 @@ def _check_address(parts: Parts, path: Loc, device: ModbusDeviceConfig) -> Itera
             known = ", ".join(sorted(parts.present["buses"])) or "none"
             yield Problem(path + ("bus",), f"no bus named '{device.bus}' (buses: {known})")
         bus = parts.buses.get(device.bus)
-        if isinstance(bus, (RtuBus, RtuOverTcpBus)) and device.unit not in RTU_UNITS:
+        if isinstance(bus, (RtuBus, RtuOverTcpBus)) and parts.intact(path, "unit") and device.unit not in RTU_UNITS:
             yield Problem(path + ("unit",), f"must be 1..247 on an RS485 bus, not {device.unit}")
         return
     endpoint = (str(device.host).lower(), device.tcp_port)
@@ -270,8 +133,10 @@ def _a(word: str) -> str:
     return f"an {word}" if word[:1] in "aeiou" else f"a {word}"
 
 
-def _check_model(path: Loc, device: Any, kind: str) -> Iterator[Problem]:
+def _check_model(parts: Parts, path: Loc, device: Any, kind: str) -> Iterator[Problem]:
     """A packaged model of the right kind, or an inline profile that validates."""
+    if not parts.intact(path, "model", "profile"):
+        return
     inline = getattr(device, "profile", None)
     if inline is not None and getattr(device, "model", None) is not None:
         yield Problem(path + ("profile",), "give either model or profile, not both")
@@ -316,8 +181,8 @@ def _check_devices(parts: Parts) -> Iterator[Problem]:
             path: Loc = (section, device_id)
             address = list(_check_address(parts, path, device))
             yield from address
-            yield from _check_model(path, device, kind)
-            if address:
+            yield from _check_model(parts, path, device, kind)
+            if address or not parts.intact(path, "bus", "host", "port", "unit"):
                 continue
             key = (device.bus_name, device.unit)
             if key in units:
@@ -326,20 +191,20 @@ def _check_devices(parts: Parts) -> Iterator[Problem]:
             else:
                 units[key] = ".".join(path)
     for charger_id, charger in parts.chargers.items():
-        yield from _check_charger(("chargers", charger_id), charger)
+        yield from _check_charger(parts, ("chargers", charger_id), charger)
 
 
-def _check_charger(path: Loc, charger: ChargerConfig) -> Iterator[Problem]:
-    if charger.phases == 3 and "phase" in charger.model_fields_set:
+def _check_charger(parts: Parts, path: Loc, charger: ChargerConfig) -> Iterator[Problem]:
+    if parts.intact(path, "phases") and charger.phases == 3 and "phase" in charger.model_fields_set:
         yield Problem(path + ("phase",), "only for a 1-phase charger (phases: 1)")
     maximum = charger.max_current_a
-    if isinstance(maximum, (int, float)):
+    if isinstance(maximum, (int, float)) and parts.intact(path, "max_current_a"):
         if maximum > MAX_CURRENT_A:
             yield Problem(path + ("max_current_a",), f"must be at most {MAX_CURRENT_A:g} A")
-        if maximum < charger.min_current_a:
+        if parts.intact(path, "min_current_a") and maximum < charger.min_current_a:
             reason = f"{maximum:g} A is below min_current_a ({charger.min_current_a:g} A)"
             yield Problem(path + ("max_current_a",), reason)
-        elif charger.failsafe_current_a > maximum:
+        elif parts.intact(path, "failsafe_current_a") and charger.failsafe_current_a > maximum:
             reason = f"{charger.failsafe_current_a:g} A is above max_current_a ({maximum:g} A)"
             yield Problem(path + ("failsafe_current_a",), reason)
 
@@ -349,16 +214,20 @@ def _check_inputs(parts: Parts) -> Iterator[Problem]:
     for input_id, item in parts.inputs.items():
         path: Loc = ("inputs", input_id)
         if isinstance(item, GpioInputConfig):
+            if not parts.intact(path, "gpio"):
+                continue
             if item.gpio in pins:
                 yield Problem(path + ("gpio",), f"GPIO {item.gpio} is already inputs.{pins[item.gpio]}")
             pins.setdefault(item.gpio, input_id)
             continue
         yield from _check_address(parts, path, item)
-        model_problems = list(_check_model(path, item, "input"))
+        model_problems = list(_check_model(parts, path, item, "input"))
         yield from model_problems
+        if not parts.intact(path, "discrete_input", "coil"):
+            continue
         if (item.discrete_input is None) == (item.coil is None):
             yield Problem(path + ("discrete_input",), "give exactly one of discrete_input or coil")
-        elif not model_problems:
+        elif not model_problems and parts.intact(path, "model"):
             yield from _check_input_index(path, item)
 
 
@@ -375,40 +244,17 @@ def _check_rules(parts: Parts) -> Iterator[Problem]:
     names: dict[str, int] = {}
     for index, rule in sorted(parts.rules.items()):
         path: Loc = ("rules", index)
-        if rule.name in names:
-            yield Problem(path + ("name",), f"duplicate rule name '{rule.name}' (also rules.{names[rule.name]})")
-        names.setdefault(rule.name, index)
+        if parts.intact(path, "name"):
+            if rule.name in names:
+                yield Problem(path + ("name",), f"duplicate rule name '{rule.name}' (also rules.{names[rule.name]})")
+            names.setdefault(rule.name, index)
         if rule.chargers is not None and not rule.chargers:
             yield Problem(path + ("chargers",), "is empty: leave it out to mean all chargers")
         for position, charger_id in enumerate(rule.chargers or ()):
             if charger_id not in parts.present["chargers"]:
                 yield Problem(path + ("chargers", position), f"no charger named '{charger_id}'")
-        if (rule.max_current_a is None) == (rule.max_power_w is None):
+        if parts.intact(path, "max_current_a", "max_power_w") and (rule.max_current_a is None) == (rule.max_power_w is None):
             yield Problem(path + ("max_current_a",), "give exactly one of max_current_a or max_power_w")
-
-
-def _formula_fields(parts: Parts) -> Iterator[tuple[Loc, Any]]:
-    """Every formula of the config with its path (constants included)."""
-    if parts.site is not None:
-        yield ("site", "grid_limit_w"), parts.site.grid_limit_w
-        yield ("site", "chargers_limit_w"), parts.site.chargers_limit_w
-    for charger_id, charger in parts.chargers.items():
-        yield ("chargers", charger_id, "max_current_a"), charger.max_current_a
-    for index, rule in parts.rules.items():
-        for name in ("when", "max_current_a", "max_power_w"):
-            yield ("rules", index, name), getattr(rule, name)
-    for name, value in parts.variables.items():
-        yield ("variables", name), value
-
-
-def compiled_formulas(parts: Parts) -> Iterator[tuple[Loc, formulas.Formula]]:
-    """Every formula string of the config, compiled, with its path (config_warnings reads them too)."""
-    for path, value in _formula_fields(parts):
-        if isinstance(value, str):
-            try:
-                yield path, formulas.compile_formula(value)
-            except formulas.FormulaError:
-                pass  # already reported by the field's own validation
 
 
 def _check_variable_count(parts: Parts) -> Iterator[Problem]:
@@ -418,15 +264,8 @@ def _check_variable_count(parts: Parts) -> Iterator[Problem]:
         yield Problem(("variables",), f"{count} variables, more than max_variables ({parts.max_variables})")
 
 
-def _check_formulas(parts: Parts) -> Iterator[Problem]:
-    """``X.attr`` needs a device X: a variable never has attributes, so it is a typo, not a name
-    that may be defined later. Variables must not depend on each other in a cycle."""
-    devices = parts.present["meters"] | parts.present["chargers"] | parts.present["inputs"]
-    for path, formula in compiled_formulas(parts):
-        for name in sorted(formula.names):
-            owner = name.split(".", 1)[0]
-            if "." in name and owner not in devices:
-                yield Problem(path, f"'{name}': no device named '{owner}'")
+def _check_cycles(parts: Parts) -> Iterator[Problem]:
+    """Variables must not depend on each other in a cycle: none of them could ever be evaluated."""
     variable_formulas = {path[1]: f for path, f in compiled_formulas(parts) if path[0] == "variables"}
     try:
         formulas.evaluation_order(variable_formulas)
@@ -436,10 +275,11 @@ def _check_formulas(parts: Parts) -> Iterator[Problem]:
 
 _CHECKS = (
     _check_ids, _check_site, _check_listeners, _check_buses, _check_devices, _check_inputs, _check_rules,
-    _check_formulas, _check_variable_count,
+    check_names, _check_cycles, _check_variable_count, check_plausibility,
 )
 
 
 def cross_problems(parts: Parts) -> list[Problem]:
-    """Every problem that spans sections, from whatever part of the config validated."""
+    """Every problem that spans sections (errors and warnings), from whatever part of the config
+    validated."""
     return [problem for check in _CHECKS for problem in check(parts)]

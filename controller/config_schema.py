@@ -340,6 +340,12 @@ class MeterConfig(_ProfileDevice):
 PhaseName = Literal["L1", "L2", "L3"]
 
 
+def _iec_minimum(value: float) -> float:
+    if value < IEC_MIN_CURRENT_A:
+        raise ValueError(f"must be at least {IEC_MIN_CURRENT_A:g} A: IEC 61851 charging cannot be offered less")
+    return value
+
+
 def _failsafe_current(value: float) -> float:
     if 0 < value < IEC_MIN_CURRENT_A:
         raise ValueError(f"must be 0 (stop) or at least {IEC_MIN_CURRENT_A:g} A (IEC 61851)")
@@ -351,7 +357,7 @@ class ChargerConfig(_ProfileDevice):
 
     phases: Annotated[Literal[1, 3], IntOnly] = 3
     phase: PhaseName = "L1"  # the phase a 1-phase box is wired to
-    min_current_a: Num = Field(IEC_MIN_CURRENT_A, ge=IEC_MIN_CURRENT_A, le=32)
+    min_current_a: Annotated[float, Strict(), Field(le=32), AfterValidator(_iec_minimum)] = IEC_MIN_CURRENT_A
     max_current_a: LimitFormula = 16.0
     priority: Int = Field(1, ge=0, le=100)
     failsafe_current_a: Annotated[

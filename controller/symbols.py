@@ -17,6 +17,13 @@ METER_FIELDS = ("power_w", "current_a", "current_l1_a", "current_l2_a", "current
                 "voltage_v", "import_wh", "export_wh")
 CHARGER_FIELDS = ("state", "charging", "power_w", "current_a", "current_l1_a", "current_l2_a",
                   "current_l3_a", "energy_wh")
+#: What a formula can read of each kind of device, after the dot (``M1.power_w``): exactly the
+#: names ``device_symbols`` provides. An input has none: it is read bare (``RSE1``). The config
+#: check refuses any other name, so a typo is found before the service starts.
+DEVICE_VALUES: dict[str, tuple[str, ...]] = {
+    "meter": ("online", *METER_FIELDS),
+    "charger": ("online", *CHARGER_FIELDS),
+}
 
 
 def time_symbols(now: datetime) -> dict[str, Any]:

@@ -14,7 +14,10 @@ The schema in brief (every key not listed is an error; see ``hal/profiles/heidel
     model: name                      # = file name for packaged profiles; default "custom"
     kind: meter | charger | input
     manufacturer: text; description: text
-    link: {protocol: rtu|tcp, baudrate, parity: N|E|O, stopbits, port, default_unit}
+    link: {protocol: rtu|tcp, baudrate, parity: N|E|O, stopbits, port, default_unit,
+           fixed: true|false}        # fixed: the box cannot be set to other serial settings
+    phases: 1 | 3                    # meters and chargers: works on that many phases only
+    max_current_a: amperes           # chargers: the most the box accepts as its limit
     request: {timeout_s, gap_s, retries, max_registers (1..125), max_gap}
     word_order: big | little         # default for every value and write
     values:                          # meters need power_w, chargers state
@@ -68,9 +71,9 @@ _NAME_RE = re.compile(r"[a-z][a-z0-9_]{0,63}")
 _BIT_TABLES = {Table.COIL, Table.DISCRETE}
 _TOP_KEYS = frozenset({
     "model", "kind", "manufacturer", "description", "link", "request", "word_order", "values",
-    "state", "limit", "keepalive_s", "setup", "fallback", "inputs",
+    "state", "limit", "keepalive_s", "setup", "fallback", "inputs", "phases", "max_current_a",
 })  # fmt: skip
-_CHARGER_ONLY = ("state", "limit", "keepalive_s", "setup", "fallback")
+_CHARGER_ONLY = ("state", "limit", "keepalive_s", "setup", "fallback", "max_current_a")
 _FALLBACK_KEYS = frozenset({"timeout_s", "fed_by"})
 _FED_BY = ("any_request", "limit_write")
 _VALUE_KEYS = frozenset({
@@ -78,7 +81,8 @@ _VALUE_KEYS = frozenset({
     "shift", "required",
 })  # fmt: skip
 _REQUEST_KEYS = frozenset({"gap_s", "timeout_s", "retries", "max_registers", "max_gap"})
-_LINK_KEYS = frozenset({"protocol", "baudrate", "parity", "stopbits", "port", "default_unit"})
+_LINK_KEYS = frozenset({"protocol", "baudrate", "parity", "stopbits", "port", "default_unit", "fixed"})
+_IEC_MIN_A, _IEC_MAX_A = 6, 80  # IEC 61851-1: the range a pilot signal can offer
 _STATE_KEYS = frozenset({"map", "by_value", "preferred"})
 _BY_VALUE_KEYS = frozenset({"codes", "value", "min", "then", "else"})
 _LIMIT_KEYS = frozenset({"table", "address", "type", "scale", "word_order", "write", "pause", "resume"})
@@ -129,6 +133,7 @@ class _Parser:
             "manufacturer": self.text(data, "manufacturer", "", ""),
             "description": self.text(data, "description", "", ""),
             "link": self.link(data.get("link")),
+            "phases": self.phases(data, kind),
         }
         if self.errors or kind is None:
             raise ProfileError(self.errors, self.source)
@@ -171,6 +176,7 @@ class _Parser:
         if state_spec is not None and (state_spec.scaled or state_spec.range is not None):
             self.err("values.state", "a state code is not scaled or range-checked")
         keepalive = self.number(data, "keepalive_s", "", None, gt=0)
+        max_current = self.number(data, "max_current_a", "", None, lo=_IEC_MIN_A, hi=_IEC_MAX_A)
         setup = self.writes(data.get("setup"), "setup", word_order, setup=True)
         return {
             "state": self.state(data["state"], state_spec, values) if "state" in data else None,
@@ -178,6 +184,7 @@ class _Parser:
             "setup": setup,
             "keepalive_s": float(keepalive) if keepalive is not None else None,
             "fallback": self.fallback(data.get("fallback"), setup),
+            "max_current_a": float(max_current) if max_current is not None else None,
         }
 
     def require_value(self, values: Mapping[str, ValueSpec], name: str, what: str, declared: Any) -> None:
@@ -211,14 +218,25 @@ class _Parser:
     def link(self, data: Any) -> LinkDefaults:
         if data is None or not self.keys(data, "link", _LINK_KEYS):
             return LinkDefaults()
-        return LinkDefaults(
+        link = LinkDefaults(
             protocol=self.choice(data, "protocol", "link", ("rtu", "tcp"), "rtu") or "rtu",
             baudrate=self.choice(data, "baudrate", "link", _BAUDRATES, None),
             parity=self.choice(data, "parity", "link", ("N", "E", "O"), None),
             stopbits=self.choice(data, "stopbits", "link", (1, 2), None),
             port=self.integer(data, "port", "link", None, 1, 65535),
             default_unit=self.integer(data, "default_unit", "link", 1, 1, 255) or 1,
+            fixed=bool(self.boolean(data, "fixed", "link", False)),
         )
+        if link.fixed and None in (link.baudrate, link.parity, link.stopbits):
+            self.err("link.fixed", "fixed serial settings need baudrate, parity and stopbits")
+        return link
+
+    def phases(self, data: Mapping[str, Any], kind: Kind | None) -> int | None:
+        """1 or 3 when the model works on that many phases only; None when either."""
+        if "phases" in data and kind is Kind.INPUT:
+            self.err("phases", "only meters and chargers have 'phases'")
+            return None
+        return self.choice(data, "phases", "", (1, 3), None)
 
     def inputs(self, data: Any) -> InputSpec | None:
         if not self.keys(data, "inputs", _INPUTS_KEYS, required=("count",)):

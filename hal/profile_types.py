@@ -166,7 +166,11 @@ class Packing:
 
 @dataclass(frozen=True)
 class LinkDefaults:
-    """The device's factory link settings: documentation and defaults for ``gridcharge read``."""
+    """The device's factory link settings: documentation and defaults for ``gridcharge read``.
+
+    ``fixed``: the device cannot be set to other serial settings (a Heidelberg box speaks only
+    19200 8E1), so an RS485 bus with other settings can never reach it: the config check says so.
+    """
 
     protocol: str = "rtu"  # rtu | tcp
     baudrate: int | None = None
@@ -174,6 +178,11 @@ class LinkDefaults:
     stopbits: int | None = None
     port: int | None = None  # TCP port
     default_unit: int = 1
+    fixed: bool = False
+
+    def serial_text(self) -> str:
+        """``19200 8E1``: how an installer writes serial settings."""
+        return f"{self.baudrate} 8{self.parity}{self.stopbits}"
 
 
 @dataclass(frozen=True)
@@ -321,6 +330,11 @@ class Profile:
     fallback: Fallback | None = None
     inputs: InputSpec | None = None
     link: LinkDefaults = LinkDefaults()
+    #: Facts the config check compares a device's entry with: ``phases`` 1 or 3 when the model
+    #: works on that many phases only (None: either), ``max_current_a`` the most a charger
+    #: accepts as its limit (None: not known; the box's own rating decides).
+    phases: int | None = None
+    max_current_a: float | None = None
     manufacturer: str = ""
     description: str = ""
     source: str = ""

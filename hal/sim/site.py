@@ -461,6 +461,7 @@ class SimulatedSite:
             return {"bus": RTU_BUS, "unit": device.unit}
         if device.link == "rtu-over-tcp":
             buses[GATEWAY_BUS] = {"type": "rtu-over-tcp", "host": address.host, "port": address.port,
+                                  "baudrate": RTU_BAUDRATE, "parity": "E", "stopbits": 1,  # as served
                                   "timeout_s": timeout_s}
             return {"bus": GATEWAY_BUS, "unit": device.unit}
         if self.tcp_layout == "shared":

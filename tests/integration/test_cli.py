@@ -54,6 +54,72 @@ def test_check_config_lists_every_error_with_its_path(tmp_path: Path) -> None:
     assert "chargers.E2.model" in res.stderr
 
 
+EVERY_KIND = """\
+site:
+  main_fuse_a: 25
+  cycle_s: fast                      # schema: not a number
+  grid_meter: E1                     # cross-reference: a charger, not a meter
+  grid_limit_w: "55000 * AVIAL / 100"   # unknown name
+buses:
+  rs485: {type: rtu, port: /dev/ttyUSB0, baudrate: 9600}
+meters:
+  M1: {model: sdm630, bus: rs485, unit: 1}
+chargers:
+  E1: {model: heidelberg, bus: rs485, unit: 1, max_current_a: 20, priorty: 2}
+  E2: {model: alfen, host: 192.168.1.50, min_current_a: 4, max_current_a: 32}
+inputs:
+  RSE1: {gpio: 17, pull_up: no}
+variables:
+  AVAIL: 100
+  A: "B + 1"
+  B: "A * 2"
+rules:
+  - name: cheap hours
+    chargers: [E9]
+    when: "E1.stat == 3"
+    max_current_a: 0
+"""
+
+
+def test_check_config_reports_every_kind_of_error_in_one_run(tmp_path: Path) -> None:
+    """One file, one mistake of every kind: YAML, schema, cross-reference, unknown name and
+    plausibility, all in one run, sorted by path, with the warnings beside them."""
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(EVERY_KIND)
+    res = gridcharge("check-config", "--config", str(bad))
+    assert res.returncode == 1, res.stdout + res.stderr
+    lines = res.stderr.splitlines()
+    errors = [line.strip() for line in lines[1:] if not line.strip().startswith("warning: ")]
+    expected = [
+        ("chargers.E1.bus", "'heidelberg' speaks only 19200 8E1 (fixed on the box), but bus 'rs485' runs 9600 8N1"),
+        ("chargers.E1.max_current_a", "20 A is above what 'heidelberg' accepts (16 A)"),
+        ("chargers.E1.priorty", "unknown key (did you mean 'priority'?)"),
+        ("chargers.E1.unit", "unit 1 on bus 'rs485' is already meters.M1"),
+        ("chargers.E2.min_current_a", "must be at least 6 A: IEC 61851"),
+        ("inputs.RSE1.pull_up", "'no' is read by YAML as false"),
+        ("rules.0.chargers.0", "no charger named 'E9'"),
+        ("rules.0.when", "unknown name 'E1.stat' (did you mean 'E1.state'?)"),
+        ("site.cycle_s", "Input should be a valid number"),
+        ("site.grid_limit_w", "unknown name 'AVIAL' (did you mean 'AVAIL'?); a variable set later over the API must "
+                              "be declared under variables: with its starting value"),
+        ("site.grid_meter", "'E1' is a charger, not a meter"),
+        ("variables", "dependency cycle: A -> B -> A"),
+    ]
+    assert lines[0].startswith(f"{bad}: {len(expected)} errors, "), res.stderr  # the warnings depend on the machine
+    assert [e.split(": ", 1)[0] for e in errors] == [path for path, _ in expected], res.stderr
+    for error, (path, fragment) in zip(errors, expected):
+        assert fragment in error, (error, fragment)
+    assert "  warning: chargers.E2.max_current_a: 32 A is above main_fuse_a (25 A)" in res.stderr
+    assert "  warning: buses.rs485.port: /dev/ttyUSB0 does not exist on this machine" in res.stderr
+
+
+def test_check_config_accepts_the_simulated_site(tmp_path: Path, sim: SimulatedSite) -> None:
+    """The simulator's config (a Heidelberg box on an RS485 line) passes, warnings at most."""
+    res = gridcharge("check-config", "--config", str(write_config(tmp_path, sim)))
+    assert res.returncode == 0, res.stderr
+    assert "config OK" in res.stdout
+
+
 def test_usage_error_exits_2() -> None:
     assert gridcharge("frobnicate").returncode == 2
 

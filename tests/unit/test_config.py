@@ -14,6 +14,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from controller.symbols import DEVICE_VALUES
 from controller.config import (
     ChargerConfig,
     Config,
@@ -205,7 +206,7 @@ CASES: list[tuple[str, list[tuple[str, Any]], list[tuple[str, str]]]] = [
     ("smgw function unknown", [("smgw.functions", ["vars", "root"])], [("smgw.functions.1", "'vars', 'status', 'admin' or 'ocpp'")]),
     ("smgw functions empty", [("smgw.functions", [])], [("smgw.functions", "is empty")]),
     ("nan", [("site.failsafe_limit_w", float("nan"))], [("site.failsafe_limit_w", "finite number")]),
-    ("min current below IEC", [("chargers.E1.min_current_a", 5)], [("chargers.E1.min_current_a", "greater than or equal to 6")]),
+    ("min current below IEC", [("chargers.E1.min_current_a", 5)], [("chargers.E1.min_current_a", "must be at least 6 A: IEC 61851")]),
     ("fail-safe between 0 and 6", [("chargers.E1.failsafe_current_a", 3)], [("chargers.E1.failsafe_current_a", "0 (stop) or at least 6 A")]),
     # missing required fields
     ("missing fuse", [("site.main_fuse_a", DELETE)], [("site.main_fuse_a", "required, but missing")]),
@@ -586,14 +587,9 @@ def test_unwritable_state_dir_probe(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert f"state_dir: {tmp_path / 'state'} is not writable by this user" in warnings
 
 
-def test_formula_names_nothing_defines_are_warnings() -> None:
-    cfg = parse_config(changed(("site.grid_limit_w", "55000 * AVIAL / 100"), ("variables.X", "M1 + 1"), ("chargers", {}),
-                               ("rules", [])))
-    warnings = config_warnings(cfg, gpiochip_glob="/*")
-    assert ("site.grid_limit_w: 'AVIAL' is not defined in variables "
-            "(an evaluation error until it is set over the API)") in warnings
-    assert "variables.X: 'M1' is a device; use one of its values, e.g. M1.power_w" in warnings
-    assert "chargers: none configured" in warnings
+def test_no_chargers_is_a_warning() -> None:
+    cfg = parse_config(changed(("chargers", {}), ("rules", [])))
+    assert "chargers: none configured" in config_warnings(cfg, gpiochip_glob="/*")
 
 
 def test_three_yaml_mistakes_give_three_messages(tmp_path: Path) -> None:
@@ -601,6 +597,254 @@ def test_three_yaml_mistakes_give_three_messages(tmp_path: Path) -> None:
     text = text.replace("bus: garage, unit: 1", "bus: garagee, unit: 1").replace("parity: E,", "paritty: E,")
     errors = yaml_errors(tmp_path, text)
     assert [e.split(": ")[0] for e in errors] == ["buses.rs485.paritty", "chargers.E2.bus", "inputs.RSE1.pull_up"], errors
+
+
+# --------------------------------------------------------------------------- names in formulas
+
+DECLARE = "a variable set later over the API must be declared under variables: with its starting value"
+
+
+@pytest.mark.parametrize("path", [
+    "site.grid_limit_w", "site.chargers_limit_w", "chargers.E2.max_current_a", "rules.0.when", "rules.0.max_current_a",
+    "variables.TARIF",
+])
+def test_an_unknown_name_is_an_error_in_every_formula(path: str) -> None:
+    errors = errors_of(changed((path, "55000 * AVIAL / 100")))
+    assert errors == [f"{path}: unknown name 'AVIAL' (did you mean 'AVAIL'?); {DECLARE}"]
+
+
+def test_unknown_name_in_a_rules_power_cap() -> None:
+    errors = errors_of(changed(("rules.0.max_current_a", DELETE), ("rules.0.max_power_w", "tarif * 1000")))
+    assert errors == [f"rules.0.max_power_w: unknown name 'tarif' (did you mean 'TARIF'?); {DECLARE}"]
+
+
+def test_an_unknown_name_without_a_close_one() -> None:
+    assert errors_of(changed(("site.grid_limit_w", "SOLAR_SURPLUS"))) == [
+        f"site.grid_limit_w: unknown name 'SOLAR_SURPLUS'; {DECLARE}"]
+
+
+@pytest.mark.parametrize("formula, reason", [
+    ("M1", "'M1' is a meter: read one of its values, e.g. M1.power_w"),
+    ("E1 * 2", "'E1' is a charger: read one of its values, e.g. E1.power_w"),
+    ("M1.powr_w", "unknown name 'M1.powr_w' (did you mean 'M1.power_w'?): a meter has online, power_w, current_a"),
+    ("E1.stat == 3", "unknown name 'E1.stat' (did you mean 'E1.state'?): a charger has online, state, charging"),
+    ("M1.zzz", "unknown name 'M1.zzz': a meter has online, power_w"),
+    ("RSE1.online", "unknown name 'RSE1.online': RSE1 is an input, read it alone (RSE1 is 1 when active, 0 when not)"),
+    ("AVAIL.value", "unknown name 'AVAIL.value': AVAIL is a variable; only devices have values after a dot"),
+    ("M2.power_w", "unknown name 'M2.power_w': no device named 'M2' (did you mean 'M1.power_w'?)"),
+    ("ZZ9.power_w", "unknown name 'ZZ9.power_w': no device named 'ZZ9'"),
+])
+def test_device_and_input_names_are_checked(formula: str, reason: str) -> None:
+    errors = errors_of(changed(("variables.X", formula)))
+    assert len(errors) == 1 and errors[0].startswith(f"variables.X: {reason}"), errors
+
+
+def test_every_symbol_a_formula_can_read_is_accepted() -> None:
+    values = [f"M1.{v}" for v in DEVICE_VALUES["meter"]] + [f"E1.{v}" for v in DEVICE_VALUES["charger"]]
+    formula = " + ".join(["AVAIL", "TARIF", "RSE1", "RSE2", "hour", "minute", "weekday", "max(M1.current_a)",
+                          "M1.current_a[2]", *[v for v in values if not v.endswith(".current_a")]])
+    assert parse_config(changed(("variables.X", formula))).variables["X"] == formula
+
+
+def test_device_values_are_exactly_what_the_loop_provides() -> None:
+    """The config check and the control loop's symbol table agree, online and offline."""
+    from controller.symbols import device_symbols
+    from hal.types import ChargerReading, IecState, MeterReading
+
+    meter = MeterReading(power_w=1.0, current_a=(1.0, 2.0, 3.0), voltage_v=(230.0, 230.0, 230.0))
+    charger = ChargerReading(state=IecState.C, current_a=(6.0, 6.0, 6.0))
+    for kind, reading in (("meter", meter), ("charger", charger)):
+        for value in (reading, None):
+            names = {name.split(".", 1)[1] for name in device_symbols("X", kind, value)}
+            assert names == set(DEVICE_VALUES[kind]), (kind, value)
+
+
+def test_a_broken_variable_is_still_declared() -> None:
+    """Formulas that read a variable whose own value is wrong get no second message."""
+    errors = errors_of(changed(("variables.AVAIL", "1 +")))  # site.grid_limit_w reads AVAIL
+    assert len(errors) == 1 and errors[0].startswith("variables.AVAIL: formula does not parse"), errors
+
+
+# --------------------------------------------------------------------------- plausibility (the profiles' facts)
+
+
+def problems_of(data: dict[str, Any], prefix: str = "") -> tuple[list[str], list[str]]:
+    """(errors, warnings) of a config, the warnings without this machine's (ports, TLS files)."""
+    try:
+        cfg = parse_config(data, source="test")
+    except ConfigError as exc:
+        errors, warnings = exc.errors, exc.warnings
+    else:
+        errors, warnings = [], config_warnings(cfg, gpiochip_glob="/*")
+    machine = ("does not exist on this machine", "not writable")
+    return ([e for e in errors if e.startswith(prefix)],
+            [w for w in warnings if w.startswith(prefix) and not any(m in w for m in machine)])
+
+
+@pytest.mark.parametrize("bus, serial", [
+    ({"baudrate": 9600}, "9600 8E1"), ({"parity": "N"}, "19200 8N1"), ({"stopbits": 2}, "19200 8E2"),
+])
+def test_fixed_serial_settings_must_match_the_bus(bus: dict[str, Any], serial: str) -> None:
+    data = changed(*[(f"buses.rs485.{key}", value) for key, value in bus.items()])
+    errors, _ = problems_of(data)
+    assert errors == [
+        f"chargers.E1.bus: 'heidelberg' speaks only 19200 8E1 (fixed on the box), but bus 'rs485' runs {serial}: "
+        "set baudrate: 19200, parity: E, stopbits: 1 on the bus, and every device on it to match"], errors
+
+
+def test_fixed_serial_settings_behind_a_gateway() -> None:
+    errors, _ = problems_of(changed(("chargers.E1.bus", "shed")))  # shed: rtu-over-tcp, 9600 8N1 by default
+    assert errors == [f"chargers.E1.bus: 'heidelberg' speaks only 19200 8E1 (fixed on the box), but bus 'shed' "
+                      "runs 9600 8N1: set baudrate: 19200, parity: E, stopbits: 1 on the bus, and every device on it to match"]
+    assert problems_of(changed(("chargers.E1.bus", "shed"), ("buses.shed.baudrate", 19200), ("buses.shed.parity", "E"))) == ([], [])
+
+
+def test_a_pseudo_terminal_has_no_line_settings_to_compare(tmp_path: Path) -> None:
+    """The simulator's null-modem, or a socat link to a remote serial server: the far end decides."""
+    link = tmp_path / "ttyV0"
+    link.symlink_to("/dev/pts/7")
+    for port in ("/dev/pts/7", str(link)):
+        assert problems_of(changed(("buses.rs485.port", port), ("buses.rs485.parity", "N")), "chargers") == ([], [])
+
+
+def test_settings_that_may_change_are_not_compared() -> None:
+    """An SDM630 leaves the factory at 9600 8N1 but can be set to 19200 8E1: no message."""
+    assert problems_of(changed(("chargers.E1.bus", "garage"), ("chargers.E1.unit", 2)), "meters") == ([], [])
+
+
+def test_a_misspelt_bus_setting_is_not_also_a_line_mismatch() -> None:
+    errors, _ = problems_of(changed(("buses.rs485.parity", DELETE), ("buses.rs485.paritty", "E")))
+    assert errors == ["buses.rs485.paritty: unknown key (did you mean 'parity'?)"]
+
+
+@pytest.mark.parametrize("key, value, reason", [
+    ("max_current_a", 20, "20 A is above what 'heidelberg' accepts (16 A)"),
+    ("min_current_a", 20, "20 A is above what 'heidelberg' accepts (16 A)"),
+])
+def test_currents_above_what_the_model_accepts(key: str, value: float, reason: str) -> None:
+    errors, _ = problems_of(changed((f"chargers.E1.{key}", value)), "chargers.E1")
+    assert f"chargers.E1.{key}: {reason}" in errors, errors
+
+
+def test_failsafe_above_what_the_model_accepts_when_the_maximum_is_a_formula() -> None:
+    errors, _ = problems_of(changed(("chargers.E1.max_current_a", "16 * AVAIL / 100"), ("chargers.E1.failsafe_current_a", 20)))
+    assert errors == ["chargers.E1.failsafe_current_a: 20 A is above what 'heidelberg' accepts (16 A)"]
+    errors, _ = problems_of(changed(("chargers.E1.failsafe_current_a", 20)))  # said once: above max_current_a
+    assert errors == ["chargers.E1.failsafe_current_a: 20 A is above max_current_a (16 A)"]
+
+
+def test_models_without_a_known_maximum_take_up_to_the_iec_limit() -> None:
+    assert problems_of(changed(("chargers.E2.max_current_a", 32)), "chargers") == ([], [])
+
+
+def test_a_maximum_above_the_fuse_is_a_warning() -> None:
+    errors, warnings = problems_of(changed(("site.main_fuse_a", 25), ("chargers.E2.max_current_a", 32)))
+    assert errors == []
+    assert warnings == ["chargers.E2.max_current_a: 32 A is above main_fuse_a (25 A): the box can never be given "
+                        "that much; check the box's rating and the fuse"]
+
+
+def test_a_minimum_above_the_fuse_is_an_error() -> None:
+    errors, _ = problems_of(changed(("site.main_fuse_a", 10), ("chargers.E2.min_current_a", 13), ("chargers.E2.max_current_a", 16)))
+    assert "chargers.E2.min_current_a: 13 A is above main_fuse_a (10 A): the box could never start charging" in errors
+
+
+def test_minimum_above_maximum_is_an_error() -> None:
+    errors, _ = problems_of(changed(("chargers.E2.max_current_a", 10), ("chargers.E2.min_current_a", 12)))
+    assert errors == ["chargers.E2.max_current_a: 10 A is below min_current_a (12 A)"]
+
+
+def _box(phases: int) -> dict[str, Any]:
+    """An inline charger profile that declares the phases it works on."""
+    data = yaml.safe_load((REPO / "hal" / "profiles" / "alfen.yaml").read_text(encoding="utf-8"))
+    return {**data, "model": f"box{phases}", "phases": phases}
+
+
+def test_a_three_phase_box_said_to_be_one_phase_is_an_error() -> None:
+    errors, _ = problems_of(changed(("chargers.E3.model", DELETE), ("chargers.E3.profile", _box(3))))
+    assert errors == ["chargers.E3.phases: 1, but 'box3' charges on 3 phases only: gridcharge would count its current "
+                      "on L2 alone while it draws on all three; write phases: 3"]
+
+
+def test_a_one_phase_box_said_to_be_three_phase_is_a_warning() -> None:
+    errors, warnings = problems_of(changed(("chargers.E2.model", DELETE), ("chargers.E2.profile", _box(1))), "chargers")
+    assert errors == []
+    assert warnings == ["chargers.E2.phases: 3, but 'box1' charges on one phase only: write phases: 1 and phase: "
+                        "(L1, L2 or L3, as wired); as it is, its current is counted on every phase and it gets less than it could"]
+    assert problems_of(changed(("chargers.E3.model", DELETE), ("chargers.E3.profile", _box(1))), "chargers") == ([], [])
+
+
+def test_a_one_phase_grid_meter_is_a_warning() -> None:
+    errors, warnings = problems_of(changed(("meters.M1.model", "sdm120")), "site")
+    assert errors == []
+    assert warnings == ["site.grid_meter: 'M1' is 'sdm120', a 1-phase meter: gridcharge reads 0 A on L2 and L3, so on a "
+                        "3-phase connection their load is unseen and their fuse unguarded; use a 3-phase meter"]
+
+
+def test_failsafe_currents_above_the_fuse_together_are_a_warning() -> None:
+    """E1 and E2 draw on every phase, E3 on L2 only: L2 carries all three fail-safe currents."""
+    edits = [("chargers.E2.max_current_a", 16), ("chargers.E1.failsafe_current_a", 10), ("chargers.E2.failsafe_current_a", 10)]
+    errors, warnings = problems_of(changed(("site.main_fuse_a", 25), ("chargers.E3.failsafe_current_a", 6), *edits), "chargers")
+    assert (errors, warnings) == ([], ["chargers: the fail-safe currents add up to 26 A on L2, above main_fuse_a (25 A): "
+                                       "if gridcharge stops, the boxes alone may trip the fuse; lower failsafe_current_a"])
+    assert problems_of(changed(("site.main_fuse_a", 26), *edits), "chargers") == ([], [])
+
+
+def test_the_examples_have_no_plausibility_messages() -> None:
+    for example in (SPEC_EXAMPLE, DEPLOY_EXAMPLE):
+        cfg = load_config(example)
+        machine = ("does not exist on this machine", "not writable", "no GPIO chip")
+        assert [w for w in config_warnings(cfg) if not any(m in w for m in machine)] == [], example
+
+
+# --------------------------------------------------------------------------- every kind at once
+
+
+def test_one_bad_field_does_not_hide_the_cross_checks_of_its_entry() -> None:
+    errors = errors_of(changed(
+        ("chargers.E1.priority", "high"),  # E1 is still checked: its unit, bus and maximum
+        ("chargers.E1.unit", 1),
+        ("chargers.E1.max_current_a", 20),
+        ("site.cycle_s", "fast"),  # the site is still checked: its grid meter, its formulas
+        ("site.grid_meter", "E1"),
+        ("site.grid_limit_w", "AVIAL * 550"),
+        ("rules.0.name", 5),  # the rule is still checked: its chargers
+        ("rules.0.chargers", ["E9"]),
+    ))
+    assert [e.split(": ")[0] for e in errors] == [
+        "chargers.E1.max_current_a", "chargers.E1.priority", "chargers.E1.unit", "rules.0.chargers.0", "rules.0.name",
+        "site.cycle_s", "site.grid_limit_w", "site.grid_meter"], errors
+
+
+def test_a_missing_fuse_does_not_hide_the_rest_of_the_site() -> None:
+    errors = errors_of(changed(("site.main_fuse_a", DELETE), ("site.grid_meter", "E2"), ("chargers.E2.min_current_a", 13)))
+    assert errors == ["site.grid_meter: 'E2' is a charger, not a meter", "site.main_fuse_a: required, but missing"]
+
+
+@pytest.mark.parametrize("edits, expected", [
+    ([("chargers.E1.unit", "one"), ("meters.M1.unit", 2)], ["chargers.E1.unit"]),  # no "unit 1 is already ..."
+    ([("http.password", "short")], ["http.password"]),  # no "give exactly one of password or password_hash"
+    ([("site.cycle_s", "fast"), ("site.stale_s", 0.5)], ["site.cycle_s"]),  # no "stale_s must be at least cycle_s"
+    ([("meters.M1.model", 5)], ["meters.M1.model"]),  # no "required: give model or profile"
+    ([("meters.M1.bus", 5)], ["meters.M1.bus"]),  # no "required: give bus or host"
+    ([("rules.0.max_current_a", "x +")], ["rules.0.max_current_a"]),  # no "give exactly one of"
+    ([("inputs.RSE2.discrete_input", -1)], ["inputs.RSE2.discrete_input"]),  # no "give exactly one of"
+    ([("inputs.RSE1.gpio", 99), ("inputs.RSE3", {"gpio": 0})], ["inputs.RSE1.gpio"]),
+    ([("chargers.E1.min_current_a", 99)], ["chargers.E1.min_current_a"]),  # no "max below min"
+    ([("smgw.cert", 5)], ["smgw.cert"]),
+])
+def test_a_bad_field_gives_one_message_not_two(edits: list[tuple[str, Any]], expected: list[str]) -> None:
+    errors = errors_of(changed(*edits))
+    assert [e.split(": ")[0] for e in errors] == expected, errors
+
+
+def test_warnings_come_with_the_errors() -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config(changed(("site.main_fuse_a", 25), ("chargers.E2.max_current_a", 32), ("chargers.E1.unit", 1)))
+    assert info.value.errors == ["chargers.E1.unit: unit 1 on bus 'rs485' is already meters.M1"]
+    assert "chargers.E2.max_current_a: 32 A is above main_fuse_a (25 A): the box can never be given that much; " \
+           "check the box's rating and the fuse" in info.value.warnings
+    assert "buses.rs485.port: /dev/gridcharge-rs485-0 does not exist on this machine" in info.value.warnings
 
 
 # --------------------------------------------------------------------------- robustness (hypothesis)

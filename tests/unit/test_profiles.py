@@ -226,6 +226,13 @@ ERRORS = [
     (CHARGER, "setup.0.flsh", True, "setup[0].flsh: unknown key"),
     (CHARGER, "setup", {"address": 1}, "setup: must be a list of writes"),
     (CHARGER, "keepalive_s", 0, "keepalive_s: 0 must be greater than 0"),
+    # facts the config check compares a device's entry with
+    (METER, "link", {"baudrate": 9600, "fixed": True}, "link.fixed: fixed serial settings need baudrate, parity and stopbits"),
+    (METER, "link", {"fixed": "yes"}, "link.fixed: 'yes' is not true or false"),
+    (METER, "phases", 2, "phases: 2 is not one of 1, 3"),
+    (METER, "max_current_a", 16, "max_current_a: only chargers have 'max_current_a'"),
+    (CHARGER, "max_current_a", 5, "max_current_a: 5 is outside 6..80"),
+    (CHARGER, "max_current_a", "16", "max_current_a: '16' is not a number"),
 ]
 
 
@@ -236,6 +243,20 @@ def test_validation_errors_name_their_path(base: dict[str, Any], path: str, valu
     assert any(err.startswith(message) for err in info.value.errors), info.value.errors
     assert isinstance(info.value, ValueError)
     assert str(info.value).startswith("test: ")
+
+
+def test_profile_facts_for_the_config_check() -> None:
+    """Serial settings that cannot change, the phases a model works on, the most a charger accepts."""
+    heidelberg = load_profile("heidelberg")
+    assert heidelberg.link.fixed and heidelberg.link.serial_text() == "19200 8E1" and heidelberg.max_current_a == 16
+    assert load_profile("sdm120").phases == 1
+    assert not load_profile("sdm630").link.fixed and load_profile("sdm630").phases is None
+    box = parse_profile({**CHARGER, "phases": 1, "max_current_a": 32,
+                         "link": {"baudrate": 9600, "parity": "N", "stopbits": 1, "fixed": True}})
+    assert (box.phases, box.max_current_a, box.link.fixed) == (1, 32.0, True)
+    with pytest.raises(ProfileError) as info:
+        parse_profile({"kind": "input", "inputs": {"count": 8}, "phases": 1})
+    assert info.value.errors == ["phases: only meters and chargers have 'phases'"]
 
 
 def test_input_module_needs_its_inputs() -> None:
