@@ -5,6 +5,7 @@ did not answer (``read``), 4 the state directory or the grid log cannot be used 
 reason is the last line on stderr, and nothing was listening or talking to a device yet),
 5 ``run`` ended by an unexpected error (traceback in the log). Logs go to stderr, where journald
 picks them up.
+``status``: 6 the service cannot be reached or refused the login (one line on stderr says which).
 """
 
 from __future__ import annotations
@@ -37,6 +38,14 @@ def _parser() -> argparse.ArgumentParser:
     read.add_argument("--config", default=DEFAULT_CONFIG)
     hashpw = sub.add_parser("hash-password", help="print a password hash for http.password_hash")
     hashpw.add_argument("--stdin", action="store_true", help="read the password from standard input")
+    status = sub.add_parser(
+        "status", help="show the running service's site, chargers, limits and faults (from its HTTP API)",
+        description="Asks the running service over its LAN API (http.listen of the config). The password: "
+                    "GRIDCHARGE_PASSWORD, else the config's http.password, else asked on the terminal.")
+    status.add_argument("--config", default=DEFAULT_CONFIG)
+    status.add_argument("--watch", action="store_true", help="redraw in place until Ctrl-C")
+    status.add_argument("--interval", type=float, default=1.0, help="seconds between frames with --watch")
+    status.add_argument("--user", default=None, help="API user (default: http.user of the config)")
     return p
 
 
@@ -203,11 +212,34 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(duration_s=args.duration, scenario=not args.no_scenario, on_signal=_stop_on_signals)
 
 
+def cmd_status(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from controller.status_client import StatusUnavailable, client_for, terminal_prompt
+    from controller.status_command import EXIT_SERVICE, show_once, watch
+
+    cfg = _load(args.config)
+    if cfg is None:
+        return EXIT_CONFIG
+    try:
+        client = client_for(cfg.http, user=args.user, ask=terminal_prompt())
+        if args.watch:
+            watch(client, Console(), interval_s=args.interval)
+        else:
+            show_once(client, Console())
+    except StatusUnavailable as exc:
+        print(f"gridcharge status: {exc}", file=sys.stderr)
+        return EXIT_SERVICE
+    except (KeyboardInterrupt, EOFError):  # Ctrl-C while watching, or at the password prompt
+        return EXIT_OK
+    return EXIT_OK
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     _setup_logging(args.log_level)
     commands = {"run": cmd_run, "demo": cmd_demo, "check-config": cmd_check_config, "read": cmd_read,
-                "hash-password": cmd_hash_password}
+                "hash-password": cmd_hash_password, "status": cmd_status}
     return commands[args.command](args)
 
 
