@@ -213,8 +213,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from rich.console import Console
-
+    from controller.live_screen import console_for
     from controller.status_client import StatusUnavailable, client_for, terminal_prompt
     from controller.status_command import EXIT_SERVICE, show_once, watch
 
@@ -224,9 +223,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     try:
         client = client_for(cfg.http, user=args.user, ask=terminal_prompt())
         if args.watch:
-            watch(client, Console(), interval_s=args.interval)
+            watch(client, console_for(sys.stdout), interval_s=args.interval)
         else:
-            show_once(client, Console())
+            show_once(client, console_for(sys.stdout))
     except StatusUnavailable as exc:
         print(f"gridcharge status: {exc}", file=sys.stderr)
         return EXIT_SERVICE

@@ -16,7 +16,6 @@ then (``_Output``). Each step is a line above the view, and so is the end of the
 from __future__ import annotations
 
 import logging
-import os
 import secrets
 import shutil
 import sys
@@ -134,43 +133,27 @@ class _Output:
     On a terminal the view is redrawn in place after every cycle (``LiveScreen``); a step of the
     scenario and its end are lines above it. Anywhere else (a pipe, CI) a frame is printed every
     ``PLAIN_FRAME_S`` and after every step, between the step lines. When the reader of a pipe
-    goes away (``gridcharge demo | head``) the demo stops instead of failing once per cycle.
+    goes away (``gridcharge demo | head``), ``gone`` tells the demo to stop.
     """
 
     def __init__(self, out: TextIO) -> None:
-        self.out = out
         self.console = console_for(out)
         self.screen = LiveScreen(self.console)
-        self.gone = False
         self._last_plain_s = -PLAIN_FRAME_S
 
+    @property
+    def gone(self) -> bool:
+        return self.console.reader_gone
+
     def write(self, text: str) -> None:
-        self._guard(lambda: self.screen.note(text))
+        self.screen.note(text)
 
     def frame(self, frame: RenderableType, elapsed_s: float, *, stepped: bool) -> None:
         if not self.screen.redraws:
             if not stepped and elapsed_s - self._last_plain_s < PLAIN_FRAME_S:
                 return
             self._last_plain_s = elapsed_s
-        self._guard(lambda: self.screen.show(frame))
-
-    def _guard(self, action: Callable[[], None]) -> None:
-        if self.gone:
-            return
-        try:
-            action()
-        except BrokenPipeError:
-            self.gone = True
-            self._silence()
-
-    def _silence(self) -> None:
-        """Point the closed stream at /dev/null, so that the interpreter's last flush is quiet."""
-        try:
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, self.out.fileno())
-            os.close(devnull)
-        except (OSError, ValueError, AttributeError):
-            pass
+        self.screen.show(frame)
 
 
 def scenario_lines(steps: Sequence[Step], played: int, elapsed_s: float, finished: bool) -> Text:

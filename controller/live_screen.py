@@ -18,28 +18,52 @@ import os
 import sys
 import threading
 from types import TracebackType
-from typing import TextIO
+from typing import Any, TextIO
 
 from rich.console import Console, RenderableType
 from rich.live import Live
 from rich.text import Text
 
 
-def console_for(out: TextIO) -> Console:
+class PipeAwareConsole(Console):
+    """A console that falls silent when the reader of its pipe goes away (``... | head``).
+
+    rich's own answer to a closed pipe is ``SystemExit(1)`` from inside ``print``: raised in the
+    control loop's thread, it would skip the loop's last cycle, which writes the fail-safe
+    currents. Here the console goes quiet instead, points the stream at /dev/null (so that the
+    interpreter's last flush is quiet too) and says so in ``reader_gone``; the caller stops.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.reader_gone = False
+
+    def on_broken_pipe(self) -> None:
+        self.quiet = True
+        self.reader_gone = True
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, self.file.fileno())
+            os.close(devnull)
+        except (OSError, ValueError, AttributeError):  # not a real file: nothing left to silence
+            pass
+
+
+def console_for(out: TextIO) -> PipeAwareConsole:
     """A console for ``out``: the process's own terminal, or a terminal given as a file (tests).
 
     rich measures the terminal on the process's standard streams; for any other terminal its
     size is taken from that terminal here.
     """
     if out is sys.stdout:
-        return Console()
+        return PipeAwareConsole()
     try:
         size = os.get_terminal_size(out.fileno()) if out.isatty() else None
     except (AttributeError, OSError, ValueError):
         size = None
     if size is None:
-        return Console(file=out)
-    return Console(file=out, width=size.columns, height=size.lines, force_terminal=True)
+        return PipeAwareConsole(file=out)
+    return PipeAwareConsole(file=out, width=size.columns, height=size.lines, force_terminal=True)
 
 
 class _ConsoleLogHandler(logging.Handler):

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from rich.console import Console
 from rich.text import Text
 
-from controller.live_screen import LiveScreen
+from controller.live_screen import LiveScreen, PipeAwareConsole
 from controller.status_client import StatusClient, StatusUnavailable
 from controller.status_view import render
 
@@ -36,7 +36,8 @@ def show_once(client: StatusClient, console: Console) -> None:
 
 def watch(client: StatusClient, console: Console, *, interval_s: float = 1.0,
           sleep: Callable[[float], None] = time.sleep, frames: int | None = None) -> None:
-    """Redraw the status every ``interval_s`` until interrupted (or ``frames`` frames, tests).
+    """Redraw the status every ``interval_s`` until interrupted, the reader of a pipe has gone,
+    or ``frames`` frames have been shown.
 
     Raises StatusUnavailable when the first answer cannot be had or a login is refused.
     """
@@ -55,6 +56,8 @@ def watch(client: StatusClient, console: Console, *, interval_s: float = 1.0,
             screen.show(render(info, source=client.base_url, notes=notes))
             shown += 1
             if frames is not None and shown >= frames:
+                return
+            if isinstance(console, PipeAwareConsole) and console.reader_gone:  # `status --watch | head`
                 return
             sleep(interval_s)
             try:
