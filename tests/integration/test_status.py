@@ -235,7 +235,7 @@ def test_watch_in_a_terminal_redraws_in_place_and_follows_the_site(running: Runn
         assert pane.everything().count("(grid_limit_w)") == 1  # one frame on screen and in the scrollback
 
         pane.send("C-c")
-        assert pane.wait_for_exit(10) == 0  # Ctrl-C ends the watch cleanly
+        assert pane.wait_for_exit(10) == 0, pane.everything()  # Ctrl-C ends the watch cleanly
     finally:
         pane.close()
 
@@ -252,7 +252,7 @@ def test_demo_in_a_terminal_draws_in_place_and_says_when_the_scenario_is_over() 
         assert everything.count("main fuse") == 1  # one frame, however many cycles were drawn
         assert everything.count(">>> short scenario") == 2  # each step a line above the view
         assert "E2 " in later and "C (charging)" in later
-        assert pane.wait_for_exit(10) == 0
+        assert pane.wait_for_exit(10) == 0, pane.everything()
         assert "demo stopped: wallboxes left at their fail-safe current" in pane.screen()
     finally:
         pane.close()
@@ -268,3 +268,28 @@ def test_demo_in_a_pipe_prints_plain_lines() -> None:
     assert any(re.fullmatch(r"\[ *\d+\.\d s\] scenario finished: all 2 steps played; .*", line) for line in lines)
     assert res.stdout.count("main fuse") >= 2  # a frame now and then, one under the other
     assert lines[-1] == "demo stopped: wallboxes left at their fail-safe current"
+
+
+def read_then_close(command: list[str], lines: int, env: dict[str, str]) -> tuple[int, str]:
+    """Run ``command`` into a pipe, read ``lines`` lines, close the pipe as ``| head`` does."""
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                            cwd=ROOT, env=env, text=True)
+    try:
+        assert proc.stdout is not None
+        for _ in range(lines):
+            proc.stdout.readline()
+        proc.stdout.close()
+        _, err = proc.communicate(timeout=20)
+    finally:
+        proc.kill()
+    return proc.returncode, err
+
+
+def test_a_closed_pipe_stops_demo_and_watch_quietly(running: Running) -> None:
+    code, err = read_then_close([*GRIDCHARGE, "demo"], 3, environ())
+    assert code == 0 and "Traceback" not in err, err
+    assert "stopped: fail-safe currents written" in err  # the loop ended through its last cycle
+
+    code, err = read_then_close([*GRIDCHARGE, "status", "--watch", "--interval", "0.2", "--config",
+                                 str(running.config)], 1, environ(**{PASSWORD_ENV: PASSWORD}))
+    assert code == 0 and err == "", err

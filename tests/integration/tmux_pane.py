@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -22,6 +23,17 @@ from pathlib import Path
 import pytest
 
 IN_CI = bool(os.environ.get("CI"))
+
+# Runs the command with Ctrl-C at its default (the wrapper itself ignores it), then writes the
+# exit status (-N for a signal) to the file named first.
+_WRAPPER = """
+import os, signal, subprocess, sys
+signal.signal(signal.SIGINT, signal.SIG_IGN)
+code = subprocess.call(sys.argv[2:], preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+with open(sys.argv[1] + ".tmp", "w") as f:
+    f.write(str(code))
+os.replace(sys.argv[1] + ".tmp", sys.argv[1])
+"""
 
 
 def need_tmux() -> str:
@@ -36,9 +48,10 @@ def need_tmux() -> str:
 class TmuxPane:
     """``command`` running in a ``width`` x ``height`` pane; ``close()`` ends it and its server.
 
-    The pane stays when the command ends (``remain-on-exit``), so that its last screen and its
-    exit status (``exit_status()``) can still be read. No shell sits between tmux and the
-    command: a Ctrl-C (``send("C-c")``) reaches the command alone.
+    The pane stays when the command ends (``remain-on-exit``), so that its last screen can still
+    be read. The exit status comes from a small wrapper that writes it to a file: tmux itself may
+    leave an ended command a zombie for a while before it marks the pane dead. The wrapper
+    ignores Ctrl-C (``send("C-c")``), which reaches the command as it would in a terminal.
     """
 
     def __init__(self, command: Sequence[str], *, cwd: Path, env: Mapping[str, str] | None = None,
@@ -52,8 +65,10 @@ class TmuxPane:
         environ = {**os.environ, **(env or {}), "TERM": "xterm-256color"}
         for name in ("TMUX", "COLUMNS", "LINES"):  # the size is the pane's, as in a real terminal
             environ.pop(name, None)
+        self._status_file = os.path.join(self._dir, "exit-status")
+        wrapped = [sys.executable, "-c", _WRAPPER, self._status_file, *command]
         subprocess.run([self.tmux, "-S", self.socket, "-f", conf, "new-session", "-d", "-s", "t",
-                        "-x", str(width), "-y", str(height), "-c", str(cwd), *command],
+                        "-x", str(width), "-y", str(height), "-c", str(cwd), *wrapped],
                        check=True, env=environ, timeout=10)
 
     def _tmux(self, *args: str) -> str:
@@ -73,10 +88,13 @@ class TmuxPane:
         return self._tmux("capture-pane", "-p", "-t", "t", "-S", "-")
 
     def exit_status(self) -> int | None:
-        """The command's exit status once it has ended, None while it runs."""
-        answer = self._tmux("display-message", "-p", "-t", "t", "#{pane_dead}:#{pane_dead_status}")
-        dead, _, status = answer.strip().partition(":")
-        return int(status) if dead == "1" else None
+        """The command's exit status once it has ended (-N: killed by signal N), None while it runs."""
+        try:
+            with open(self._status_file) as f:
+                text = f.read()
+        except FileNotFoundError:
+            return None
+        return int(text)
 
     def wait_for_exit(self, timeout_s: float) -> int:
         deadline = time.monotonic() + timeout_s
