@@ -240,8 +240,11 @@ def test_watch_in_a_terminal_redraws_in_place_and_follows_the_site(running: Runn
         pane.close()
 
 
-def test_demo_in_a_terminal_draws_in_place_and_says_when_the_scenario_is_over() -> None:
-    pane = TmuxPane([sys.executable, "tests/integration/demo_short.py", "7"], cwd=ROOT, env=environ())
+def test_demo_draws_in_place_in_a_terminal_and_prints_plain_lines_into_a_pipe() -> None:
+    """The same short demo twice at once (the suite's time): in a tmux pane and into a pipe."""
+    piped = subprocess.Popen([sys.executable, "tests/integration/demo_short.py", "4"], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True, cwd=ROOT, env=environ())
+    pane = TmuxPane([sys.executable, "tests/integration/demo_short.py", "6"], cwd=ROOT, env=environ())
     try:
         pane.wait_for(lambda s: "scenario finished: all 2 steps played" in s, 12, "the end of the scenario")
         scrolled = pane.history_size()
@@ -254,20 +257,18 @@ def test_demo_in_a_terminal_draws_in_place_and_says_when_the_scenario_is_over() 
         assert "E2 " in later and "C (charging)" in later
         assert pane.wait_for_exit(10) == 0, pane.everything()
         assert "demo stopped: wallboxes left at their fail-safe current" in pane.screen()
+
+        out, err = piped.communicate(timeout=20)
+        assert piped.returncode == 0, err
+        assert "\x1b" not in out  # no colours, no cursor movement
+        lines = out.splitlines()
+        assert any(re.fullmatch(r"\[ *\d+\.\d s\] >>> short scenario: AVAIL=50", line) for line in lines)
+        assert any(re.fullmatch(r"\[ *\d+\.\d s\] scenario finished: all 2 steps played; .*", line) for line in lines)
+        assert out.count("main fuse") >= 2  # a frame now and then, one under the other
+        assert lines[-1] == "demo stopped: wallboxes left at their fail-safe current"
     finally:
         pane.close()
-
-
-def test_demo_in_a_pipe_prints_plain_lines() -> None:
-    res = subprocess.run([sys.executable, "tests/integration/demo_short.py", "5"], capture_output=True, text=True,
-                         timeout=30, cwd=ROOT, env=environ())
-    assert res.returncode == 0, res.stderr
-    assert "\x1b" not in res.stdout  # no colours, no cursor movement
-    lines = res.stdout.splitlines()
-    assert any(re.fullmatch(r"\[ *\d+\.\d s\] >>> short scenario: AVAIL=50", line) for line in lines)
-    assert any(re.fullmatch(r"\[ *\d+\.\d s\] scenario finished: all 2 steps played; .*", line) for line in lines)
-    assert res.stdout.count("main fuse") >= 2  # a frame now and then, one under the other
-    assert lines[-1] == "demo stopped: wallboxes left at their fail-safe current"
+        piped.kill()
 
 
 def read_then_close(command: list[str], lines: int, env: dict[str, str]) -> tuple[int, str]:
