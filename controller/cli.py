@@ -7,7 +7,8 @@ last line on stderr, and nothing was listening or talking to a device yet; ``bac
 a file cannot be read or written), 5 ``run`` ended by an unexpected error (traceback in the
 log), 6 ``run`` found no chargers in the config: the site is not described yet (a first install),
 so it controls nothing and says so in one line; the systemd unit does not restart it on this
-code. Logs go to stderr, where journald picks them up.
+code; ``status``: 7 the service cannot be reached or refused the login (one line on stderr
+says which). Logs go to stderr, where journald picks them up.
 
 Global options (``--log-level``) are accepted before and after the command
 (``gridcharge check-config --log-level DEBUG``), also by commands added later: ``_parser``
@@ -51,6 +52,14 @@ def _parser() -> argparse.ArgumentParser:
     read.add_argument("--config", default=DEFAULT_CONFIG)
     hashpw = sub.add_parser("hash-password", help="print a password hash for http.password_hash")
     hashpw.add_argument("--stdin", action="store_true", help="read the password from standard input")
+    status = sub.add_parser(
+        "status", help="show the running service's site, chargers, limits and faults (from its HTTP API)",
+        description="Asks the running service over its LAN API (http.listen of the config). The password: "
+                    "GRIDCHARGE_PASSWORD, else the config's http.password, else asked on the terminal.")
+    status.add_argument("--config", default=DEFAULT_CONFIG)
+    status.add_argument("--watch", action="store_true", help="redraw in place until Ctrl-C")
+    status.add_argument("--interval", type=float, default=1.0, help="seconds between frames with --watch")
+    status.add_argument("--user", default=None, help="API user (default: http.user of the config)")
     backup = sub.add_parser("backup", help="save config, variables, grid log and certificates into one file")
     backup.add_argument("file", help="the backup file to write (a .tar.gz)")
     backup.add_argument("--config", default=DEFAULT_CONFIG)
@@ -301,11 +310,33 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(duration_s=args.duration, scenario=not args.no_scenario, on_signal=_stop_on_signals)
 
 
+def cmd_status(args: argparse.Namespace) -> int:
+    from controller.live_screen import console_for
+    from controller.status_client import StatusUnavailable, client_for, terminal_prompt
+    from controller.status_command import EXIT_SERVICE, show_once, watch
+
+    cfg = _load(args.config)
+    if cfg is None:
+        return EXIT_CONFIG
+    try:
+        client = client_for(cfg.http, user=args.user, ask=terminal_prompt())
+        if args.watch:
+            watch(client, console_for(sys.stdout), interval_s=args.interval)
+        else:
+            show_once(client, console_for(sys.stdout))
+    except StatusUnavailable as exc:
+        print(f"gridcharge status: {exc}", file=sys.stderr)
+        return EXIT_SERVICE
+    except (KeyboardInterrupt, EOFError):  # Ctrl-C while watching, or at the password prompt
+        return EXIT_OK
+    return EXIT_OK
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     _setup_logging(args.log_level)
     commands = {"run": cmd_run, "demo": cmd_demo, "check-config": cmd_check_config, "read": cmd_read,
-                "hash-password": cmd_hash_password}
+                "hash-password": cmd_hash_password, "status": cmd_status}
     commands.update({"backup": cmd_backup, "restore": cmd_restore})
     return commands[args.command](args)
 

@@ -4,7 +4,13 @@ Nothing to configure: a simulated SDM630 grid meter and Heidelberg wallbox share
 (emulated over a pseudo-terminal pair, 8N1), an Alfen wallbox answers on Modbus TCP, and the
 ripple-control receiver's contact sits on a Modbus I/O module. A one-minute scenario shows every
 function at work: a car arrives, the house load rises, the grid operator dims by contact and by
-variable, the supplier flips the tariff. A compact live view is printed after every cycle.
+variable, the supplier flips the tariff.
+
+The view is the one of ``gridcharge status`` (``controller.status_view``), drawn after every
+cycle from the ``get_dev_info`` body the demo's API would answer, with a line for the scenario
+under it. On a terminal it is redrawn in place; in a pipe it is printed as plain text now and
+then (``_Output``). Each step is a line above the view, and so is the end of the scenario
+(``SCENARIO_FINISHED``, once its last step has had ``SETTLE_S`` to show its effect).
 """
 
 from __future__ import annotations
@@ -14,15 +20,19 @@ import secrets
 import shutil
 import sys
 import tempfile
-import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TextIO
 
+from rich.console import Group, RenderableType
+from rich.text import Text
+
 from controller.config import Http, parse_config
+from controller.live_screen import LiveScreen, console_for
 from controller.service import Service
 from controller.status import Status
+from controller.status_view import render
 from hal.sim.physics import SimCar
 from hal.sim.site import SimulatedSite, demo_site
 
@@ -46,6 +56,11 @@ DEMO_RULES: list[dict[str, Any]] = [
 ]
 
 
+SETTLE_S = 5.0  # after the last step, the time its effect takes to show before "finished"
+PLAIN_FRAME_S = 5.0  # not a terminal: a frame this often (and after every step)
+SCENARIO_FINISHED = "scenario finished"
+
+
 @dataclass(frozen=True)
 class Step:
     at_s: float
@@ -53,7 +68,9 @@ class Step:
     action: Callable[[SimulatedSite, Service], None]
 
 
-def _set_vars(**values: Any) -> Callable[[SimulatedSite, Service], None]:
+def set_vars(**values: Any) -> Callable[[SimulatedSite, Service], None]:
+    """A step's action: set variables as the grid operator or the supplier would over the API."""
+
     def act(_site: SimulatedSite, service: Service) -> None:
         service.store.set_many(list(values.items()), source="demo")
     return act
@@ -68,8 +85,8 @@ SCENARIO: tuple[Step, ...] = (
          lambda site, _: site.set_contact("RSE1", True)),
     Step(36, "RSE1 opens again", lambda site, _: site.set_contact("RSE1", False)),
     Step(40, "the oven is off", lambda site, _: site.set_base_load(4.0, 2.5, 3.5)),
-    Step(44, "the supplier flips TARIF to 1 (reduced): E2's rule no longer applies", _set_vars(TARIF=1)),
-    Step(52, "the grid operator sets AVAIL=50: house connection 8500 W", _set_vars(AVAIL=50)),
+    Step(44, "the supplier flips TARIF to 1 (reduced): E2's rule no longer applies", set_vars(TARIF=1)),
+    Step(52, "the grid operator sets AVAIL=50: house connection 8500 W", set_vars(AVAIL=50)),
 )
 
 
@@ -77,29 +94,6 @@ def demo_config(site: SimulatedSite, state_dir: str) -> Any:
     data = site.config_dict()
     data.update(site=DEMO_SITE, variables=DEMO_VARIABLES, rules=DEMO_RULES, state_dir=state_dir)
     return parse_config(data, source="demo")
-
-
-def _fmt(value: float | None, unit: str) -> str:
-    return "-" if value is None else f"{value:.0f} {unit}"
-
-
-def render(status: Status, elapsed_s: float, main_fuse_a: float) -> str:
-    """A compact view of one cycle: grid, limits in force, one line per charger."""
-    grid = status.grid_current_a
-    grid_text = "grid meter offline" if grid is None else "  ".join(
-        f"L{i + 1} {v:5.1f} A" for i, v in enumerate(grid))
-    lines = [
-        f"[{elapsed_s:5.1f} s] grid {grid_text}  (fuse {main_fuse_a:g} A)  {_fmt(status.grid_power_w, 'W')}",
-        f"          limits: house {_fmt(status.grid_limit_w, 'W')}, chargers {_fmt(status.chargers_limit_w, 'W')}"
-        + (f", FAIL-SAFE: {status.failsafe}" if status.failsafe else ""),
-    ]
-    for c in status.chargers:
-        reading = c.device.reading
-        state = reading.state.value if reading is not None and c.device.online else "offline"
-        drawn = "/".join(f"{a:.1f}" for a in reading.current_a) if reading is not None else "-"
-        lines.append(f"          {c.device.id} {c.device.model:<12} {state:<7} limit {c.command_a:4.1f} A "
-                     f"draws {drawn} A  ({c.reason})")
-    return "\n".join(lines)
 
 
 DEMO_LISTEN = "127.0.0.1:8080"
@@ -133,54 +127,130 @@ def _start_api(service: Service, password: str) -> int | None:
     return None
 
 
+class _Output:
+    """The demo's terminal: the live view, step lines, and what to do when a pipe closes.
+
+    On a terminal the view is redrawn in place after every cycle (``LiveScreen``); a step of the
+    scenario and its end are lines above it. Anywhere else (a pipe, CI) a frame is printed every
+    ``PLAIN_FRAME_S`` and after every step, between the step lines. When the reader of a pipe
+    goes away (``gridcharge demo | head``), ``gone`` tells the demo to stop.
+    """
+
+    def __init__(self, out: TextIO) -> None:
+        self.console = console_for(out)
+        self.screen = LiveScreen(self.console)
+        self._last_plain_s = -PLAIN_FRAME_S
+
+    @property
+    def gone(self) -> bool:
+        return self.console.reader_gone
+
+    def write(self, text: str) -> None:
+        self.screen.note(text)
+
+    def frame(self, frame: RenderableType, elapsed_s: float, *, stepped: bool) -> None:
+        if not self.screen.redraws:
+            if not stepped and elapsed_s - self._last_plain_s < PLAIN_FRAME_S:
+                return
+            self._last_plain_s = elapsed_s
+        self.screen.show(frame)
+
+
+def scenario_lines(steps: Sequence[Step], played: int, elapsed_s: float, finished: bool) -> Text:
+    """The demo's own section under the status view: where the scenario stands."""
+    text = Text()
+    text.append("scenario ", style="bold")
+    if not steps:
+        text.append(f"none (--no-scenario), {elapsed_s:.0f} s")
+        return text
+    if finished:
+        text.append(f"finished: all {len(steps)} steps played; the site runs on, Ctrl-C stops", style="green")
+        return text
+    text.append(f"{elapsed_s:4.0f} s, {played} of {len(steps)} steps played")
+    if played:
+        last = steps[played - 1]
+        text.append(f"\n  {last.at_s:4.0f} s  {last.text}", style="dim")
+    if played < len(steps):
+        upcoming = steps[played]
+        wait_s = max(0.0, upcoming.at_s - elapsed_s)
+        text.append(f"\n  {upcoming.at_s:4.0f} s  {upcoming.text}  (in {wait_s:.0f} s)")
+    return text
+
+
 def run_demo(
     *,
     duration_s: float | None = None,
     scenario: bool = True,
+    steps: Sequence[Step] | None = None,
+    settle_s: float = SETTLE_S,
     on_signal: Callable[[Callable[[], None]], None] | None = None,
     out: TextIO = sys.stdout,
 ) -> int:
+    """Run the demo until Ctrl-C (or ``duration_s``). ``steps`` replaces the scripted scenario
+    (tests play a short one, with a short ``settle_s``); ``scenario=False`` plays none."""
+    from web.devinfo import dev_info  # the view is drawn from the body the API would answer
+    from web.runtime import version
+
+    steps = list(SCENARIO if steps is None else steps) if scenario else []
     site = demo_site()
     site.start()
-    if scenario:
-        site.unplug("E2")  # the scenario brings its car
+    if steps:
+        site.unplug("E2")  # a scenario starts with E2 free: the scripted one brings its car
     state_dir = tempfile.mkdtemp(prefix="gridcharge-demo-")
     service: Service | None = None
+    output = _Output(out)
     try:
         cfg = demo_config(site, state_dir)
         service = Service(cfg)
         password = secrets.token_urlsafe(9)
         port = _start_api(service, password)
+        source = "demo" + (f", API http://127.0.0.1:{port}" if port is not None else "")
+        release = version()
         started = time.monotonic()
-        steps = list(SCENARIO if scenario else ())
+        played = 0
+        finished_at = steps[-1].at_s + settle_s if steps else None
+        finished = False
 
-        def show(status: Status) -> None:
+        def show(_status: Status) -> None:
+            nonlocal played, finished
+            assert service is not None
             elapsed = time.monotonic() - started
-            while steps and elapsed >= steps[0].at_s:
-                step = steps.pop(0)
-                out.write(f"\n  >>> {step.text}\n")
+            stepped = False
+            while played < len(steps) and elapsed >= steps[played].at_s:
+                step = steps[played]
+                played += 1
+                stepped = True
+                output.write(f"[{elapsed:5.1f} s] >>> {step.text}")
                 step.action(site, service)
-            out.write(render(status, elapsed, cfg.site.main_fuse_a) + "\n")
-            out.flush()
-            if duration_s is not None and elapsed >= duration_s:
+            if not finished and finished_at is not None and elapsed >= finished_at:
+                finished = True
+                stepped = True
+                output.write(f"[{elapsed:5.1f} s] {SCENARIO_FINISHED}: all {len(steps)} steps played; "
+                             "the site runs on, Ctrl-C stops")
+            info = dev_info(service.status(), release, main_fuse_a=cfg.site.main_fuse_a)
+            frame = Group(render(info, source=source), "", scenario_lines(steps, played, elapsed, finished))
+            output.frame(frame, elapsed, stepped=stepped)
+            if output.gone or duration_s is not None and elapsed >= duration_s:
                 service.stop(timeout_s=0)
 
         service.loop.add_cycle_listener(show)
-        out.write(
+        output.write(
             "gridcharge demo: simulated SDM630 + Heidelberg on RS485 (pty, 8N1), Alfen on Modbus TCP,\n"
             "ripple receiver contact RSE1 on a Modbus I/O module. Ctrl-C stops.\n"
             f"house connection: grid_limit_w = {DEMO_SITE['grid_limit_w']}, "
-            f"chargers_limit_w = {DEMO_SITE['chargers_limit_w']}\n"
+            f"chargers_limit_w = {DEMO_SITE['chargers_limit_w']}"
         )
         if port is not None:
-            out.write(f"HTTP API on http://127.0.0.1:{port} (user admin, password {password}); try:\n"
-                      f"{curl_lines(port, password)}\n")
+            output.write(f"HTTP API on http://127.0.0.1:{port} (user admin, password {password}); try:\n"
+                         f"{curl_lines(port, password)}")
         if on_signal is not None:
             on_signal(service.stop)
-        service.run()
-        out.write("demo stopped: wallboxes left at their fail-safe current\n")
+        with output.screen:
+            service.run()
+        output.write("demo stopped: wallboxes left at their fail-safe current")
         return 0
     finally:
+        output.screen.close()
         if service is not None:
             service.close()
         site.stop()

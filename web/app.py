@@ -95,7 +95,8 @@ class ApiContext:
     """What the web layer may use: the store to write, the status to read, the loop's overrides.
 
     ``save_failing`` tells whether saving the variables fails now (the service's saver); while it
-    does, ``set_cm_vars`` answers ``"saved": false``.
+    does, ``set_cm_vars`` answers ``"saved": false``. ``main_fuse_a`` is the site's fuse, which
+    ``get_dev_info`` shows as ``params.main_fuse_cur`` (None: not known, ``null``).
     """
 
     store: VariableStore
@@ -105,6 +106,7 @@ class ApiContext:
     tls: TlsStore | None
     version: str
     save_failing: Callable[[], bool] = _saving_works
+    main_fuse_a: float | None = None
 
 
 # --------------------------------------------------------------------------- overrides
@@ -206,7 +208,7 @@ class Api:
 
     # ---- status ---------------------------------------------------------------------------
     def get_dev_info(self, principal: Principal) -> Response:
-        return json_response(dev_info(self.ctx.status(), self.ctx.version))
+        return json_response(dev_info(self.ctx.status(), self.ctx.version, main_fuse_a=self.ctx.main_fuse_a))
 
     def get_grid_log(self, principal: Principal) -> Response:
         text_from, text_to = one("from"), one("to")

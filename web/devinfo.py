@@ -22,6 +22,11 @@ Decisions the spec left open (also in README's API section):
   L3=4), ``override_cur`` (mA or null) and ``assigned_cur`` (mA, what the allocation decided),
   ``state_text`` (``C (charging)``, or ``offline``: the words ``gridcharge read`` and the status
   view use, from ``IecState.label``) and ``state_raw`` (the vendor's own code, e.g. 7 or "C2").
+- Added for ``gridcharge status``, which must show the grid per phase against the fuse without
+  knowing which meter is the grid meter: params ``grid_current_l1``..``grid_current_l3`` (mA, the
+  grid meter's currents this cycle, null without a reading) and ``main_fuse_cur`` (mA, the
+  config's ``main_fuse_a``; null when the caller does not know it); per charger ``iec_state``
+  (``"A"``..``"F"``, null while offline), because cFos ``state`` 5 is both E and F.
 """
 
 from __future__ import annotations
@@ -96,6 +101,7 @@ def charger_info(ch: ChargerStatus) -> dict[str, Any]:
         state=live.state.cfos_state if live is not None else OFFLINE_STATE,
         state_text=live.state.label if live is not None else OFFLINE_TEXT,
         state_raw=live.raw_state if live is not None else None,
+        iec_state=live.state.value if live is not None else None,
         **_phases(live.current_a if live is not None else None, milliamps, "current"),
         cur_charging_power=whole(live.power_w) if live is not None else None,
         total_energy=whole(live.energy_wh) if live is not None else None,
@@ -140,7 +146,7 @@ def input_info(dev: DeviceStatus) -> dict[str, Any]:
     }
 
 
-def params(status: Status, version: str) -> dict[str, Any]:
+def params(status: Status, version: str, main_fuse_a: float | None = None) -> dict[str, Any]:
     headroom = [_finite(a) for a in status.headroom_a]
     known = [a for a in headroom if a is not None]
     return {
@@ -158,17 +164,20 @@ def params(status: Status, version: str) -> dict[str, Any]:
         "overruns": status.overruns,
         "failed_cycles": status.failed_cycles,
         "cycle_count": status.cycle_count,
+        "main_fuse_cur": milliamps(main_fuse_a),
+        **_phases(status.grid_current_a, milliamps, "grid_current"),
     }
 
 
-def dev_info(status: Status, version: str) -> dict[str, Any]:
+def dev_info(status: Status, version: str, *, main_fuse_a: float | None = None) -> dict[str, Any]:
     """The ``get_dev_info`` body: ``{"params": ..., "devices": [...], "inputs": [...]}``.
 
     Devices are the chargers, then the meters, each in config order (as the loop publishes them).
+    ``main_fuse_a`` is the config's fuse (the status does not carry it): ``params.main_fuse_cur``.
     """
     devices = [charger_info(ch) for ch in status.chargers] + [meter_info(m) for m in status.meters]
     return {
-        "params": params(status, version),
+        "params": params(status, version, main_fuse_a),
         "devices": devices,
         "inputs": [input_info(i) for i in status.inputs],
     }

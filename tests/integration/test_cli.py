@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -159,7 +160,9 @@ def test_run_stops_on_sigterm_leaving_failsafe_currents(tmp_path: Path, sim: Sim
 def test_demo_runs_a_short_while() -> None:
     res = gridcharge("demo", "--duration", "3", timeout=60)
     assert res.returncode == 0, res.stderr
-    assert "E1 heidelberg" in res.stdout and "fuse 25 A" in res.stdout
+    assert "\x1b" not in res.stdout  # not a terminal: plain text, no colours or cursor movement
+    assert re.search(r"^E1 +heidelberg +C \(charging\)", res.stdout, re.M), res.stdout
+    assert re.search(r"^main fuse +25 A +25 A +25 A", res.stdout, re.M)
     assert "demo stopped" in res.stdout
 
 

@@ -74,6 +74,17 @@ def test_params_in_cfos_units() -> None:
     assert params["limiting"] == ["chargers_limit_w"] and params["time"] == 1767614400
 
 
+def test_grid_per_phase_and_the_fuse_are_added_keys() -> None:
+    """The keys ``gridcharge status`` needs beside the cFos ones: grid currents per phase and the fuse."""
+    params = dev_info(status(), "v", main_fuse_a=25)["params"]
+    assert PARAM_KEYS <= set(params)
+    assert (params["grid_current_l1"], params["grid_current_l2"], params["grid_current_l3"]) == (10000, 8000, 7000)
+    assert params["main_fuse_cur"] == 25000
+    params = dev_info(status(grid_current_a=None), "v")["params"]  # no grid meter reading; fuse not given
+    assert params["grid_current_l1"] is None and params["grid_current_l3"] is None
+    assert params["main_fuse_cur"] is None
+
+
 def test_before_the_first_cycle() -> None:
     info = dev_info(EMPTY_STATUS, "v")
     assert info == {"params": info["params"], "devices": [], "inputs": []}
@@ -103,6 +114,7 @@ def test_charging_charger() -> None:
 def test_state_codes(iec: IecState, code: int) -> None:
     info = dev_info(status(chargers=(charger(reading=ChargerReading(state=iec)),)), "v")
     assert find(info, "E1")["state"] == code
+    assert find(info, "E1")["iec_state"] == iec.value  # added key: tells E from F, which share 5
 
 
 def test_state_in_words_with_the_vendor_code() -> None:
@@ -117,7 +129,7 @@ def test_offline_charger_shows_state_6_and_no_stale_values() -> None:
     ch = charger(error="no answer in time", error_s=12.7, written_a=None, command_a=0.0,
                  reason="offline: fail-safe current reserved")
     e1 = find(dev_info(status(chargers=(ch,)), "v"), "E1")
-    assert e1["state"] == 6
+    assert e1["state"] == 6 and e1["iec_state"] is None
     assert e1["com_err"] is True and e1["com_err_secs"] == 12 and e1["last_error"] == "no answer in time"
     assert e1["current_l1"] is None and e1["cur_charging_power"] is None and e1["total_energy"] is None
     assert e1["last_set_charging_cur"] == -1  # never written (cFos convention)
