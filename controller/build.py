@@ -14,11 +14,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from controller.config import GpioInputConfig, device_profile
-from hal.devices import ModbusInput, ProfileCharger, ProfileMeter
+from hal.modbus.devices import ModbusInput, ProfileCharger, ProfileMeter
 from hal.gpio import GpioInput
-from hal.modbus import BusSpec, ModbusBus
-from hal.profile import load_profile
-from hal.types import RequestPolicy, Table
+from hal.modbus.bus import BusSpec, ModbusBus
+from hal.modbus.profile import load_profile
+from hal.modbus.types import RequestPolicy, Table
 
 log = logging.getLogger(__name__)
 

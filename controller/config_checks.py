@@ -32,7 +32,7 @@ from controller.config_schema import (
     RtuOverTcpBus,
     TcpBus,
 )
-from hal import profile as profiles
+from hal.modbus import profile as profiles
 
 ID_RE = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,63}")
 BUS_NAME_RE = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,63}")  # never a ':', so never an implicit "tcp:..." name

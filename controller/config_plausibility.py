@@ -3,7 +3,7 @@
 A config can be well formed and still describe a site that cannot work: a Heidelberg box on a
 9600 baud bus never answers, a limit above what the box accepts is refused, a box that needs
 more than the main fuse to start never charges. The facts come from the profiles themselves
-(``hal/profiles/*.yaml``: ``link.fixed``, ``phases``, ``max_current_a``), so a new model brings
+(``hal/modbus/profiles/*.yaml``: ``link.fixed``, ``phases``, ``max_current_a``), so a new model brings
 its own checks.
 
 The rule for the severity, the same for every check:
@@ -29,7 +29,7 @@ from typing import Any
 from controller.config_parts import Parts
 from controller.config_problems import Loc, Problem
 from controller.config_schema import MAX_CURRENT_A, ChargerConfig, RtuBus, RtuOverTcpBus, device_profile
-from hal import profile as profiles
+from hal.modbus import profile as profiles
 
 
 def check_plausibility(parts: Parts) -> Iterator[Problem]:

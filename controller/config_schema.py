@@ -42,7 +42,7 @@ from pydantic import (
 
 from controller import formulas
 from controller.variables import DEFAULT_MAX_VARIABLES
-from hal import profile as profiles
+from hal.modbus import profile as profiles
 
 _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 HOSTNAME_RE = re.compile(rf"(?=.{{1,253}}$){_LABEL}(?:\.{_LABEL})*")

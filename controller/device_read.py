@@ -15,7 +15,7 @@ from typing import Any
 from controller.build import DeviceHandle, Hardware
 from controller.read_failure import likely_causes
 from controller.readout import value_lines
-from hal.profile import InvalidValue
+from hal.modbus.profile import InvalidValue
 from hal.types import DeviceAnswerError, DeviceError, IecState
 
 

@@ -9,7 +9,7 @@ can compare them with the device's menu.
 
 from __future__ import annotations
 
-from hal.modbus import BusSpec
+from hal.modbus.bus import BusSpec
 from hal.types import CommCause, CommError, DeviceAnswerError, DeviceError
 
 STOP_SERVICE = "sudo systemctl stop gridcharge"

@@ -11,6 +11,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from controller.cfos import cfos_state
 from hal.types import ChargerReading, MeterReading
 
 METER_FIELDS = ("power_w", "current_a", "current_l1_a", "current_l2_a", "current_l3_a",
@@ -55,7 +56,7 @@ def device_symbols(dev_id: str, kind: str, reading: Any) -> dict[str, Any]:
     if not isinstance(reading, ChargerReading):
         out.update({f"{dev_id}.{f}": None for f in CHARGER_FIELDS})
         return out
-    out[f"{dev_id}.state"] = reading.state.cfos_state
+    out[f"{dev_id}.state"] = cfos_state(reading.state)
     out[f"{dev_id}.charging"] = reading.state.charging
     out[f"{dev_id}.power_w"] = reading.power_w
     out.update(_phases(dev_id, reading.current_a, "current", "a"))

@@ -45,11 +45,6 @@ class IecState(str, enum.Enum):
         """The letter with its words: ``C (charging)``."""
         return f"{self.value} ({self.words})"
 
-    @property
-    def cfos_state(self) -> int:
-        """The cFos ``get_dev_info`` state code (1 no car ... 5 error; 6 offline is not a state)."""
-        return {"A": 1, "B": 2, "C": 3, "D": 4, "E": 5, "F": 5}[self.value]
-
 
 #: The words of each IEC 61851-1 state (see ``IecState.words``).
 IEC_WORDS: dict[str, str] = {
@@ -60,15 +55,6 @@ IEC_WORDS: dict[str, str] = {
     "E": "no power",
     "F": "error",
 }
-
-
-class Table(str, enum.Enum):
-    """Modbus data tables, named as the profiles name them."""
-
-    COIL = "coil"
-    DISCRETE = "discrete"
-    HOLDING = "holding"
-    INPUT = "input"
 
 
 class DeviceError(Exception):
@@ -192,31 +178,4 @@ class Input(Protocol):
 
     def read(self) -> InputReading:
         """Read once; raise DeviceError when the contact state cannot be known."""
-        ...
-
-
-@dataclass(frozen=True)
-class RequestPolicy:
-    """How one device wants to be talked to on its bus."""
-
-    timeout_s: float = 0.5
-    gap_s: float = 0.0  # silence required before a request to this device (SDM630: 0.06 s)
-    retries: int = 0
-
-
-@runtime_checkable
-class RegisterBus(Protocol):
-    """What a profile device needs from a Modbus bus. ``hal.modbus`` implements it.
-
-    Coils and discrete inputs come back as a list of 0/1 ints, registers as 16-bit ints.
-    Every error is raised as a DeviceError subclass.
-    """
-
-    name: str
-
-    def read(self, table: Table, address: int, count: int, unit: int, policy: RequestPolicy) -> list[int]:
-        ...
-
-    def write(self, address: int, values: list[int], unit: int, policy: RequestPolicy, *, single: bool = False) -> None:
-        """Write holding registers: FC06 when ``single`` (one register), else FC16."""
         ...

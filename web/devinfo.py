@@ -34,9 +34,10 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from controller.cfos import CFOS_OFFLINE, cfos_state
 from controller.status import ChargerStatus, DeviceStatus, Status
 
-OFFLINE_STATE = 6  # cFos: offline (states 1..5 are IEC A..E/F)
+OFFLINE_STATE = CFOS_OFFLINE
 OFFLINE_TEXT = "offline"
 
 
@@ -98,7 +99,7 @@ def charger_info(ch: ChargerStatus) -> dict[str, Any]:
     out = _common(dev, "evse")
     out.update(
         is_evse=True,
-        state=live.state.cfos_state if live is not None else OFFLINE_STATE,
+        state=cfos_state(live.state) if live is not None else OFFLINE_STATE,
         state_text=live.state.label if live is not None else OFFLINE_TEXT,
         state_raw=live.raw_state if live is not None else None,
         iec_state=live.state.value if live is not None else None,

@@ -1,9 +1,9 @@
 """Register banks that serve any device profile from the simulated physics.
 
 This module owns the translation between ``hal.sim.physics`` and Modbus registers, driven only by
-the profile (``hal/profiles/*.yaml``): the same data that tells a real device how to decode a
+the profile (``hal/modbus/profiles/*.yaml``): the same data that tells a real device how to decode a
 register tells the simulator how to encode it, so a profile and its simulator cannot disagree.
-A :class:`ProfileBank` implements ``hal.modbus_server.RegisterBank``:
+A :class:`ProfileBank` implements ``hal.modbus.server.RegisterBank``:
 
 - **read**: ask the physics object for its named values (``power_w``, ``current_l1_a``,
   ``state`` …) at one instant and encode each declared value at its address with the profile's
@@ -27,11 +27,12 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Protocol
 
-from hal import codec
-from hal.modbus import device_answer_error
-from hal.profile import Kind, Profile, ValueSpec, WriteSpec, scale_to_words
+from hal.modbus import codec
+from hal.modbus.bus import device_answer_error
+from hal.modbus.profile import Kind, Profile, ValueSpec, WriteSpec, scale_to_words
 from hal.sim.physics import SimContact, SimWallbox
-from hal.types import IecState, Table
+from hal.types import IecState
+from hal.modbus.types import Table
 
 log = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@
 This module owns the wiring of the simulator: which simulated device sits on which server, unit
 and link, and the configuration a controller needs to reach them (``config_dict()``, SPEC §4).
 The physics is ``hal.sim.physics``; the registers are ``hal.sim.bank``; the servers are
-``hal.modbus_server``. Used by the integration tests, the benchmarks and ``gridcharge demo``.
+``hal.modbus.server``. Used by the integration tests, the benchmarks and ``gridcharge demo``.
 
 Links, as in a real installation:
 
@@ -34,8 +34,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from hal.modbus_server import LineTiming, ModbusServer, ServerLoop
-from hal.profile import Kind, load_profile
+from hal.modbus.server import LineTiming, ModbusServer, ServerLoop
+from hal.modbus.profile import Kind, load_profile
 from hal.sim.bank import ProfileBank
 from hal.sim.physics import (
     DEFAULT_VOLTAGE_V,

@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import common
-from hal.modbus import rtu_frame_bytes, rtu_wire_time_s
+from hal.modbus.bus import rtu_frame_bytes, rtu_wire_time_s
 
 BUS = "sim_gateway"  # hal.sim.site.GATEWAY_BUS
 BAUDRATE = 19200

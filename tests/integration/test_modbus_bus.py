@@ -14,10 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from hal.modbus import BusSpec, ModbusBus, rtu_frame_bytes, rtu_wire_time_s
-from hal.modbus_server import ModbusServer, ServerLoop, device_answer_error
+from hal.modbus.bus import BusSpec, ModbusBus, rtu_frame_bytes, rtu_wire_time_s
+from hal.modbus.server import ModbusServer, ServerLoop, device_answer_error
 from hal.sim.pty import PtyNullModem
-from hal.types import CommError, DeviceAnswerError, RegisterBus, RequestPolicy, Table
+from hal.types import CommError, DeviceAnswerError
+from hal.modbus.types import RegisterBus, RequestPolicy, Table
 
 FAST = RequestPolicy(timeout_s=0.2)
 
@@ -181,7 +182,7 @@ def test_silent_and_unknown_units_time_out(tcp_server: ModbusServer, tcp_bus: Mo
 
 def test_server_stop_backoff_and_recovery(tcp_server: ModbusServer, tcp_bus: ModbusBus,
                                           fake_time: FakeTime, caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="hal.modbus")
+    caplog.set_level(logging.INFO, logger="hal.modbus.bus")
     assert tcp_bus.read(Table.HOLDING, 0, 1, 1, FAST) == [100]
     tcp_server.stop()
     with pytest.raises(CommError):  # the open connection is found closed
@@ -204,7 +205,7 @@ def test_server_stop_backoff_and_recovery(tcp_server: ModbusServer, tcp_bus: Mod
     assert tcp_bus.read(Table.HOLDING, 0, 1, 1, FAST) == [100]
     stats = tcp_bus.stats()
     assert not stats.down and stats.errors == 9 and stats.requests == 11
-    messages = [(r.levelno, r.getMessage()) for r in caplog.records if r.name == "hal.modbus"]
+    messages = [(r.levelno, r.getMessage()) for r in caplog.records if r.name == "hal.modbus.bus"]
     assert [m for m in messages if m[0] >= logging.INFO] == [
         (logging.WARNING, f"bus tcp1 down: cannot open 127.0.0.1:{tcp_server.port}; retrying with backoff"),
         (logging.INFO, f"bus tcp1 is back (127.0.0.1:{tcp_server.port})"),
@@ -323,7 +324,7 @@ def test_rtu_silent_unit_does_not_disturb_the_other(null_modem: PtyNullModem) ->
 def test_serial_port_missing_then_plugged_in(tmp_path: Path, fake_time: FakeTime,
                                              caplog: pytest.LogCaptureFixture) -> None:
     """An adapter unplugged and plugged back (same stable name, new pty behind it) is picked up."""
-    caplog.set_level(logging.INFO, logger="hal.modbus")
+    caplog.set_level(logging.INFO, logger="hal.modbus.bus")
     link = tmp_path / "ttyUSB-stable"
     bus = ModbusBus(BusSpec("usb", "rtu", port=str(link), baudrate=19200),
                     clock=fake_time.clock, sleep=fake_time.sleep)
@@ -345,8 +346,8 @@ def test_serial_port_missing_then_plugged_in(tmp_path: Path, fake_time: FakeTime
             bus.read(Table.HOLDING, 0, 1, 1, FAST)
         assert bus.stats().down
     bus.close()
-    downs = [r for r in caplog.records if r.name == "hal.modbus" and r.levelno == logging.WARNING]
-    backs = [r for r in caplog.records if r.name == "hal.modbus" and r.levelno == logging.INFO]
+    downs = [r for r in caplog.records if r.name == "hal.modbus.bus" and r.levelno == logging.WARNING]
+    backs = [r for r in caplog.records if r.name == "hal.modbus.bus" and r.levelno == logging.INFO]
     assert (len(downs), len(backs)) == (3, 2)  # once per outage, not per failed request
 
 

@@ -147,7 +147,7 @@ def test_an_increase_held_back_by_a_failed_decrease_says_why(clock: FakeClock, s
     assert e2_before is not None and before.charger("E1").written_a > 6
 
     def refuse(*_: Any) -> None:
-        from hal.modbus_server import device_answer_error
+        from hal.modbus.server import device_answer_error
         raise device_answer_error("write refused", 4)
 
     site.bank("E1").write = refuse  # type: ignore[method-assign]  # E1 answers reads, refuses writes

@@ -1,7 +1,7 @@
 """The simulated site end to end: profile banks, real Modbus servers (TCP, RTU over a pty), physics.
 
 The first part drives every packaged profile through a ``ProfileBank`` with the real device
-classes (``hal.devices``) over an in-process bus, so the contract "what the simulator encodes,
+classes (``hal.modbus.devices``) over an in-process bus, so the contract "what the simulator encodes,
 the device decodes" is checked for every model without sockets. The second part runs a
 ``SimulatedSite`` on real servers and talks to it through ``hal.modbus.ModbusBus``. Only the
 physics clock is faked (moved by hand); network waits are real but short.
@@ -14,9 +14,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from hal.devices import ModbusInput, ProfileCharger, ProfileMeter
-from hal.modbus import BusSpec, ModbusBus
-from hal.profile import PROFILE_NAMES, Kind, load_profile
+from hal.modbus.devices import ModbusInput, ProfileCharger, ProfileMeter
+from hal.modbus.bus import BusSpec, ModbusBus
+from hal.modbus.profile import PROFILE_NAMES, Kind, load_profile
 from hal.sim.bank import ProfileBank
 from hal.sim.physics import SimCar, SimContact, SimSite, SimWallbox, WallboxConfig
 from hal.sim.site import (
@@ -27,7 +27,8 @@ from hal.sim.site import (
     SimulatedSite,
     demo_site,
 )
-from hal.types import CommError, DeviceAnswerError, IecState, RequestPolicy, Table
+from hal.types import CommError, DeviceAnswerError, IecState
+from hal.modbus.types import RequestPolicy, Table
 
 V = (230.0, 230.0, 230.0)
 FAST = RequestPolicy(timeout_s=0.3)

@@ -10,7 +10,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from hal.types import DeviceAnswerError, DeviceError, RequestPolicy, Table
+from hal.types import DeviceAnswerError, DeviceError
+from hal.modbus.types import RequestPolicy, Table
 
 
 @dataclass(frozen=True)

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from hal import codec
-from hal.codec import CodecError, decode, encode, register_count
+from hal.modbus import codec
+from hal.modbus.codec import CodecError, decode, encode, register_count
 
 # (type, word order, words as a device sends them, value). Words worked out by hand from the
 # IEEE-754 / two's-complement layouts, not produced by the codec.

@@ -247,7 +247,7 @@ CASES: list[tuple[str, list[tuple[str, Any]], list[tuple[str, str]]]] = [
     ("rtu unit 250 through a gateway", [("buses.shed.host", "192.168.1.60"), ("chargers.E2.bus", "shed"), ("chargers.E2.unit", 250)],
      [("chargers.E2.unit", "1..247 on an RS485 bus")]),
     ("unknown model", [("chargers.E1.model", "heidelburg")], [("chargers.E1.model", "unknown model 'heidelburg' (did you mean 'heidelberg'?)")]),
-    ("unknown model, no guess", [("meters.M1.model", "xyz")], [("meters.M1.model", "known: sdm630")]),
+    ("unknown model, no guess", [("meters.M1.model", "xyz")], [("meters.M1.model", "known: abb_b23, abb_terra_ac")]),
     ("charger profile for a meter", [("meters.M1.model", "heidelberg")], [("meters.M1.model", "'heidelberg' is a charger profile, but a meter is needed here")]),
     ("meter profile for a charger", [("chargers.E2.model", "sdm630")], [("chargers.E2.model", "'sdm630' is a meter profile, but a charger is needed here")]),
     ("meter profile for an input", [("inputs.RSE2.model", "sdm630")], [("inputs.RSE2.model", "'sdm630' is a meter profile, but an input is needed here")]),
@@ -756,7 +756,7 @@ def test_minimum_above_maximum_is_an_error() -> None:
 
 def _box(phases: int) -> dict[str, Any]:
     """An inline charger profile that declares the phases it works on."""
-    data = yaml.safe_load((REPO / "hal" / "profiles" / "alfen.yaml").read_text(encoding="utf-8"))
+    data = yaml.safe_load((REPO / "hal" / "modbus" / "profiles" / "alfen.yaml").read_text(encoding="utf-8"))
     return {**data, "model": f"box{phases}", "phases": phases}
 
 

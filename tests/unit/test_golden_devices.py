@@ -10,18 +10,10 @@ from __future__ import annotations
 
 import pytest
 
-from hal.devices import ModbusInput, ProfileCharger, ProfileMeter, device_for
-from hal.profile import load_profile, parse_profile
-from hal.types import (
-    Charger,
-    CommError,
-    DeviceAnswerError,
-    IecState,
-    Input,
-    Meter,
-    RequestPolicy,
-    Table,
-)
+from hal.modbus.devices import ModbusInput, ProfileCharger, ProfileMeter, device_for
+from hal.modbus.profile import load_profile, parse_profile
+from hal.types import Charger, CommError, DeviceAnswerError, IecState, Input, Meter
+from hal.modbus.types import RequestPolicy, Table
 from memory_bus import MemoryBus, Read, Write
 
 IN, HOLD = Table.INPUT, Table.HOLDING

@@ -1,5 +1,5 @@
 """setup.cfg lists every importable directory as a package, so that building the wheel does not
-warn "Package 'hal.profiles' is absent from the `packages` configuration" and the profiles go
+warn "Package 'hal.modbus.profiles' is absent from the `packages` configuration" and the profiles go
 in as package data. (The build itself, ``pip wheel --no-deps .``, takes too long for the suite.)"""
 
 from __future__ import annotations
@@ -21,5 +21,5 @@ def test_every_directory_with_files_is_a_listed_package() -> None:
             if holds_files and directory.name != "__pycache__":
                 name = ".".join(directory.relative_to(ROOT).parts)
                 assert name in packages, f"{name} would be ignored (or warned about) by setuptools"
-    assert options["package_data"]["hal.profiles"] == ["*.yaml"]
-    assert list((ROOT / "hal" / "profiles").glob("*.yaml"))
+    assert options["package_data"]["hal.modbus.profiles"] == ["*.yaml"]
+    assert list((ROOT / "hal" / "modbus" / "profiles").glob("*.yaml"))

@@ -11,8 +11,8 @@ import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
-from hal import profile as profile_mod
-from hal.profile import (
+from hal.modbus import profile as profile_mod
+from hal.modbus.profile import (
     CHARGER_VALUES,
     METER_VALUES,
     PROFILE_NAMES,
@@ -28,7 +28,8 @@ from hal.profile import (
     pack_blocks,
     parse_profile,
 )
-from hal.types import IecState, Table
+from hal.types import IecState
+from hal.modbus.types import Table
 
 KINDS = {
     "sdm630": Kind.METER, "sdm72": Kind.METER, "sdm120": Kind.METER, "abb_b23": Kind.METER,
@@ -47,7 +48,7 @@ EXTRA_VALUE_NAMES = {"socket_lock"}  # ABB Terra: decides state code 5
 
 
 def test_profile_names_match_the_files() -> None:
-    files = {p.name for p in resources.files("hal").joinpath("profiles").iterdir() if p.name.endswith(".yaml")}
+    files = {p.name for p in resources.files("hal.modbus").joinpath("profiles").iterdir() if p.name.endswith(".yaml")}
     assert {f"{name}.yaml" for name in PROFILE_NAMES} == files
     assert set(PROFILE_NAMES) == set(KINDS)
 
@@ -57,7 +58,7 @@ def test_every_profile_loads_and_keeps_the_contract(name: str) -> None:
     prof = load_profile(name)
     assert prof.model == name
     assert prof.kind is KINDS[name] and prof.kind == KINDS[name].value
-    assert prof.source == f"hal/profiles/{name}.yaml"
+    assert prof.source == f"hal/modbus/profiles/{name}.yaml"
     assert prof.manufacturer and prof.description
     known = {Kind.METER: METER_VALUES, Kind.CHARGER: CHARGER_VALUES, Kind.INPUT: ()}[prof.kind]
     assert set(prof.values) <= set(known) | EXTRA_VALUE_NAMES
@@ -441,7 +442,7 @@ def _leaf_paths(node: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]
 
 
 def _raw(name: str) -> dict[str, Any]:
-    return yaml.safe_load(resources.files("hal").joinpath("profiles", f"{name}.yaml").read_text())
+    return yaml.safe_load(resources.files("hal.modbus").joinpath("profiles", f"{name}.yaml").read_text())
 
 
 @given(st.sampled_from(PROFILE_NAMES), st.data())

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from hal.modbus import BusSpec, rtu_char_bits, rtu_frame_bytes, rtu_t35_s, rtu_wire_time_s
-from hal.types import RequestPolicy
+from hal.modbus.bus import BusSpec, rtu_char_bits, rtu_frame_bytes, rtu_t35_s, rtu_wire_time_s
+from hal.modbus.types import RequestPolicy
 
 
 def read_ms(registers: int, baudrate: int, parity: str) -> float:

@@ -21,8 +21,9 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-from hal import codec
-from hal.types import Fallback, IecState, RequestPolicy, Table
+from hal.modbus import codec
+from hal.types import Fallback, IecState
+from hal.modbus.types import RequestPolicy, Table
 
 
 class Kind(str, enum.Enum):

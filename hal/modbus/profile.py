@@ -1,7 +1,7 @@
 """Device profiles: the packaged profile files and the strict YAML loader; the public face.
 
 ARCHITECTURE.md "Devices are data": every supported model is one YAML file under
-``hal/profiles/``. This module owns that catalogue (:data:`PROFILE_NAMES`) and
+``hal/modbus/profiles/``. This module owns that catalogue (:data:`PROFILE_NAMES`) and
 :func:`load_profile`, which reads a file (refusing duplicate keys, which PyYAML would silently
 drop) and validates it. The work is split into one job per module:
 
@@ -10,7 +10,7 @@ drop) and validates it. The work is split into one job per module:
 - ``hal.profile_schema``: the schema and its strict validator, :func:`parse_profile` (also used
   for a custom device declared inline in the config); the schema summary is there.
 
-Everything other modules use is importable from here, so ``from hal.profile import ...`` stays
+Everything other modules use is importable from here, so ``from hal.modbus.profile import ...`` stays
 the one import path: :data:`PROFILE_NAMES`, :func:`load_profile`, :func:`parse_profile`,
 :class:`ProfileError`, :class:`Profile` and its parts. The simulators use the ``encode``
 helpers of the value types to serve exactly what the devices decode.
@@ -24,8 +24,8 @@ from typing import Any
 
 import yaml
 
-from hal.profile_schema import parse_profile
-from hal.profile_types import (
+from hal.modbus.profile_schema import parse_profile
+from hal.modbus.profile_types import (
     CHARGER_VALUES,
     METER_VALUES,
     SETUP_SYMBOLS,
@@ -70,20 +70,11 @@ __all__ = [
     "scale_to_words",
 ]
 
-#: Packaged profiles: name → file under ``hal/profiles/``. Explicit, so nothing is discovered
-#: (or imported) by accident; the contract test checks it against the directory.
-_PROFILE_FILES: dict[str, str] = {
-    "sdm630": "sdm630.yaml",
-    "sdm72": "sdm72.yaml",
-    "sdm120": "sdm120.yaml",
-    "abb_b23": "abb_b23.yaml",
-    "heidelberg": "heidelberg.yaml",
-    "alfen": "alfen.yaml",
-    "abb_terra_ac": "abb_terra_ac.yaml",
-    "cfos_powerbrain": "cfos_powerbrain.yaml",
-    "modbus_io": "modbus_io.yaml",
-}
-PROFILE_NAMES: tuple[str, ...] = tuple(_PROFILE_FILES)
+_PROFILES = resources.files("hal.modbus").joinpath("profiles")
+#: Packaged profiles: the file names under ``hal/modbus/profiles/`` without ``.yaml``. Adding a
+#: model is adding a file (and its golden test): nothing else lists them.
+PROFILE_NAMES: tuple[str, ...] = tuple(sorted(
+    entry.name.removesuffix(".yaml") for entry in _PROFILES.iterdir() if entry.name.endswith(".yaml")))
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
@@ -106,11 +97,10 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 @lru_cache(maxsize=None)
 def load_profile(name: str) -> Profile:
     """The packaged profile ``name`` (one of :data:`PROFILE_NAMES`), validated; cached."""
-    if name not in _PROFILE_FILES:
+    if name not in PROFILE_NAMES:
         raise ProfileError([f"unknown profile {name!r} (known: {', '.join(PROFILE_NAMES)})"])
-    file_name = _PROFILE_FILES[name]
-    source = f"hal/profiles/{file_name}"
-    text = resources.files("hal").joinpath("profiles", file_name).read_text(encoding="utf-8")
+    source = f"hal/modbus/profiles/{name}.yaml"
+    text = _PROFILES.joinpath(f"{name}.yaml").read_text(encoding="utf-8")
     try:
         data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as exc:

@@ -1,7 +1,7 @@
 """The Modbus server side: serve ``RegisterBank``s for the simulators and the tests.
 
-Split from ``hal/modbus.py`` to keep both readable; the pymodbus names it needs come through
-``hal.modbus``, the only module that imports pymodbus. A ``ModbusServer`` asks its banks on
+Split from ``hal/modbus/bus.py`` to keep both readable (pymodbus, whose API moves between 3.x
+releases, is imported only inside ``hal/modbus/``). A ``ModbusServer`` asks its banks on
 every request (the simulators compute live values and react to writes), answers nothing for
 unknown or silenced units (a dead RS485 device), and runs on an asyncio loop thread of its own
 or one shared by many servers.
@@ -24,16 +24,15 @@ from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from hal.modbus import (  # pymodbus names come through hal.modbus, the one module that imports it
-    ExcCodes,
-    FramerType,
-    ModbusSerialServer,
-    ModbusServerContext,
-    ModbusTcpServer,
-    NoSuchIdException,
-    device_answer_error,
-)
-from hal.types import DeviceAnswerError, Table
+from pymodbus import FramerType
+from pymodbus.constants import ExcCodes
+from pymodbus.datastore import ModbusServerContext
+from pymodbus.exceptions import NoSuchIdException
+from pymodbus.server import ModbusSerialServer, ModbusTcpServer
+
+from hal.modbus.bus import device_answer_error
+from hal.types import DeviceAnswerError
+from hal.modbus.types import Table
 
 __all__ = ["LineTiming", "ModbusServer", "RegisterBank", "ServerLoop", "device_answer_error"]
 

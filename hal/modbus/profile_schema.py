@@ -9,7 +9,7 @@ loads them) and a custom device declared inline in the config.
 Separate from the value types (``hal.profile_types``) because validation is only needed once, at
 load time, and is most of the code: the devices and simulators never touch it.
 
-The schema in brief (every key not listed is an error; see ``hal/profiles/heidelberg.yaml``)::
+The schema in brief (every key not listed is an error; see ``hal/modbus/profiles/heidelberg.yaml``)::
 
     model: name                      # = file name for packaged profiles; default "custom"
     kind: meter | charger | input
@@ -49,8 +49,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any
 
-from hal import codec
-from hal.profile_types import (
+from hal.modbus import codec
+from hal.modbus.profile_types import (
     SETUP_SYMBOLS,
     Kind,
     InputSpec,
@@ -65,7 +65,8 @@ from hal.profile_types import (
     WriteSpec,
     pack_blocks,
 )
-from hal.types import Fallback, IecState, RequestPolicy, Table
+from hal.types import Fallback, IecState
+from hal.modbus.types import RequestPolicy, Table
 
 _NAME_RE = re.compile(r"[a-z][a-z0-9_]{0,63}")
 _BIT_TABLES = {Table.COIL, Table.DISCRETE}

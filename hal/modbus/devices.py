@@ -1,7 +1,7 @@
 """Meters, chargers and digital inputs built from a device profile and a register bus.
 
 These are the Modbus implementations of the small interfaces in ``hal.types`` (``Meter``,
-``Charger``, ``Input``). All model knowledge is in the profile (``hal/profiles/*.yaml``); the code
+``Charger``, ``Input``). All model knowledge is in the profile (``hal/modbus/profiles/*.yaml``); the code
 here only reads the profile's blocks, decodes them, and writes limits and setup registers the
 way the profile says. A device does no retrying, caching or logging of outages: bus errors
 propagate unchanged (``CommError`` / ``DeviceAnswerError``) and the control loop decides.
@@ -13,7 +13,7 @@ import logging
 import math
 from collections.abc import Mapping, Sequence
 
-from hal.profile import Block, InvalidValue, Kind, Profile, WriteSpec
+from hal.modbus.profile import Block, InvalidValue, Kind, Profile, WriteSpec
 from hal.types import (
     ChargerReading,
     DeviceAnswerError,
@@ -22,10 +22,8 @@ from hal.types import (
     InputReading,
     MeterReading,
     Phases3,
-    RegisterBus,
-    RequestPolicy,
-    Table,
 )
+from hal.modbus.types import RegisterBus, RequestPolicy, Table
 
 log = logging.getLogger(__name__)
 

@@ -1,17 +1,19 @@
 """Modbus buses for the controller: one pymodbus sync client per bus, and RTU wire-time arithmetic.
 
-With its sibling ``hal/modbus_server.py`` the ONLY module of gridcharge that imports pymodbus:
-its API moved in every 3.x release (``slave=`` → ``device_id=``, keyword-only ``count=``,
-datastores deprecated), so these absorb those changes and everything else talks ``hal.types``
-(``RegisterBus``, ``Table``, ``DeviceError``). This module owns:
+pymodbus is imported only inside ``hal/modbus/`` (here and in the server for simulators): its
+API moved in every 3.x release (``slave=`` → ``device_id=``, keyword-only ``count=``,
+datastores deprecated), so the driver absorbs those changes and everything else talks
+``hal.modbus.types`` (``RegisterBus``, ``Table``) and ``hal.types`` (``DeviceError``). This
+module owns:
 
 - ``ModbusBus``: one pymodbus sync client per physical bus (RS485 line, TCP host, RTU-over-TCP
   gateway), one lock, the inter-request gap, per-request timeouts and retries, reconnect with
   backoff, and statistics including the RTU wire time.
-- ``rtu_frame_bytes`` / ``rtu_wire_time_s``: pure arithmetic of devices.md §A.5.
+- ``rtu_frame_bytes`` / ``rtu_wire_time_s``: pure arithmetic of the Modbus serial-line timing
+  (docs/devices.md, "Modbus RTU timing").
 - ``device_answer_error``: a DeviceAnswerError carrying a Modbus exception code (both sides).
 
-The server for simulators and tests (``ModbusServer``, ``RegisterBank``) is in ``hal.modbus_server``.
+The server for simulators and tests (``ModbusServer``, ``RegisterBank``) is in ``hal.modbus.server``.
 """
 
 from __future__ import annotations
@@ -31,15 +33,10 @@ import serial
 from pymodbus import ExceptionResponse, FramerType
 from pymodbus.client import ModbusSerialClient, ModbusTcpClient
 from pymodbus.constants import ExcCodes
-from pymodbus.datastore import ModbusServerContext
-from pymodbus.exceptions import ModbusIOException, NoSuchIdException
-from pymodbus.server import ModbusSerialServer, ModbusTcpServer
+from pymodbus.exceptions import ModbusIOException
 
-# The server-side names are re-exported for hal/modbus_server.py, so that this module stays the
-# only one that imports pymodbus (its API moves between 3.x releases; one place to follow it).
-SERVER_API = (ModbusServerContext, NoSuchIdException, ModbusSerialServer, ModbusTcpServer)
-
-from hal.types import CommCause, CommError, DeviceAnswerError, DeviceError, RequestPolicy, Table
+from hal.modbus.types import RequestPolicy, Table
+from hal.types import CommCause, CommError, DeviceAnswerError, DeviceError
 
 log = logging.getLogger(__name__)
 
