@@ -4,7 +4,7 @@ cFos clients read ``state`` from ``get_dev_info`` and cFos formulas compare ``E1
 numbers: 1 no car, 2 car connected, 3 charging, 4 charging with ventilation, 5 error, 6 offline.
 gridcharge's own vocabulary is the IEC 61851 letter (``hal.types.IecState``); this module is the
 one place that turns a letter into the cFos number, for the API (``web/devinfo.py``) and for the
-formula symbols (``controller/symbols.py``).
+formula symbols (``controller/formulas/symbols.py``).
 """
 
 from __future__ import annotations

@@ -150,7 +150,7 @@ def describe(cfg: Any) -> str:
 def cmd_read(args: argparse.Namespace) -> int:
     """Read one device once; only that device and its bus are built (no GPIO, no other bus)."""
     from controller.build import UnknownDevice, build_device
-    from controller.device_read import read_once
+    from controller.commands.device_read import read_once
 
     cfg = _load(args.config)
     if cfg is None:
@@ -252,7 +252,7 @@ def cmd_backup(args: argparse.Namespace) -> int:
     import sqlite3
     from pathlib import Path
 
-    from controller.backup import create_backup
+    from controller.records.backup import create_backup
 
     cfg = _load(args.config)
     if cfg is None:
@@ -275,7 +275,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
     """Check a backup completely, refuse while the service runs, then replace file by file."""
     from pathlib import Path
 
-    from controller.restore import RestoreRefused, restore_backup
+    from controller.records.restore import RestoreRefused, restore_backup
 
     try:
         result = restore_backup(Path(args.file), Path(args.config))
@@ -299,7 +299,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
 
 
 def _utc(unix_s: float) -> str:
-    from controller.statedir import utc_text
+    from controller.records.statedir import utc_text
 
     return utc_text(unix_s)
 
@@ -311,9 +311,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from controller.live_screen import console_for
-    from controller.status_client import StatusUnavailable, client_for, terminal_prompt
-    from controller.status_command import EXIT_SERVICE, show_once, watch
+    from controller.commands.live_screen import console_for
+    from controller.commands.status_client import StatusUnavailable, client_for, terminal_prompt
+    from controller.commands.status_command import EXIT_SERVICE, show_once, watch
 
     cfg = _load(args.config)
     if cfg is None:

@@ -6,7 +6,7 @@ ripple-control receiver's contact sits on a Modbus I/O module. A one-minute scen
 function at work: a car arrives, the house load rises, the grid operator dims by contact and by
 variable, the supplier flips the tariff.
 
-The view is the one of ``gridcharge status`` (``controller.status_view``), drawn after every
+The view is the one of ``gridcharge status`` (``controller.commands.status_view``), drawn after every
 cycle from the ``get_dev_info`` body the demo's API would answer, with a line for the scenario
 under it. On a terminal it is redrawn in place; in a pipe it is printed as plain text now and
 then (``_Output``). Each step is a line above the view, and so is the end of the scenario
@@ -29,10 +29,10 @@ from rich.console import Group, RenderableType
 from rich.text import Text
 
 from controller.config import Http, parse_config
-from controller.live_screen import LiveScreen, console_for
+from controller.commands.live_screen import LiveScreen, console_for
 from controller.service import Service
 from controller.status import Status
-from controller.status_view import render
+from controller.commands.status_view import render
 from hal.sim.physics import SimCar
 from hal.sim.site import SimulatedSite, demo_site
 

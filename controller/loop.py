@@ -23,7 +23,7 @@ Safety rules implemented here: writes of decreases are acknowledged before any i
 written, and increases only go out from readings taken after the last write (the writer and
 controller/write_plan.py); a grid meter older than ``stale_s`` puts the chargers under
 ``failsafe_limit_w``; a silent charger keeps what it is assumed to draw reserved
-(controller/assumed_draw.py); a failed formula takes its fail-safe value; no exception escapes
+(controller/allocation/assumed_draw.py); a failed formula takes its fail-safe value; no exception escapes
 a cycle; on stop every charger is left at (at most) its fail-safe current.
 
 Every reading and every write that lands gets a number from one counter (``_next_seq``), so the
@@ -50,12 +50,12 @@ from controller.allocation import (
     acknowledge,
     allocate,
 )
-from controller.assumed_draw import Assumed, SilentBox, assumed_draw
+from controller.allocation.assumed_draw import Assumed, SilentBox, assumed_draw
 from controller.build import DeviceHandle, Hardware
 from controller.clock import Clock, SystemClock
-from controller.evaluation import Evaluated, compile_limits, evaluate_cycle, truthy
+from controller.formulas.evaluation import Evaluated, compile_limits, evaluate_cycle, truthy
 from controller.formulas import Evaluator
-from controller.rules import RuleSpec, rule_caps
+from controller.allocation.rules import RuleSpec, rule_caps
 from controller.status import (
     EMPTY_STATUS,
     BusStatus,
@@ -63,9 +63,9 @@ from controller.status import (
     DeviceStatus,
     Status,
 )
-from controller.symbols import device_symbols, time_symbols
+from controller.formulas.symbols import device_symbols, time_symbols
 from controller.tracking import DeviceTracker, FaultLog
-from controller.variables import VariableStore
+from controller.records.variables import VariableStore
 from controller.writer import LimitWriter, Observed, WriteReport
 from hal.executor import GroupExecutor
 from hal.types import ChargerReading, IecState, MeterReading, Phases3
@@ -426,7 +426,7 @@ class ControlLoop:
         return out
 
     def _assumed_draw(self, cid: str, now: float) -> Assumed:
-        """What a charger without a fresh reading is taken to draw (controller/assumed_draw.py)."""
+        """What a charger without a fresh reading is taken to draw (controller/allocation/assumed_draw.py)."""
         cc = self.cfg.chargers[cid]
         tracker = self.trackers[cid]
         landed = self.writer.landed(cid)

@@ -28,13 +28,13 @@ from typing import Any
 
 from controller.build import Hardware, build_hardware
 from controller.clock import Clock
-from controller.gridlog import GridLog, GridLogFileError, GridSignalRecorder
+from controller.records.gridlog import GridLog, GridLogFileError, GridSignalRecorder
 from controller.loop import ControlLoop
-from controller.persistence import SavedVariables, VariableFile, VariableSaver, initial_variables
+from controller.records.persistence import SavedVariables, VariableFile, VariableSaver, initial_variables
 from controller.sdnotify import Notifier
-from controller.statedir import GRID_LOG_FILE, check_writable, one_line
+from controller.records.statedir import GRID_LOG_FILE, check_writable, one_line
 from controller.status import Status
-from controller.variables import VariableStore
+from controller.records.variables import VariableStore
 
 log = logging.getLogger(__name__)
 

@@ -56,10 +56,10 @@ from flask import Response, request
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, RequestEntityTooLarge
 
 from controller.formulas import FormulaError
-from controller.gridlog import GridLogUnavailable
+from controller.records.gridlog import GridLogUnavailable
 from controller.loop import Override
 from controller.status import Status
-from controller.variables import VariableStore
+from controller.records.variables import VariableStore
 from web.auth import Authenticator, Principal, Scope
 from web.devinfo import dev_info
 from web.errors import ApiError, bad_request, error_response, json_response, short
@@ -77,7 +77,7 @@ from web.parsing import (
 from web.render import event_row, grid_log_csv, json_value, vars_body
 
 if TYPE_CHECKING:
-    from controller.gridlog import GridLog
+    from controller.records.gridlog import GridLog
     from web.tls import TlsStore
 
 log = logging.getLogger(__name__)

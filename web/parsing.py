@@ -17,7 +17,7 @@ from typing import Any
 
 from flask import request
 
-from controller.variables import Expr
+from controller.records.variables import Expr
 from web.errors import bad_request, short
 
 MAX_OVERRIDE_MA = 80_000  # IEC 61851-1 AC charging tops out at 80 A

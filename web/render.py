@@ -19,7 +19,7 @@ from typing import Any
 from flask import Response
 
 from controller.status import Status
-from controller.variables import VariableSet
+from controller.records.variables import VariableSet
 from web.errors import short
 from web.parsing import NUMBER_TEXT
 

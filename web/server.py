@@ -30,7 +30,7 @@ from web.limits import LAN_LIMITS, SMGW_LIMITS, ListenerLimits, descriptor_budge
 from web.listener import HttpListener
 
 if TYPE_CHECKING:
-    from controller.config_schema import Http, Smgw
+    from controller.config.schema import Http, Smgw
     from web.tls import TlsStore
 
 log = logging.getLogger(__name__)

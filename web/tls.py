@@ -38,8 +38,8 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
-from controller.config_schema import Smgw
-from controller.statedir import TLS_CERT_FILE, TLS_DIR, TLS_KEY_FILE
+from controller.config.schema import Smgw
+from controller.records.statedir import TLS_CERT_FILE, TLS_DIR, TLS_KEY_FILE
 from web.tls_checks import (
     CheckedUpload,
     TlsError,

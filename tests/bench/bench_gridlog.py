@@ -32,11 +32,11 @@ from pathlib import Path
 from typing import Any
 
 import common
-from controller.gridlog import GridLog, GridSignalRecorder
-from controller.gridlog_budget import SizeBudget
-from controller.gridlog_file import CHECK_BUDGET_S, quick_check, used_bytes
+from controller.records.gridlog import GridLog, GridSignalRecorder
+from controller.records.gridlog_budget import SizeBudget
+from controller.records.gridlog_file import CHECK_BUDGET_S, quick_check, used_bytes
 from controller.status import EMPTY_STATUS, Status
-from controller.variables import VariableStore
+from controller.records.variables import VariableStore
 
 BATCH = 10_000
 T0 = 1_767_225_600.0  # 2026-01-01T00:00:00Z

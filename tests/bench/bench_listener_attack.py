@@ -137,7 +137,7 @@ def tcp_device(sim_config: dict[str, Any]) -> tuple[str, int]:
 
 
 def start_listeners(service: Any, password: str, pki: Any) -> tuple[int, int]:
-    from controller.config_schema import Http, Smgw
+    from controller.config.schema import Http, Smgw
     from web.runtime import start_web
 
     http = Http.model_construct(listen="127.0.0.1:0", user=USER, password=password, password_hash=None)

@@ -58,7 +58,7 @@ def rss_kib() -> int:
 def measure(kind: str, count: int) -> dict[str, Any]:
     """One run, in this process: the figures of ``count`` variables of ``kind``."""
     from controller.formulas import Evaluator
-    from controller.variables import VariableStore, evaluate_variables
+    from controller.records.variables import VariableStore, evaluate_variables
 
     items = [(f"V{i}", expr(kind, i)) for i in range(count)]
     store = VariableStore({}, max_variables=count)

@@ -29,9 +29,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from controller.config_schema import Http  # noqa: E402
+from controller.config.schema import Http  # noqa: E402
 from controller.status import EMPTY_STATUS  # noqa: E402
-from controller.variables import VariableStore  # noqa: E402
+from controller.records.variables import VariableStore  # noqa: E402
 from web.app import ApiContext, create_app  # noqa: E402
 from web.auth import BasicAuth  # noqa: E402
 from web.limits import ListenerLimits  # noqa: E402

@@ -32,7 +32,7 @@ from web_helpers import (
     smgw_section,
 )
 
-from controller.gridlog import GridLog, GridSignalRecorder
+from controller.records.gridlog import GridLog, GridSignalRecorder
 from controller.service import Service
 from hal.sim.site import SimulatedSite
 from web.auth import hash_password

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from pki import make_pki
 from web_helpers import WebSite, running_web, smgw_section
 
-from controller.gridlog import GridLog, GridSignalRecorder
+from controller.records.gridlog import GridLog, GridSignalRecorder
 from web.tls import TlsStore
 
 COMMANDS = ("set_cm_vars", "get_cm_vars", "get_dev_info", "get_grid_log", "override_device", "set_tls_cert")

@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from controller.gridlog import GridLog
-from controller.persistence import SavedVariables, VariableFile, parse_saved
+from controller.records.gridlog import GridLog
+from controller.records.persistence import SavedVariables, VariableFile, parse_saved
 from pki import make_pki
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -30,7 +30,7 @@ def test_log_level_after_the_command(tmp_path: Path) -> None:
     out = str(tmp_path / "b.tar.gz")
     after = gridcharge("backup", out, "--config", EXAMPLE, "--log-level", "DEBUG")
     assert after.returncode == 0, after.stderr
-    assert " DEBUG controller.backup: " in after.stderr  # the level took effect, not just parsed
+    assert " DEBUG controller.records.backup: " in after.stderr  # the level took effect, not just parsed
     quiet = gridcharge("check-config", "--config", EXAMPLE, "--log-level", "ERROR")  # the case as reported
     assert quiet.returncode == 0 and " DEBUG " not in quiet.stderr and " INFO " not in quiet.stderr
 
@@ -38,7 +38,7 @@ def test_log_level_after_the_command(tmp_path: Path) -> None:
 def test_log_level_before_the_command_still_works_and_after_wins(tmp_path: Path) -> None:
     out = str(tmp_path / "b.tar.gz")
     before = gridcharge("--log-level", "DEBUG", "backup", out, "--config", EXAMPLE)
-    assert before.returncode == 0 and " DEBUG controller.backup: " in before.stderr
+    assert before.returncode == 0 and " DEBUG controller.records.backup: " in before.stderr
     both = gridcharge("--log-level", "DEBUG", "backup", out, "--config", EXAMPLE, "--log-level", "ERROR")
     assert both.returncode == 0 and " DEBUG " not in both.stderr
 

@@ -20,9 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from controller.config_schema import Http
+from controller.config.schema import Http
 from controller.status import EMPTY_STATUS
-from controller.variables import VariableStore
+from controller.records.variables import VariableStore
 from web.app import ApiContext
 from web.limits import ListenerLimits
 from web.server import WebServers

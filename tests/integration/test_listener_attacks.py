@@ -136,7 +136,7 @@ def test_mixed_attack_both_listeners_answer_and_the_loop_keeps_its_period(pki: P
 def capped(tmp_path: Path) -> Iterator[WebServers]:
     """A LAN listener with small caps: 24 connections, 4 per address."""
     from controller.status import EMPTY_STATUS
-    from controller.variables import VariableStore
+    from controller.records.variables import VariableStore
     from web.app import ApiContext
 
     ctx = ApiContext(store=VariableStore({"AVAIL": 100}), status=lambda: EMPTY_STATUS,
@@ -171,7 +171,7 @@ def test_a_full_listener_still_takes_a_client_with_few_connections(capped: WebSe
 
 def test_stalled_handshakes_delay_no_smgw_client_and_are_closed_at_their_deadline(pki: Pki, tmp_path: Path) -> None:
     from controller.status import EMPTY_STATUS
-    from controller.variables import VariableStore
+    from controller.records.variables import VariableStore
     from web.app import ApiContext
 
     cert, key = pki.server_paths

@@ -32,9 +32,9 @@ ROOT = Path(__file__).resolve().parents[2]
 if __name__ == "__main__":  # the child: make the project importable
     sys.path.insert(0, str(ROOT))
 
-from controller.persistence import (SavedVariables, VariableFile, VariableSaver,  # noqa: E402
+from controller.records.persistence import (SavedVariables, VariableFile, VariableSaver,  # noqa: E402
                                     initial_variables)
-from controller.variables import Expr, VariableStore, same_exprs  # noqa: E402
+from controller.records.variables import Expr, VariableStore, same_exprs  # noqa: E402
 
 CONFIG: dict[str, Expr] = {"AVAIL": 100, "TARIF": 0}
 SAVE_SLACK_S = 0.25

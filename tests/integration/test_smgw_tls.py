@@ -34,9 +34,9 @@ import requests
 from cryptography.hazmat.primitives.asymmetric import rsa
 from pki import CertAuthority, Leaf, Pki, expired, key_usage, make_pki, rsa_e3_leaf, weakly_signed
 
-from controller.config_schema import Http, Smgw
+from controller.config.schema import Http, Smgw
 from controller.status import EMPTY_STATUS
-from controller.variables import VariableStore
+from controller.records.variables import VariableStore
 from web.app import ApiContext
 from web.server import WebServers
 from web.tls import TlsStore

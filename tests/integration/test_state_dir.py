@@ -41,7 +41,7 @@ import requests
 import yaml
 from site_helpers import BASE_SITE
 
-from controller.gridlog import GridLog
+from controller.records.gridlog import GridLog
 from hal.sim.site import SimulatedSite
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -30,8 +30,8 @@ from werkzeug.security import generate_password_hash
 
 from controller.config import parse_config
 from controller.service import Service
-from controller.status_client import PASSWORD_ENV, StatusClient, StatusUnavailable
-from controller.status_view import STATE_WORDS
+from controller.commands.status_client import PASSWORD_ENV, StatusClient, StatusUnavailable
+from controller.commands.status_view import STATE_WORDS
 from hal.sim.site import SimulatedSite
 from web.runtime import start_web
 

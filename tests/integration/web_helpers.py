@@ -13,7 +13,7 @@ import requests
 from site_helpers import home_site, make_config
 
 from controller.clock import FakeClock
-from controller.config_schema import Http, Smgw
+from controller.config.schema import Http, Smgw
 from controller.service import Service
 from hal.sim.site import SimulatedSite
 from web.app import ApiContext

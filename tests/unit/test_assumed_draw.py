@@ -1,4 +1,4 @@
-"""What a silent wallbox is assumed to draw (controller/assumed_draw.py): tables and properties."""
+"""What a silent wallbox is assumed to draw (controller/allocation/assumed_draw.py): tables and properties."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from controller.assumed_draw import FALLBACK_MARGIN_S, SilentBox, assumed_draw
+from controller.allocation.assumed_draw import FALLBACK_MARGIN_S, SilentBox, assumed_draw
 
 # A Heidelberg written at t=100 with 14 A, read every second until t=130, then silent;
 # gridcharge configured its 15 s watchdog (any request feeds it), fail-safe 6 A.

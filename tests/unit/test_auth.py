@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from controller.config_schema import Http
+from controller.config.schema import Http
 from web import auth as auth_module
 from web.auth import (
     ALL_SCOPES,

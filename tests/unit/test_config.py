@@ -1,4 +1,4 @@
-"""Tests of controller/config.py: the SPEC §4 example passes; every class of mistake is reported
+"""Tests of controller/config/: the SPEC §4 example passes; every class of mistake is reported
 with its exact path; all mistakes of a file are reported together; YAML 1.1 traps are errors."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from controller.symbols import DEVICE_VALUES
+from controller.formulas.symbols import DEVICE_VALUES
 from controller.config import (
     ChargerConfig,
     Config,
@@ -648,7 +648,7 @@ def test_every_symbol_a_formula_can_read_is_accepted() -> None:
 
 def test_device_values_are_exactly_what_the_loop_provides() -> None:
     """The config check and the control loop's symbol table agree, online and offline."""
-    from controller.symbols import device_symbols
+    from controller.formulas.symbols import device_symbols
     from hal.types import ChargerReading, IecState, MeterReading
 
     meter = MeterReading(power_w=1.0, current_a=(1.0, 2.0, 3.0), voltage_v=(230.0, 230.0, 230.0))

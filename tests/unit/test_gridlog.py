@@ -1,4 +1,4 @@
-"""Unit tests for controller.gridlog: the SQLite grid signal log (temp dir, real SQLite, real
+"""Unit tests for controller.records.gridlog: the SQLite grid signal log (temp dir, real SQLite, real
 writer thread, injected wall clock) and the recorder fed with hand-built ``Status`` objects and a
 real ``VariableStore``."""
 
@@ -16,11 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from controller import gridlog
-from controller.gridlog import DAY_S, RETENTION_S, GridEvent, GridLog, GridSignalRecorder
-from controller.gridlog_file import GridLogFileError
+from controller.records import gridlog
+from controller.records.gridlog import DAY_S, RETENTION_S, GridEvent, GridLog, GridSignalRecorder
+from controller.records.gridlog_file import GridLogFileError
 from controller.status import EMPTY_STATUS, DeviceStatus, Status
-from controller.variables import VariableStore
+from controller.records.variables import VariableStore
 from hal.types import InputReading
 
 T0 = 1_767_225_600.0  # 2026-01-01T00:00:00Z
@@ -143,7 +143,7 @@ def test_record_after_stop_is_an_error_not_a_crash(make_log: Callable[..., GridL
                                                    caplog: pytest.LogCaptureFixture) -> None:
     grid_log = make_log()
     grid_log.stop()
-    with caplog.at_level(logging.ERROR, logger="controller.gridlog"):
+    with caplog.at_level(logging.ERROR, logger="controller.records.gridlog"):
         grid_log.record("input", "RSE1", False, True, "input", None)
     assert "not recorded" in caplog.text
     grid_log.stop()  # idempotent
@@ -206,7 +206,7 @@ def test_concurrent_records_from_several_threads(make_log: Callable[..., GridLog
 def test_full_queue_drops_loudly_and_leaves_a_gap_row(make_log: Callable[..., GridLog],
                                                       caplog: pytest.LogCaptureFixture) -> None:
     grid_log = make_log(start=False, max_queue=5)  # no writer yet: the queue fills up
-    with caplog.at_level(logging.ERROR, logger="controller.gridlog"):
+    with caplog.at_level(logging.ERROR, logger="controller.records.gridlog"):
         for i in range(8):
             grid_log.record("input", f"I{i}", None, i, "input", None, ts=T0 + i)
         assert sum("queue full" in r.getMessage() for r in caplog.records) == 1
@@ -235,7 +235,7 @@ def test_failed_insert_is_kept_retried_in_order_and_logged_once(
 
     monkeypatch.setattr(GridLog, "_insert", flaky)
     grid_log = make_log()
-    with caplog.at_level(logging.DEBUG, logger="controller.gridlog"):
+    with caplog.at_level(logging.DEBUG, logger="controller.records.gridlog"):
         grid_log.record("input", "first", None, 1, "input", None, ts=T0)
         for _ in range(4):  # each flush returns after one more attempt of the writer
             grid_log.flush()
@@ -272,7 +272,7 @@ def test_a_file_that_is_not_a_database_is_kept_aside(make_log: Callable[..., Gri
     grid_log.path.parent.mkdir(parents=True)
     junk = b"this is not a database" * 100
     grid_log.path.write_bytes(junk)
-    with caplog.at_level(logging.ERROR, logger="controller.gridlog"):
+    with caplog.at_level(logging.ERROR, logger="controller.records.gridlog"):
         grid_log.start()
     aside = grid_log.path.with_name("gridlog.sqlite3.corrupt-20260101T000000Z")
     assert aside.read_bytes() == junk
@@ -471,7 +471,7 @@ def test_waiting_for_room_is_bounded_and_what_finds_none_is_a_gap(
     grid_log = make_log(start=False, max_queue=5)  # no writer: the queue never drains
     events = [("variable", f"V{i}", None, i, "lan:10.0.0.9", None) for i in range(20)]
     started = time.monotonic()
-    with caplog.at_level(logging.ERROR, logger="controller.gridlog"):
+    with caplog.at_level(logging.ERROR, logger="controller.records.gridlog"):
         grid_log.record_many(events, wait_s=0.2)
     waited = time.monotonic() - started
     assert 0.2 <= waited < 1.0

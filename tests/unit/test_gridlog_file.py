@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from controller import gridlog, gridlog_budget
-from controller.gridlog import DAY_S, GridLog, GridLogUnavailable
-from controller.gridlog_budget import TWO_YEARS_S
-from controller.gridlog_file import GridLogFileError, inspect, used_bytes
+from controller.records import gridlog, gridlog_budget
+from controller.records.gridlog import DAY_S, GridLog, GridLogUnavailable
+from controller.records.gridlog_budget import TWO_YEARS_S
+from controller.records.gridlog_file import GridLogFileError, inspect, used_bytes
 
 T0 = 1_767_225_600.0  # 2026-01-01T00:00:00Z
 STAMP = "20260101T000000Z"
@@ -145,7 +145,7 @@ def test_a_foreign_database_is_kept_aside(make_log: Callable[..., GridLog], path
                                           why: str) -> None:
     database(path, *statements)
     original = path.read_bytes()
-    with caplog.at_level(logging.ERROR, logger="controller.gridlog"):
+    with caplog.at_level(logging.ERROR, logger="controller.records.gridlog"):
         grid_log = make_log()
     assert aside(path, "foreign").read_bytes() == original
     assert "GRID LOG UNREADABLE" in caplog.text and why in caplog.text
@@ -176,7 +176,7 @@ def test_a_check_that_runs_out_of_time_is_a_warning(make_log: Callable[..., Grid
     first = make_log()
     fill(first, 3000)
     first.stop()
-    with caplog.at_level(logging.WARNING, logger="controller.gridlog"):
+    with caplog.at_level(logging.WARNING, logger="controller.records.gridlog"):
         grid_log = make_log(check_budget_s=0.0)
     assert "quick_check did not finish within 0 s" in caplog.text
     assert len(grid_log.query(limit=10_000)) == 3000  # the file is used, not set aside
@@ -219,7 +219,7 @@ def test_the_writer_meeting_a_damaged_page_loses_no_row(make_log: Callable[..., 
     conn = sqlite3.connect(path)  # another writer: the log's connection must re-read its pages
     conn.execute("PRAGMA user_version=1")
     conn.close()
-    with caplog.at_level(logging.ERROR, logger="controller.gridlog"):
+    with caplog.at_level(logging.ERROR, logger="controller.records.gridlog"):
         for i in range(5):
             grid_log.record("input", f"after{i}", None, i, "input", None, ts=T0 + 10_000 + i)
         grid_log.flush()
@@ -289,7 +289,7 @@ def test_over_budget_the_oldest_rows_beyond_two_years_go_first_then_loudly_recen
     fill(grid_log, 800, ts=T0 - 300 * DAY_S, name="recent" + "x" * 100)
     assert grid_log.faults() == ()  # under budget, the two-year part well under 80 %
 
-    with caplog.at_level(logging.WARNING, logger="controller.gridlog"):
+    with caplog.at_level(logging.WARNING, logger="controller.records.gridlog"):
         fill(grid_log, 700, ts=T0 - 200 * DAY_S, name="recent" + "x" * 100)
     names = [e.name[:3] for e in grid_log.query(limit=10_000)]
     old_left = names.count("old")
@@ -299,7 +299,7 @@ def test_over_budget_the_oldest_rows_beyond_two_years_go_first_then_loudly_recen
     assert "last two years of records take about" in warning and "raise grid_log.max_bytes" in warning
     assert "WITHIN THE LAST TWO YEARS" not in caplog.text
 
-    with caplog.at_level(logging.WARNING, logger="controller.gridlog"):
+    with caplog.at_level(logging.WARNING, logger="controller.records.gridlog"):
         fill(grid_log, 600, ts=T0 - 100 * DAY_S, name="recent" + "x" * 100)
     events = grid_log.query(limit=10_000)
     assert not [e for e in events if e.name.startswith("old")]

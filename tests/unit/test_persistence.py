@@ -1,4 +1,4 @@
-"""Unit tests for controller.persistence: atomic saves, corrupt files kept aside, the start set,
+"""Unit tests for controller.records.persistence: atomic saves, corrupt files kept aside, the start set,
 and the coalescing saver (an injected clock drives ``poll()``; one test uses the real thread)."""
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from controller import persistence
-from controller.persistence import (SavedVariables, VariableFile, VariableSaver,
+from controller.records import persistence
+from controller.records.persistence import (SavedVariables, VariableFile, VariableSaver,
                                     initial_variables, parse_saved)
-from controller.variables import Expr, VariableStore, same_exprs
+from controller.records.variables import Expr, VariableStore, same_exprs
 
 CONFIG: dict[str, Expr] = {"AVAIL": 100, "TARIF": 0}
 T0 = 1_767_225_600.0  # 2026-01-01T00:00:00Z
@@ -175,7 +175,7 @@ def test_corrupt_file_is_kept_aside_loudly(tmp_path: Path, caplog: pytest.LogCap
                                            content: bytes, why: str) -> None:
     file = VariableFile(tmp_path, clock=FakeTime(T0 + 3661.5))
     write(file.path, content)
-    with caplog.at_level(logging.ERROR, logger="controller.persistence"):
+    with caplog.at_level(logging.ERROR, logger="controller.records.persistence"):
         assert file.load() is None
     aside = tmp_path / "variables.json.corrupt-20260101T010101Z"
     assert aside.read_bytes() == content  # kept, byte for byte
@@ -190,7 +190,7 @@ def test_a_saved_number_beyond_1e15_drops_that_variable_only(tmp_path: Path, cap
     file = VariableFile(tmp_path)
     write(file.path, valid_json(vars={"AVAIL": 30, "BIG": 1e18, "HUGE": 10**40, "F": "AVAIL * 1e16",
                                       "LIM": "55000 * AVAIL / 100"}))
-    with caplog.at_level(logging.ERROR, logger="controller.persistence"):
+    with caplog.at_level(logging.ERROR, logger="controller.records.persistence"):
         loaded = file.load()
     assert loaded is not None and file.path.exists()
     assert dict(loaded.vars) == {"AVAIL": 30, "LIM": "55000 * AVAIL / 100"}
@@ -280,7 +280,7 @@ def test_initial_variables_survives_a_config_that_changed(caplog: pytest.LogCapt
 
 def test_initial_variables_logs_a_config_value_the_file_overrides(
         caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.INFO, logger="controller.persistence"):
+    with caplog.at_level(logging.INFO, logger="controller.records.persistence"):
         initial_variables({"AVAIL": 100}, saved({"AVAIL": 50}))
     assert "variable AVAIL: saved value 50 wins over the config's 100" in caplog.text
 
@@ -377,7 +377,7 @@ def test_failed_saves_are_logged_once_per_streak_and_retried(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     store, saver, file, clock = make_saver(tmp_path)
     file.fail_with = OSError(28, "No space left on device")
-    with caplog.at_level(logging.DEBUG, logger="controller.persistence"):
+    with caplog.at_level(logging.DEBUG, logger="controller.records.persistence"):
         store.set_many([("AVAIL", 1)])
         assert saver.poll() == 0.0
         assert saver.poll() == pytest.approx(1.0)  # still pending: retried after the interval

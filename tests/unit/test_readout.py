@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from controller.read_failure import likely_causes
-from controller.readout import NO_VALUE, quantity, state_text, unit_of, value_lines
+from controller.commands.read_failure import likely_causes
+from controller.commands.readout import NO_VALUE, quantity, state_text, unit_of, value_lines
 from hal.modbus.bus import BusSpec
 from hal.types import CommCause, CommError, DeviceAnswerError, DeviceError, IecState, InputReading
 

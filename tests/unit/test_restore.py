@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from controller.backup_manifest import BackupError, Role, parse_manifest
-from controller.restore import _commit, _Step
+from controller.records.backup_manifest import BackupError, Role, parse_manifest
+from controller.records.restore import _commit, _Step
 
 CONFIG_FILE: dict[str, Any] = {"role": "config", "name": "config.yaml", "source": "/etc/gridcharge/config.yaml",
                                "size": 10, "sha256": "0" * 64, "mode": "0640"}

@@ -1,4 +1,4 @@
-"""Tests for controller.rules: which rules apply, how power becomes current, which cap wins."""
+"""Tests for controller.allocation.rules: which rules apply, how power becomes current, which cap wins."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from controller.rules import RuleSpec, rule_applies, rule_caps
+from controller.allocation.rules import RuleSpec, rule_applies, rule_caps
 
 SITE = {"E1": (3, 230.0), "E2": (1, 230.0), "E3": (3, 230.0)}
 

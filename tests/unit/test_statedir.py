@@ -1,4 +1,4 @@
-"""controller.statedir: the write probe at start and the one set-aside helper, on real files.
+"""controller.records.statedir: the write probe at start and the one set-aside helper, on real files.
 
 Permissions do not stop root (CI runs as root), so an unwritable state directory is made the way
 root meets one too: a file where the directory should be. The read-only file system itself is
@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from controller import statedir
-from controller.statedir import PROBE_NAME, StateDirError, check_writable, set_aside
+from controller.records import statedir
+from controller.records.statedir import PROBE_NAME, StateDirError, check_writable, set_aside
 
 T0 = 1_767_225_600.0  # 2026-01-01T00:00:00Z
 

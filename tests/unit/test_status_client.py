@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from controller.config_schema import Http
-from controller.status_client import PASSWORD_ENV, StatusUnavailable, api_base, client_for, password_from
+from controller.config.schema import Http
+from controller.commands.status_client import PASSWORD_ENV, StatusUnavailable, api_base, client_for, password_from
 
 HASH = "scrypt:32768:8:1$salt$" + "ab" * 32
 

@@ -14,7 +14,7 @@ from typing import Any
 from rich.console import Console
 
 from controller.status import EMPTY_STATUS, ChargerStatus, DeviceStatus, Status
-from controller.status_view import render
+from controller.commands.status_view import render
 from hal.types import ChargerReading, IecState, InputReading, MeterReading
 from web.devinfo import dev_info
 

@@ -30,7 +30,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from controller.config_schema import Smgw
+from controller.config.schema import Smgw
 from web import tls, tls_checks
 from web.tls import TlsError, TlsStore
 from web.tls_proof import prove_handshake

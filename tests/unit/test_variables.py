@@ -1,4 +1,4 @@
-"""Unit tests for controller.variables: the all-or-nothing, thread-safe variable store."""
+"""Unit tests for controller.records.variables: the all-or-nothing, thread-safe variable store."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import threading
 import pytest
 
 from controller.formulas import NO_LIMIT, Evaluator, FormulaError, NoValue
-from controller.variables import (DEFAULT_MAX_VARIABLES, TooManyVariables, VariableSet, VariableStore,
+from controller.records.variables import (DEFAULT_MAX_VARIABLES, TooManyVariables, VariableSet, VariableStore,
                                   evaluate_variables, normalize_expr, same_exprs)
 
 RESERVED = {"M1", "E1", "E2", "RSE1"}
@@ -196,7 +196,7 @@ def test_failing_listener_is_logged_and_change_kept(caplog: pytest.LogCaptureFix
 
     store.add_listener(broken)
     store.add_listener(lambda old, new, source: later.append(new.generation))
-    with caplog.at_level(logging.ERROR, logger="controller.variables"):
+    with caplog.at_level(logging.ERROR, logger="controller.records.variables"):
         new = store.set_many([("A", 1)], source="api")
     assert store.snapshot() is new and later == [1]
     assert "variable listener" in caplog.text and "disk full" in caplog.text
@@ -356,7 +356,7 @@ def test_the_saved_set_is_capped_too() -> None:
 
 def test_a_start_set_over_the_cap_is_kept_and_may_only_shrink(caplog: pytest.LogCaptureFixture) -> None:
     """The cap was lowered in the config after more were saved: the site must still start."""
-    with caplog.at_level(logging.ERROR, logger="controller.variables"):
+    with caplog.at_level(logging.ERROR, logger="controller.records.variables"):
         store, calls = capped(2, A=1, B=2, C=3, D=4)
     assert "4 variables at start, more than max_variables (2)" in caplog.text
     assert dict(store.set_many([("A", 9)]).exprs) == {"A": 9, "B": 2, "C": 3, "D": 4}

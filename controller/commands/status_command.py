@@ -1,7 +1,7 @@
 """``gridcharge status [--watch]``: the live view of the running service, from its HTTP API.
 
 Once: one ``get_dev_info``, one frame printed, exit 0. ``--watch``: a new frame every
-``interval_s``, redrawn in place on a terminal (``controller.live_screen``), until Ctrl-C.
+``interval_s``, redrawn in place on a terminal (``controller.commands.live_screen``), until Ctrl-C.
 
 A service that cannot be reached, or that refuses the login, is one line on stderr and exit
 ``EXIT_SERVICE`` (7) before anything is drawn. Once a watch is running, a service that stops
@@ -19,9 +19,9 @@ from collections.abc import Callable
 from rich.console import Console
 from rich.text import Text
 
-from controller.live_screen import LiveScreen, PipeAwareConsole
-from controller.status_client import StatusClient, StatusUnavailable
-from controller.status_view import render
+from controller.commands.live_screen import LiveScreen, PipeAwareConsole
+from controller.commands.status_client import StatusClient, StatusUnavailable
+from controller.commands.status_view import render
 
 log = logging.getLogger(__name__)
 

@@ -2,8 +2,8 @@
 
 The installer at the meter cabinet wants to know two things: does the device answer, and do
 its values make sense. So a device that answered shows every value of its profile rounded to
-its meaning (``controller.readout``), a charger's state as ``C (charging)   raw 7``; one that did
-not shows what the bus saw and the likely causes in plain words (``controller.read_failure``).
+its meaning (``controller.commands.readout``), a charger's state as ``C (charging)   raw 7``; one that did
+not shows what the bus saw and the likely causes in plain words (``controller.commands.read_failure``).
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from controller.build import DeviceHandle, Hardware
-from controller.read_failure import likely_causes
-from controller.readout import value_lines
+from controller.commands.read_failure import likely_causes
+from controller.commands.readout import value_lines
 from hal.modbus.profile import InvalidValue
 from hal.types import DeviceAnswerError, DeviceError, IecState
 

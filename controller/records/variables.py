@@ -15,7 +15,7 @@ They meet here (SPEC §2, §3):
 - Every change sets ``wake`` (the loop waits on it between ticks, so a grid signal acts at once)
   and calls the listeners (persistence, grid-signal log) in the order of the changes, outside the
   lock that serialises writers.
-- ``VariableSet.persistent`` is what a restart restores (``controller.persistence`` saves it):
+- ``VariableSet.persistent`` is what a restart restores (``controller.records.persistence`` saves it):
   ``set_many(..., persist=False)`` (the API's ``tmp=1``, "apply but do not save") changes the
   variables in force but not ``persistent``. Calls with ``persist=True`` are applied to
   ``persistent`` as they are to the variables in force, so the saved set is always the state after
@@ -165,7 +165,7 @@ class VariableStore:
         ``set_many`` returns.
         They must not call ``set_many``; an exception in one is logged and does not undo the change.
         They run on the API's thread, so they must be quick: the saver only notes that a save
-        is due (its own thread writes the file, coalesced, see ``controller.persistence``).
+        is due (its own thread writes the file, coalesced, see ``controller.records.persistence``).
         """
         with self._write_lock:
             self._listeners = (*self._listeners, callback)

@@ -3,8 +3,8 @@
 This module owns the frozen inputs (:class:`ChargerInput`, :class:`SiteInput`, :class:`Settings`),
 the memory carried between cycles (:class:`ChargerMemory`, :class:`AllocationState`) and the
 outputs (:class:`Command`, :class:`Allocation`), with the checks that reject NaN or -inf values
-before they reach the arithmetic. It is separate from the algorithm (controller/allocation.py) and
-the site constraints (controller/allocation_constraints.py) because both of those, and the control
+before they reach the arithmetic. It is separate from the algorithm (controller/allocation/) and
+the site constraints (controller/allocation/constraints.py) because both of those, and the control
 loop, share these types, while the types need nothing from them. Import them from
 controller.allocation, which re-exports them.
 """
@@ -50,7 +50,7 @@ class ChargerInput:
     state: IecState | None  # None when offline
     drawn_a: Phases3 = (0.0, 0.0, 0.0)  # measured per-phase current (zeros when offline)
     #: Offline only: what the silent box is taken to draw on each of its phases (its last limit
-    #: until its own watchdog falls back, see controller/assumed_draw.py), and why.
+    #: until its own watchdog falls back, see controller/allocation/assumed_draw.py), and why.
     reserved_a: float = 0.0
     reserved_reason: str | None = None
     cap_a: float | None = None  # from rules and overrides (0 pauses); None = no cap

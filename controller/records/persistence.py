@@ -16,7 +16,7 @@ This module owns ``state_dir/variables.json``:
   why, and the service starts from the config values. It is never deleted. A file that exists but
   cannot be read is treated the same way (renamed aside, never overwritten later).
   One exception: a variable whose number (or a formula's constant) is beyond ±1e15, the bound
-  ``controller.formula_compiler.MAX_ABS_NUMBER`` set after such a value could be saved, is dropped
+  ``controller.formulas.compiler.MAX_ABS_NUMBER`` set after such a value could be saved, is dropped
   with a ``log.error`` and the rest of the file is used: throwing away every saved grid signal
   for one out-of-range value would be worse.
 - **Config values and ``clear=1``.** SPEC: "``variables:`` in the config gives the starting value
@@ -59,8 +59,8 @@ from typing import Any
 
 from controller.formulas import (FormulaError, NumberRangeError, check_name, compile_formula,
                                  evaluation_order)
-from controller.statedir import VARIABLES_FILE, fsync_dir, one_line, set_aside, utc_text
-from controller.variables import Expr, VariableSet, VariableStore, normalize_expr
+from controller.records.statedir import VARIABLES_FILE, fsync_dir, one_line, set_aside, utc_text
+from controller.records.variables import Expr, VariableSet, VariableStore, normalize_expr
 
 log = logging.getLogger(__name__)
 

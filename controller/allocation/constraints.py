@@ -3,7 +3,7 @@
 This module owns turning one :class:`SiteInput` snapshot and the chargers into
 :class:`SiteConstraints`: a list of named bounds ``sum of coefficient_i x x_i <= bound`` on the
 chargers' currents ``x_i``, plus the headroom shown in the status, and each charger's coefficients
-in them. It is separate from the sharing algorithm (controller/allocation.py) because it is where
+in them. It is separate from the sharing algorithm (controller/allocation/) because it is where
 the electrical safety rules live, which are read and reviewed on their own; the algorithm only sees
 numbers and names.
 
@@ -41,7 +41,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from controller.allocation_types import ChargerInput, SiteInput
+from controller.allocation.types import ChargerInput, SiteInput
 from hal.types import Phases3
 
 PHASE_NAMES = ("L1", "L2", "L3")

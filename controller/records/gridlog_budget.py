@@ -23,10 +23,10 @@ import math
 import sqlite3
 from dataclasses import dataclass
 
-from controller.gridlog_file import used_bytes
-from controller.statedir import utc_text
+from controller.records.gridlog_file import used_bytes
+from controller.records.statedir import utc_text
 
-log = logging.getLogger("controller.gridlog")
+log = logging.getLogger("controller.records.gridlog")
 
 DAY_S = 86400.0
 TWO_YEARS_S = 730 * DAY_S

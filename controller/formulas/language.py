@@ -4,9 +4,9 @@ This is the language's public face (import everything from here) and owns its la
 a formula's whole life (SPEC §3) is:
 
 1. **Translate** cFos operators (``c ? a : b``, ``&&``, ``||``, ``!``, ``^``) to Python:
-   ``controller.cfos_syntax``.
+   ``controller.formulas.cfos_syntax``.
 2. **Validate** the Python AST against an allow-list at set/config time, and
-3. **Compile** it once for asteval: ``controller.formula_compiler``.
+3. **Compile** it once for asteval: ``controller.formulas.compiler``.
 4. **Evaluate** many times (once per control cycle) with one asteval interpreter: here.
 5. **Order** formulas that read each other (``evaluation_order``): here.
 
@@ -50,8 +50,8 @@ from asteval import Interpreter
 from asteval.asteval import ALL_NODES
 from asteval.astutils import safe_pow
 
-from controller.cfos_syntax import MAX_BRACKET_DEPTH, MAX_TERNARIES, FormulaError, translate
-from controller.formula_compiler import (FUNCTIONS, LIMIT_TEXT, MAX_ABS_NUMBER, MAX_DEPTH, MAX_LENGTH,
+from controller.formulas.cfos_syntax import MAX_BRACKET_DEPTH, MAX_TERNARIES, FormulaError, translate
+from controller.formulas.compiler import (FUNCTIONS, LIMIT_TEXT, MAX_ABS_NUMBER, MAX_DEPTH, MAX_LENGTH,
                                          NAME_RE, TIME_SYMBOLS, Formula, FormulaText, Lookup,
                                          NumberRangeError,
                                          check_name, compile_formula, number_problem,

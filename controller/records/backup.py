@@ -1,5 +1,5 @@
 """``gridcharge backup FILE``: the config, the saved variables, the grid log and the TLS files in
-one ``.tar.gz`` with a manifest (``controller.backup_manifest``).
+one ``.tar.gz`` with a manifest (``controller.records.backup_manifest``).
 
 Safe while the service runs: the grid log is copied with SQLite's online backup, which gives one
 consistent snapshot even while the writer commits (a plain file copy of a WAL database can tear),
@@ -26,9 +26,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from controller import gridlog_file
-from controller.backup_manifest import MANIFEST_NAME, Entry, Manifest, Role, destinations
-from controller.statedir import fsync_dir
+from controller.records import gridlog_file
+from controller.records.backup_manifest import MANIFEST_NAME, Entry, Manifest, Role, destinations
+from controller.records.statedir import fsync_dir
 from controller.version import version
 
 log = logging.getLogger(__name__)

@@ -13,7 +13,7 @@ Semantics, chosen to restrict rather than release when something is unknown:
   to the tariff signal must not let every car charge at full power.
 * ``when`` None without an error means the rule has no condition: it always applies. (The loop
   passes True for that; a condition that evaluated to None reaches us as False, see
-  ``controller.evaluation.truthy``.)
+  ``controller.formulas.evaluation.truthy``.)
 * ``max_power_w`` becomes a current with the charger's phase count and voltage:
   ``power / (phases x voltage)``.
 * A value of None means "no limit" (a value formula may evaluate to None); a NaN value or a

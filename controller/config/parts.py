@@ -24,8 +24,8 @@ from typing import Any
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from controller import formulas
-from controller.config_problems import Loc
-from controller.config_schema import (
+from controller.config.problems import Loc
+from controller.config.schema import (
     BUS_MODELS,
     AbsPath,
     ChargerConfig,
@@ -41,7 +41,7 @@ from controller.config_schema import (
     VariableValue,
     input_kind,
 )
-from controller.variables import DEFAULT_MAX_VARIABLES
+from controller.records.variables import DEFAULT_MAX_VARIABLES
 
 SECTIONS = ("buses", "meters", "chargers", "inputs", "variables")
 

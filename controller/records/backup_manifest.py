@@ -1,5 +1,5 @@
 """What a gridcharge backup holds and where each file lives: the manifest, shared by
-``controller.backup`` (writes one) and ``controller.restore`` (checks one and puts it back).
+``controller.records.backup`` (writes one) and ``controller.records.restore`` (checks one and puts it back).
 
 A backup is one ``.tar.gz`` with ``manifest.json`` and up to eight files, each under a fixed
 name for its role (never the path it came from, so a crafted archive cannot name a place to
@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from controller.statedir import GRID_LOG_FILE, TLS_CERT_FILE, TLS_DIR, TLS_KEY_FILE, VARIABLES_FILE
+from controller.records.statedir import GRID_LOG_FILE, TLS_CERT_FILE, TLS_DIR, TLS_KEY_FILE, VARIABLES_FILE
 
 FORMAT = "gridcharge-backup"
 FORMAT_VERSION = 1

@@ -3,7 +3,7 @@ with time, source, old and new value and the grid power at that moment, kept at 
 (§14a EnWG wants this record).
 
 This module owns ``state_dir/gridlog.sqlite3`` (one table ``events``, an index on ``ts``, values
-as JSON text; the file itself: ``controller.gridlog_file``; its size: ``controller.gridlog_budget``)
+as JSON text; the file itself: ``controller.records.gridlog_file``; its size: ``controller.records.gridlog_budget``)
 and the observer that fills it:
 
 - ``GridLog.open()`` opens the file at start, before anything else of the service runs: a file
@@ -64,12 +64,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from controller import gridlog_file
-from controller.gridlog_budget import SizeBudget
-from controller.gridlog_file import CHECK_BUDGET_S, GridLogFileError, SetAside, Unusable, is_corrupt
-from controller.statedir import GRID_LOG_FILE, one_line, utc_text
+from controller.records import gridlog_file
+from controller.records.gridlog_budget import SizeBudget
+from controller.records.gridlog_file import CHECK_BUDGET_S, GridLogFileError, SetAside, Unusable, is_corrupt
+from controller.records.statedir import GRID_LOG_FILE, one_line, utc_text
 from controller.status import DeviceStatus, Status
-from controller.variables import VariableSet, VariableStore, same_exprs
+from controller.records.variables import VariableSet, VariableStore, same_exprs
 from hal.types import InputReading
 
 log = logging.getLogger(__name__)

@@ -41,7 +41,7 @@ from pydantic import (
 )
 
 from controller import formulas
-from controller.variables import DEFAULT_MAX_VARIABLES
+from controller.records.variables import DEFAULT_MAX_VARIABLES
 from hal.modbus import profile as profiles
 
 _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
@@ -246,7 +246,7 @@ GRID_LOG_MAX_BYTES = 1_000_000_000  # 1 GB: years of a busy site's record on any
 
 
 class GridLogConfig(_Strict):
-    """The grid signal log in ``state_dir`` (``controller.gridlog``): its size budget. The log
+    """The grid signal log in ``state_dir`` (``controller.records.gridlog``): its size budget. The log
     warns (log and status) when its last two years near the budget, and over it deletes the
     oldest rows, those older than two years first."""
 

@@ -34,10 +34,10 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from controller.config_checks import cross_problems
-from controller.config_parts import Parts
-from controller.config_problems import ConfigError, Loc, Problem, raise_if, rendered
-from controller.config_schema import (
+from controller.config.checks import cross_problems
+from controller.config.parts import Parts
+from controller.config.problems import ConfigError, Loc, Problem, raise_if, rendered
+from controller.config.schema import (
     BUS_MODELS,
     IEC_MIN_CURRENT_A,
     MAX_CURRENT_A,
@@ -63,7 +63,7 @@ from controller.config_schema import (
     input_kind,
     split_listen,
 )
-from controller.config_yaml import read_yaml
+from controller.config.reader import read_yaml
 
 __all__ = [
     "BUS_MODELS", "IEC_MIN_CURRENT_A", "MAX_CURRENT_A", "BusConfig", "ChargerConfig", "Config", "ConfigError",

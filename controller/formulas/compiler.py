@@ -26,7 +26,7 @@ from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import NamedTuple, Union
 
-from controller.cfos_syntax import NO_PARSE, ColumnMap, FormulaError, to_python
+from controller.formulas.cfos_syntax import NO_PARSE, ColumnMap, FormulaError, to_python
 
 FormulaText = Union[str, int, float, bool]
 

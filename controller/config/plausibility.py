@@ -26,9 +26,9 @@ import os
 from collections.abc import Iterator
 from typing import Any
 
-from controller.config_parts import Parts
-from controller.config_problems import Loc, Problem
-from controller.config_schema import MAX_CURRENT_A, ChargerConfig, RtuBus, RtuOverTcpBus, device_profile
+from controller.config.parts import Parts
+from controller.config.problems import Loc, Problem
+from controller.config.schema import MAX_CURRENT_A, ChargerConfig, RtuBus, RtuOverTcpBus, device_profile
 from hal.modbus import profile as profiles
 
 

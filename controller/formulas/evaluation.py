@@ -14,7 +14,7 @@ from typing import Any
 
 from controller.formulas import Evaluator, Formula, compile_formula
 from controller.status import FormulaStatus, VariableStatus
-from controller.variables import VariableSet, evaluate_variables
+from controller.records.variables import VariableSet, evaluate_variables
 
 Result = tuple[Any, str | None]
 

@@ -1,7 +1,7 @@
 """Every name a formula of the config reads must exist, or it is an error with a "did you mean".
 
 A formula may read a declared variable (``AVAIL``), a device value (``M1.power_w``,
-``E1.state``: ``controller.symbols.DEVICE_VALUES``), an input (``RSE1``) or the time (``hour``,
+``E1.state``: ``controller.formulas.symbols.DEVICE_VALUES``), an input (``RSE1``) or the time (``hour``,
 ``minute``, ``weekday``); function names are checked when the formula is compiled. At run time a
 name that is none of these is only an evaluation error, because the API may set a variable later.
 In the config file it is an error: the file must declare its variables under ``variables:`` with
@@ -17,10 +17,10 @@ from __future__ import annotations
 import difflib
 from collections.abc import Collection, Iterator, Mapping
 
-from controller.config_parts import Parts, compiled_formulas
-from controller.config_problems import Problem
+from controller.config.parts import Parts, compiled_formulas
+from controller.config.problems import Problem
 from controller.formulas import TIME_SYMBOLS
-from controller.symbols import DEVICE_VALUES
+from controller.formulas.symbols import DEVICE_VALUES
 
 _DECLARE = "a variable set later over the API must be declared under variables: with its starting value"
 

@@ -2,12 +2,12 @@
 be used, so that a bad file never stops the log (the record goes on in a new file) and is never
 deleted (it is a §14a record; someone may want to rescue it).
 
-What the writer in ``controller.gridlog`` can rely on after ``open_for_writing``: the path is a
+What the writer in ``controller.records.gridlog`` can rely on after ``open_for_writing``: the path is a
 regular file that SQLite opened read-write (a write was committed to prove it), in WAL mode with
 ``synchronous=FULL``, ``user_version`` is ``SCHEMA_VERSION``, the ``events`` table has exactly
 our columns, and ``PRAGMA quick_check`` found nothing (or did not finish within its time budget).
 
-An existing file is renamed aside (``controller.statedir.set_aside``, with its ``-wal``/``-shm``):
+An existing file is renamed aside (``controller.records.statedir.set_aside``, with its ``-wal``/``-shm``):
 
 - ``gridlog.sqlite3.corrupt-<UTC>``: not a regular file (a directory, a broken link), not a
   database, or corrupt (SQLite says "malformed", or ``quick_check`` lists problems);
@@ -33,10 +33,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from controller import statedir
-from controller.statedir import one_line
+from controller.records import statedir
+from controller.records.statedir import one_line
 
-log = logging.getLogger("controller.gridlog")
+log = logging.getLogger("controller.records.gridlog")
 
 SCHEMA_VERSION = 1
 COLUMNS = (("id", "INTEGER"), ("ts", "REAL"), ("kind", "TEXT"), ("name", "TEXT"), ("old", "TEXT"),

@@ -6,8 +6,8 @@ and returns one command per charger, each with the reason it got what it got, pl
 the next cycle. No I/O, no clock reads, no logging, no randomness: the same input gives the same
 output, whatever the order of the chargers.
 
-The value types it takes and returns live in controller/allocation_types.py and the translation of
-the site limits into constraints in controller/allocation_constraints.py; this module re-exports
+The value types it takes and returns live in controller/allocation/types.py and the translation of
+the site limits into constraints in controller/allocation/constraints.py; this module re-exports
 the public types, so callers import everything from here.
 
 How a cycle is decided
@@ -15,7 +15,7 @@ How a cycle is decided
 1. **Site limits become linear constraints** on the chargers' currents ``x_i``: the fuse per phase
    (hard), the total power (soft, contractual) and the phase imbalance. How each bound follows
    from the meter, the offline chargers' fail-safe reservation and the limits in force is in
-   controller/allocation_constraints.py.
+   controller/allocation/constraints.py.
 
 2. **Each charger's bounds** come from its state, rules and memory (see :func:`_prepare`): a
    charger is either fixed at 0 (no car, error state, offline, cap or max below its minimum, pause
@@ -40,7 +40,7 @@ Choices the brief left open (documented here, tested in tests/unit/test_allocati
 =======================================================================================
 * Offline chargers get command 0 (the loop does not write to them) with reason "offline: reserving
   ..." and the loop's reason for the current it reserves (``ChargerInput.reserved_a``, worked out
-  in controller/assumed_draw.py). Their memory keeps the pause timer; on return the measured draw
+  in controller/allocation/assumed_draw.py). Their memory keeps the pause timer; on return the measured draw
   is taken as the last command, as after a start.
 * The memory is about what the boxes *have*, not what was decided: after the write step the loop
   calls :func:`acknowledge` with the limits the boxes acknowledged, so a held-back increase ramps
@@ -70,8 +70,8 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
-from controller.allocation_constraints import Constraint, coefficients, relief_shortfall, site_constraints
-from controller.allocation_types import (
+from controller.allocation.constraints import Constraint, coefficients, relief_shortfall, site_constraints
+from controller.allocation.types import (
     Allocation,
     AllocationState,
     ChargerInput,

@@ -45,8 +45,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from controller import gridlog_file
-from controller.backup_manifest import (
+from controller.records import gridlog_file
+from controller.records.backup_manifest import (
     ARCHIVE_NAMES,
     MANIFEST_NAME,
     MAX_MANIFEST_BYTES,
@@ -57,7 +57,7 @@ from controller.backup_manifest import (
     destinations,
     parse_manifest,
 )
-from controller.statedir import GRID_LOG_FILE, fsync_dir, one_line, set_aside
+from controller.records.statedir import GRID_LOG_FILE, fsync_dir, one_line, set_aside
 
 log = logging.getLogger(__name__)
 
@@ -227,7 +227,7 @@ def _check_config(path: Path) -> tuple[Any | None, list[str], list[str]]:
 
 
 def _check_variables(path: Path) -> list[str]:
-    from controller.persistence import CorruptFile, parse_saved
+    from controller.records.persistence import CorruptFile, parse_saved
 
     try:
         parse_saved(path.read_text(encoding="utf-8"))

@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from controller.config_problems import ConfigError, Loc, Problem
+from controller.config.problems import ConfigError, Loc, Problem
 
 _BOOL_TAG = "tag:yaml.org,2002:bool"
 _INT_TAG = "tag:yaml.org,2002:int"

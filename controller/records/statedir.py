@@ -1,7 +1,7 @@
 """The state directory's ground rules: it must be writable at start, renames in it are made
 durable, and a file that cannot be used is renamed aside, never deleted.
 
-The variables file (``controller.persistence``) and the grid log (``controller.gridlog_file``)
+The variables file (``controller.records.persistence``) and the grid log (``controller.records.gridlog_file``)
 both keep an unusable file under a new name and start afresh, so that the service keeps
 controlling the site while the old content stays on the card for whoever investigates (the grid
 log is a §14a EnWG record). ``set_aside`` is the one place that does this rename.
@@ -17,9 +17,9 @@ from pathlib import Path
 PROBE_NAME = ".gridcharge-write-probe"
 
 # What lives in the state directory. The modules that own these files take the names from here,
-# and ``gridcharge backup``/``restore`` (``controller.backup_manifest``) find them by them.
-VARIABLES_FILE = "variables.json"  # controller.persistence
-GRID_LOG_FILE = "gridlog.sqlite3"  # controller.gridlog
+# and ``gridcharge backup``/``restore`` (``controller.records.backup_manifest``) find them by them.
+VARIABLES_FILE = "variables.json"  # controller.records.persistence
+GRID_LOG_FILE = "gridlog.sqlite3"  # controller.records.gridlog
 TLS_DIR = "tls"  # web.tls: the SMGW pair uploaded over the API
 TLS_CERT_FILE = "cm.pem"
 TLS_KEY_FILE = "cm.key"

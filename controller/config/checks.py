@@ -18,11 +18,11 @@ from collections.abc import Iterator
 from typing import Any
 
 from controller import formulas
-from controller.config_names import check_names
-from controller.config_parts import Parts, compiled_formulas
-from controller.config_plausibility import check_plausibility
-from controller.config_problems import Loc, Problem
-from controller.config_schema import (
+from controller.config.names import check_names
+from controller.config.parts import Parts, compiled_formulas
+from controller.config.plausibility import check_plausibility
+from controller.config.problems import Loc, Problem
+from controller.config.schema import (
     MAX_CURRENT_A,
     ChargerConfig,
     GpioInputConfig,

@@ -1,0 +1,68 @@
+"""The configuration file: read, validate, check and warn (see docs/configuration.md).
+
+The public face is ``controller.config.loading`` (``load_config``, ``parse_config``,
+``config_warnings``, the section types); the stages are one module each: ``reader`` (the strict
+YAML reader), ``schema`` (the section models), ``parts`` (what validated when the whole did not),
+``checks`` with ``names`` and ``plausibility`` (what spans sections), ``problems`` (the one
+shape every stage reports in). Import from ``controller.config``.
+"""
+
+from controller.config.loading import (
+    BUS_MODELS,
+    IEC_MIN_CURRENT_A,
+    MAX_CURRENT_A,
+    BusConfig,
+    ChargerConfig,
+    Config,
+    ConfigError,
+    GpioInputConfig,
+    GridLogConfig,
+    Http,
+    InputConfig,
+    MeterConfig,
+    ModbusDeviceConfig,
+    ModbusInputConfig,
+    Rule,
+    RtuBus,
+    RtuOverTcpBus,
+    Site,
+    Smgw,
+    TcpBus,
+    config_warnings,
+    device_profile,
+    implicit_bus_name,
+    implicit_buses,
+    load_config,
+    parse_config,
+    split_listen,
+)
+
+__all__ = [
+    "BUS_MODELS",
+    "IEC_MIN_CURRENT_A",
+    "MAX_CURRENT_A",
+    "BusConfig",
+    "ChargerConfig",
+    "Config",
+    "ConfigError",
+    "GpioInputConfig",
+    "GridLogConfig",
+    "Http",
+    "InputConfig",
+    "MeterConfig",
+    "ModbusDeviceConfig",
+    "ModbusInputConfig",
+    "Rule",
+    "RtuBus",
+    "RtuOverTcpBus",
+    "Site",
+    "Smgw",
+    "TcpBus",
+    "config_warnings",
+    "device_profile",
+    "implicit_bus_name",
+    "implicit_buses",
+    "load_config",
+    "parse_config",
+    "split_listen",
+]
