@@ -132,11 +132,12 @@ def describe(cfg: Any) -> str:
     for name, bus in cfg.buses.items():
         where = bus.port if bus.type == "rtu" else f"{bus.host}:{bus.port}"
         lines.append(f"bus {name}: {bus.type} {where}")
-    for group, items in (("meter", cfg.meters), ("charger", cfg.chargers)):
-        for dev_id, d in items.items():
-            model = d.model or "custom profile"
-            via = d.bus or f"{d.host}:{d.tcp_port}"
-            lines.append(f"{group} {dev_id}: {model} on {via} unit {d.unit}")
+    for dev_id, d in cfg.meters.items():
+        via = d.bus or f"{d.host}:{d.tcp_port}"
+        lines.append(f"meter {dev_id}: {d.model or 'custom profile'} on {via} unit {d.unit}")
+    for dev_id, c in cfg.chargers.items():
+        model = getattr(c, "model", None) or "custom profile"
+        lines.append(f"charger {dev_id}: {model} on {c.connection_text()}")
     for dev_id, i in cfg.inputs.items():
         lines.append(f"input {dev_id}: " + (f"GPIO{i.gpio}" if isinstance(i, GpioInputConfig)
                                           else f"{i.bus_name} unit {i.unit}"))

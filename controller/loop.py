@@ -51,14 +51,13 @@ from controller.allocation import (
     allocate,
 )
 from controller.allocation.assumed_draw import Assumed, SilentBox, assumed_draw
-from controller.build import DeviceHandle, Hardware
+from controller.hardware import DeviceHandle, Hardware
 from controller.clock import Clock, SystemClock
 from controller.formulas.evaluation import Evaluated, compile_limits, evaluate_cycle, truthy
 from controller.formulas import Evaluator
 from controller.allocation.rules import RuleSpec, rule_caps
 from controller.status import (
     EMPTY_STATUS,
-    BusStatus,
     ChargerStatus,
     DeviceStatus,
     Status,
@@ -144,7 +143,6 @@ class ControlLoop:
         self._last_prompt = -float("inf")
         self._overruns = 0
         self._failed = 0
-        self._wire_time_prev: dict[str, float] = {}
         self._thread: threading.Thread | None = None
         store.add_listener(lambda old, new, source: self.wake(f"variables ({source})"))
 
@@ -502,17 +500,6 @@ class ControlLoop:
             reading=tracker.reading,
         )
 
-    def _bus_status(self) -> tuple[BusStatus, ...]:
-        out = []
-        for name, bus in self.hw.buses.items():
-            st = bus.stats()
-            per_cycle = None
-            if bus.is_rtu:
-                per_cycle = st.wire_time_s - self._wire_time_prev.get(name, 0.0)
-                self._wire_time_prev[name] = st.wire_time_s
-            out.append(BusStatus(name, st.requests, st.errors, per_cycle, st.latency_p95_s, st.last_error))
-        return tuple(out)
-
     def _build_status(
         self, now: float, site: SiteInput, chargers: Mapping[str, ChargerInput], alloc: Allocation,
         ev: Evaluated, faults: dict[str, str],
@@ -560,6 +547,6 @@ class ControlLoop:
             inputs=tuple(self._device_status(h, now) for h in self.hw.inputs.values()),
             variables=ev.variables,
             formula_errors=ev.errors,
-            buses=self._bus_status(),
+            links=tuple(link.link_stats() for link in self.hw.links.values()),
             faults=fault_lines + device_faults,
         )

@@ -26,7 +26,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from controller.build import Hardware, build_hardware
+from controller.build import build_hardware
+from controller.hardware import Hardware
 from controller.clock import Clock
 from controller.records.gridlog import GridLog, GridLogFileError, GridSignalRecorder
 from controller.loop import ControlLoop
@@ -74,7 +75,7 @@ class Service:
         self.store = VariableStore(initial, reserved=reserved, max_variables=cfg.max_variables)
         self.saver = VariableSaver(self.variable_file, self.store)
         self._loop: ControlLoop | None = None
-        self.hw: Hardware = build_hardware(cfg, on_edge=self._edge, pin_factory=pin_factory)
+        self.hw: Hardware = build_hardware(cfg, on_event=self._device_event, pin_factory=pin_factory)
         self._loop = ControlLoop(cfg, self.hw, self.store, clock=clock)
         GridSignalRecorder(self.grid_log).attach(self.store, self.loop)
         self._stop_hooks: list[Callable[[], None]] = []
@@ -123,9 +124,10 @@ class Service:
         """Called first when the service stops (the HTTP listeners), before the final writes."""
         self._stop_hooks.append(hook)
 
-    def _edge(self, input_id: str) -> None:
+    def _device_event(self, device_id: str) -> None:
+        """A device pushed news (a GPIO edge; later a message from a box): a cycle at once."""
         if self._loop is not None:
-            self._loop.wake(f"input {input_id} changed")
+            self._loop.wake(f"event from {device_id}")
 
     def run(self) -> None:
         """Run the loop on this thread until ``stop()``; then release the hardware."""

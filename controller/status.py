@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from hal.types import ChargerReading, InputReading, MeterReading, Phases3
+from hal.types import ChargerReading, InputReading, LinkStats, MeterReading, Phases3
 
 
 @dataclass(frozen=True)
@@ -62,16 +62,6 @@ class FormulaStatus:
 
 
 @dataclass(frozen=True)
-class BusStatus:
-    name: str
-    requests: int
-    errors: int
-    wire_time_s_per_cycle: float | None  # RTU buses only
-    latency_p95_s: float | None
-    last_error: str | None
-
-
-@dataclass(frozen=True)
 class Status:
     cycle_count: int
     overruns: int
@@ -92,7 +82,7 @@ class Status:
     inputs: tuple[DeviceStatus, ...] = ()
     variables: tuple[VariableStatus, ...] = ()
     formula_errors: tuple[FormulaStatus, ...] = ()
-    buses: tuple[BusStatus, ...] = ()
+    links: tuple[LinkStats, ...] = ()  # every bus or other channel, with its driver's own details
     faults: tuple[str, ...] = field(default=())  # every fault in force, one line each
 
     def charger(self, id: str) -> ChargerStatus:

@@ -26,7 +26,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from controller.build import Hardware
+from controller.hardware import Hardware
 from controller.clock import Clock
 from controller.tracking import DeviceTracker
 from controller.write_plan import BoxState, Write, plan_writes
@@ -157,7 +157,9 @@ class LimitWriter:
         return out
 
     def _group(self, cid: str) -> str:
-        return self.hw.chargers[cid].group or "local"
+        group = self.hw.chargers[cid].group
+        assert group is not None, cid  # controller/build.py gives every charger a worker group
+        return group
 
     def _limit_jobs(self, writes: tuple[Write, ...]) -> Jobs:
         jobs: Jobs = {}
@@ -225,7 +227,7 @@ class LimitWriter:
             last = self.written_a(cid)
             failsafe = self.cfg.chargers[cid].failsafe_current_a
             target = failsafe if last is None else min(last, failsafe)
-            jobs.setdefault(h.group or "local", []).append((cid, functools.partial(h.device.apply, target)))
+            jobs.setdefault(self._group(cid), []).append((cid, functools.partial(h.device.apply, target)))
         results = self.executor.run(jobs, 2.0, urgent=True)
         failed = [str(k) for k, r in results.items() if not r.done or r.error is not None]
         log.info("stopped: fail-safe currents written%s", f" (failed: {', '.join(failed)})" if failed else "")

@@ -10,6 +10,7 @@ be changed behind its back.
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
@@ -178,4 +179,34 @@ class Input(Protocol):
 
     def read(self) -> InputReading:
         """Read once; raise DeviceError when the contact state cannot be known."""
+        ...
+
+
+@dataclass(frozen=True)
+class LinkStats:
+    """One channel to devices (a Modbus bus, later an OCPP server) as the status shows it.
+
+    ``details`` holds what only that kind of link has, by name (a Modbus RS485 line:
+    ``wire_time_s_per_cycle``), so the status carries it without the controller knowing it.
+    """
+
+    name: str
+    requests: int
+    errors: int
+    latency_p95_s: float | None
+    last_error: str | None
+    details: Mapping[str, float] = field(default_factory=dict)
+
+
+@runtime_checkable
+class Link(Protocol):
+    """A channel a driver opened: reported in the status every cycle, closed on stop."""
+
+    name: str
+
+    def link_stats(self) -> LinkStats:
+        """The counters now; called once per control cycle (per-cycle figures are since the last call)."""
+        ...
+
+    def close(self) -> None:
         ...

@@ -12,9 +12,10 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from controller.build import DeviceHandle, Hardware
+from controller.hardware import DeviceHandle, Hardware
 from controller.commands.read_failure import likely_causes
 from controller.commands.readout import value_lines
+from hal.modbus.bus import ModbusBus
 from hal.modbus.profile import InvalidValue
 from hal.types import DeviceAnswerError, DeviceError, IecState
 
@@ -52,7 +53,8 @@ def read_once(hw: Hardware, handle: DeviceHandle) -> ReadReport:
 
 
 def failure_text(hw: Hardware, handle: DeviceHandle, exc: DeviceError) -> str:
-    bus = hw.buses[handle.group].spec if handle.group is not None else None
+    link = hw.links.get(handle.group) if handle.group is not None else None
+    bus = link.spec if isinstance(link, ModbusBus) else None
     what = "answered with an error" if isinstance(exc, DeviceAnswerError) else "did not answer"
     lines = [f"{handle.id}: {handle.model} at {handle.address} {what}: {exc}", "likely causes:"]
     lines += [f"  - {cause}" for cause in likely_causes(exc, bus, getattr(handle.device, "unit", None))]

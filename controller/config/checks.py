@@ -24,7 +24,7 @@ from controller.config.plausibility import check_plausibility
 from controller.config.problems import Loc, Problem
 from controller.config.schema import (
     MAX_CURRENT_A,
-    ChargerConfig,
+    Loadpoint,
     GpioInputConfig,
     ModbusDeviceConfig,
     ModbusInputConfig,
@@ -176,7 +176,8 @@ def _check_model(parts: Parts, path: Loc, device: Any, kind: str) -> Iterator[Pr
 
 def _check_devices(parts: Parts) -> Iterator[Problem]:
     units: dict[tuple[str, int], str] = {}
-    for section, kind, items in (("meters", "meter", parts.meters), ("chargers", "charger", parts.chargers)):
+    modbus_chargers = {i: c for i, c in parts.chargers.items() if isinstance(c, ModbusDeviceConfig)}
+    for section, kind, items in (("meters", "meter", parts.meters), ("chargers", "charger", modbus_chargers)):
         for device_id, device in items.items():
             path: Loc = (section, device_id)
             address = list(_check_address(parts, path, device))
@@ -194,7 +195,7 @@ def _check_devices(parts: Parts) -> Iterator[Problem]:
         yield from _check_charger(parts, ("chargers", charger_id), charger)
 
 
-def _check_charger(parts: Parts, path: Loc, charger: ChargerConfig) -> Iterator[Problem]:
+def _check_charger(parts: Parts, path: Loc, charger: Loadpoint) -> Iterator[Problem]:
     if parts.intact(path, "phases") and charger.phases == 3 and "phase" in charger.model_fields_set:
         yield Problem(path + ("phase",), "only for a 1-phase charger (phases: 1)")
     maximum = charger.max_current_a

@@ -41,6 +41,7 @@ from controller.config.schema import (
     BUS_MODELS,
     IEC_MIN_CURRENT_A,
     MAX_CURRENT_A,
+    CHARGER_MODELS,
     BusConfig,
     ChargerConfig,
     Config,
@@ -48,7 +49,9 @@ from controller.config.schema import (
     GridLogConfig,
     Http,
     InputConfig,
+    Loadpoint,
     MeterConfig,
+    ModbusChargerConfig,
     ModbusDeviceConfig,
     ModbusInputConfig,
     Rule,
@@ -57,19 +60,24 @@ from controller.config.schema import (
     Site,
     Smgw,
     TcpBus,
+    all_buses,
+    charger_model,
     device_profile,
+    devices_on_bus,
     implicit_bus_name,
     implicit_buses,
     input_kind,
+    modbus_devices,
     split_listen,
 )
 from controller.config.reader import read_yaml
 
 __all__ = [
-    "BUS_MODELS", "IEC_MIN_CURRENT_A", "MAX_CURRENT_A", "BusConfig", "ChargerConfig", "Config", "ConfigError",
-    "GpioInputConfig", "GridLogConfig", "Http", "InputConfig", "MeterConfig", "ModbusDeviceConfig", "ModbusInputConfig", "Rule",
-    "RtuBus", "RtuOverTcpBus", "Site", "Smgw", "TcpBus", "config_warnings", "device_profile", "implicit_bus_name",
-    "implicit_buses", "load_config", "parse_config", "split_listen",
+    "BUS_MODELS", "CHARGER_MODELS", "IEC_MIN_CURRENT_A", "MAX_CURRENT_A", "BusConfig", "ChargerConfig", "Config",
+    "ConfigError", "GpioInputConfig", "GridLogConfig", "Http", "InputConfig", "Loadpoint", "MeterConfig",
+    "ModbusChargerConfig", "ModbusDeviceConfig", "ModbusInputConfig", "Rule", "RtuBus", "RtuOverTcpBus", "Site",
+    "Smgw", "TcpBus", "all_buses", "charger_model", "config_warnings", "device_profile", "devices_on_bus",
+    "implicit_bus_name", "implicit_buses", "load_config", "modbus_devices", "parse_config", "split_listen",
 ]
 
 log = logging.getLogger(__name__)
@@ -87,7 +95,7 @@ def _clean_loc(loc: Loc) -> Loc:
 
 _SECTION_MODELS: dict[str, type[BaseModel]] = {"site": Site, "http": Http, "smgw": Smgw,
                                                "grid_log": GridLogConfig}
-_ITEM_MODELS: dict[str, type[BaseModel]] = {"meters": MeterConfig, "chargers": ChargerConfig, "rules": Rule}
+_ITEM_MODELS: dict[str, type[BaseModel]] = {"meters": MeterConfig, "rules": Rule}
 
 
 def _model_at(parent: Loc, data: Mapping[str, Any]) -> type[BaseModel] | None:
@@ -105,6 +113,8 @@ def _model_at(parent: Loc, data: Mapping[str, Any]) -> type[BaseModel] | None:
     raw = raw.get(key) if isinstance(raw, Mapping) else None
     if not isinstance(raw, Mapping):
         return None
+    if section == "chargers":
+        return charger_model(raw)
     if section == "buses":
         return BUS_MODELS.get(raw.get("type"))  # type: ignore[arg-type]
     if section == "inputs":

@@ -28,7 +28,7 @@ from controller.config.problems import Loc
 from controller.config.schema import (
     BUS_MODELS,
     AbsPath,
-    ChargerConfig,
+    Loadpoint,
     Config,
     GpioInputConfig,
     Http,
@@ -39,6 +39,7 @@ from controller.config.schema import (
     Site,
     Smgw,
     VariableValue,
+    charger_model,
     input_kind,
 )
 from controller.records.variables import DEFAULT_MAX_VARIABLES
@@ -55,7 +56,7 @@ class Parts:
     smgw: Smgw | None
     buses: dict[str, Any]
     meters: dict[str, MeterConfig]
-    chargers: dict[str, ChargerConfig]
+    chargers: dict[str, Loadpoint]
     inputs: dict[str, Any]
     variables: dict[str, Any]
     rules: dict[int, Rule]
@@ -98,7 +99,7 @@ class Parts:
             smgw=_salvage(Smgw, data.get("smgw"), ("smgw",), broken),
             buses=_entries(sections["buses"], "buses", _bus_model, broken),
             meters=_entries(sections["meters"], "meters", lambda _: MeterConfig, broken),
-            chargers=_entries(sections["chargers"], "chargers", lambda _: ChargerConfig, broken),
+            chargers=_entries(sections["chargers"], "chargers", charger_model, broken),
             inputs=_entries(sections["inputs"], "inputs", _input_model, broken),
             variables=variables,
             rules=_entries(data.get("rules"), "rules", lambda _: Rule, broken),

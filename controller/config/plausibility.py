@@ -28,7 +28,14 @@ from typing import Any
 
 from controller.config.parts import Parts
 from controller.config.problems import Loc, Problem
-from controller.config.schema import MAX_CURRENT_A, ChargerConfig, RtuBus, RtuOverTcpBus, device_profile
+from controller.config.schema import (
+    MAX_CURRENT_A,
+    Loadpoint,
+    ModbusChargerConfig,
+    RtuBus,
+    RtuOverTcpBus,
+    device_profile,
+)
 from hal.modbus import profile as profiles
 
 
@@ -37,7 +44,7 @@ def check_plausibility(parts: Parts) -> Iterator[Problem]:
     yield from _fixed_serial_settings(parts)
     for charger_id, charger in parts.chargers.items():
         path: Loc = ("chargers", charger_id)
-        profile = _profile(parts, path, charger)
+        profile = _profile(parts, path, charger) if isinstance(charger, ModbusChargerConfig) else None
         yield from _currents(parts, path, charger, profile)
         if profile is not None:
             yield from _phases(parts, path, charger, profile)
@@ -89,7 +96,7 @@ def _fixed_serial_settings(parts: Parts) -> Iterator[Problem]:
                     f"{link.parity}, stopbits: {link.stopbits} on the bus, and every device on it to match"))
 
 
-def _currents(parts: Parts, path: Loc, charger: ChargerConfig, profile: profiles.Profile | None) -> Iterator[Problem]:
+def _currents(parts: Parts, path: Loc, charger: Loadpoint, profile: profiles.Profile | None) -> Iterator[Problem]:
     """The charger's currents against what its model accepts and what the main fuse allows."""
     model_max = profile.max_current_a if profile is not None else None
     site = parts.site
@@ -118,7 +125,7 @@ def _currents(parts: Parts, path: Loc, charger: ChargerConfig, profile: profiles
                       f"{minimum:g} A is above main_fuse_a ({fuse:g} A): the box could never start charging")
 
 
-def _phases(parts: Parts, path: Loc, charger: ChargerConfig, profile: profiles.Profile) -> Iterator[Problem]:
+def _phases(parts: Parts, path: Loc, charger: Loadpoint, profile: profiles.Profile) -> Iterator[Problem]:
     """``phases:`` against a model that works on one or on three phases only."""
     if profile.phases is None or not parts.intact(path, "phases") or charger.phases == profile.phases:
         return

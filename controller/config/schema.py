@@ -352,8 +352,10 @@ def _failsafe_current(value: float) -> float:
     return value
 
 
-class ChargerConfig(_ProfileDevice):
-    """A wallbox: how it is wired (phases) and what it may be given (SPEC §5)."""
+class Loadpoint(_Strict):
+    """What load management needs of a charger, whatever protocol reaches it: how it is wired
+    (phases) and what it may be given. Each driver's charger entry is a subclass that adds how
+    its box is reached (``ModbusChargerConfig``: a profile, a bus or host, a unit)."""
 
     phases: Annotated[Literal[1, 3], IntOnly] = 3
     phase: PhaseName = "L1"  # the phase a 1-phase box is wired to
@@ -368,6 +370,46 @@ class ChargerConfig(_ProfileDevice):
     def phase_index(self) -> int:
         """0, 1, 2 for L1, L2, L3."""
         return int(self.phase[1]) - 1
+
+    @property
+    def driver_model(self) -> str:
+        """The ``model:`` as written (for humans: check-config, the status)."""
+        return str(getattr(self, "model", None) or "custom")
+
+    def connection_text(self) -> str:
+        """How the box is reached, in a few words (``rs485 unit 2``); each driver says its own."""
+        raise NotImplementedError
+
+
+class ModbusChargerConfig(Loadpoint, _ProfileDevice):
+    """A wallbox reached over Modbus: its loadpoint settings and its Modbus connection (a packaged
+    profile by ``model`` or an inline ``profile``, a ``bus`` or a ``host``, a ``unit``)."""
+
+    def connection_text(self) -> str:
+        where = self.bus if self.bus is not None else f"{self.host}:{self.tcp_port}"
+        return f"{where} unit {self.unit}"
+
+
+#: Charger entries of other drivers, by the ``model:`` that selects them (``controller/drivers.py``
+#: registers them); any other model names a Modbus profile.
+CHARGER_MODELS: dict[str, type[Loadpoint]] = {}
+
+
+def charger_model(entry: Any) -> type[Loadpoint]:
+    """The entry type of a charger, by its ``model:``."""
+    model = entry.get("model") if isinstance(entry, Mapping) else None
+    return CHARGER_MODELS.get(model, ModbusChargerConfig) if isinstance(model, str) else ModbusChargerConfig
+
+
+def _charger(value: Any) -> Loadpoint:
+    if isinstance(value, Loadpoint):
+        return value
+    return charger_model(value).model_validate(value)
+
+
+#: A charger entry: validated as the type its ``model:`` selects (looked up when validating, so
+#: a driver registered later is found).
+ChargerConfig = Annotated[Loadpoint, PlainValidator(_charger, json_schema_input_type=dict[str, Any])]
 
 
 class GpioInputConfig(_Strict):
@@ -447,29 +489,35 @@ class Config(_Strict):
         """Meter, charger and input ids: names a variable may not take (VariableStore ``reserved``)."""
         return frozenset(self.meters) | frozenset(self.chargers) | frozenset(self.inputs)
 
-    def modbus_devices(self) -> Iterator[tuple[str, ModbusDeviceConfig]]:
-        """Every device that talks Modbus: meters, chargers, Modbus inputs (not GPIO)."""
-        yield from self.meters.items()
-        yield from self.chargers.items()
-        yield from ((i, d) for i, d in self.inputs.items() if isinstance(d, ModbusInputConfig))
 
-    def all_buses(self) -> dict[str, RtuBus | TcpBus | RtuOverTcpBus]:
-        """Declared buses plus the implicit ``tcp:HOST:PORT`` ones of devices that give ``host``."""
-        return {**self.buses, **implicit_buses(self)}
+# --------------------------------------------------------------------------- the Modbus devices
 
-    def devices_on_bus(self) -> dict[str, tuple[str, ...]]:
-        """Bus name → ids of the devices on it (config order); buses without devices are absent."""
-        result: dict[str, list[str]] = {}
-        for device_id, device in self.modbus_devices():
-            result.setdefault(device.bus_name, []).append(device_id)
-        return {name: tuple(ids) for name, ids in result.items()}
+
+def modbus_devices(cfg: Config) -> Iterator[tuple[str, ModbusDeviceConfig]]:
+    """Every device that talks Modbus: meters, Modbus chargers, Modbus inputs (not GPIO)."""
+    yield from cfg.meters.items()
+    yield from ((i, c) for i, c in cfg.chargers.items() if isinstance(c, ModbusDeviceConfig))
+    yield from ((i, d) for i, d in cfg.inputs.items() if isinstance(d, ModbusInputConfig))
+
+
+def all_buses(cfg: Config) -> dict[str, RtuBus | TcpBus | RtuOverTcpBus]:
+    """Declared buses plus the implicit ``tcp:HOST:PORT`` ones of devices that give ``host``."""
+    return {**cfg.buses, **implicit_buses(cfg)}
+
+
+def devices_on_bus(cfg: Config) -> dict[str, tuple[str, ...]]:
+    """Bus name → ids of the devices on it (config order); buses without devices are absent."""
+    result: dict[str, list[str]] = {}
+    for device_id, device in modbus_devices(cfg):
+        result.setdefault(device.bus_name, []).append(device_id)
+    return {name: tuple(ids) for name, ids in result.items()}
 
 
 def implicit_buses(cfg: Config) -> dict[str, TcpBus]:
     """One TCP bus per distinct ``host:port`` given on devices, named ``tcp:HOST:PORT``."""
     return {
         device.bus_name: TcpBus(type="tcp", host=device.host, port=device.tcp_port)
-        for _, device in cfg.modbus_devices()
+        for _, device in modbus_devices(cfg)
         if device.bus is None and device.host is not None
     }
 

@@ -36,7 +36,7 @@ from pymodbus.constants import ExcCodes
 from pymodbus.exceptions import ModbusIOException
 
 from hal.modbus.types import RequestPolicy, Table
-from hal.types import CommCause, CommError, DeviceAnswerError, DeviceError
+from hal.types import CommCause, CommError, DeviceAnswerError, DeviceError, LinkStats
 
 log = logging.getLogger(__name__)
 
@@ -181,6 +181,7 @@ class ModbusBus:
         self._last_error: str | None = None
         self._latencies_s: deque[float] = deque(maxlen=LATENCY_WINDOW)
         self._wire_total_s = self._wire_last_s = 0.0
+        self._wire_reported_s = 0.0  # what link_stats() last counted
 
     # ---- RegisterBus
     def read(self, table: Table, address: int, count: int, unit: int, policy: RequestPolicy) -> list[int]:
@@ -239,6 +240,15 @@ class ModbusBus:
                 latency_p95_s=lat[max(0, math.ceil(0.95 * len(lat)) - 1)] if lat else 0.0,
                 latency_max_s=lat[-1] if lat else 0.0,
                 wire_time_s=self._wire_total_s, wire_time_last_s=self._wire_last_s)
+
+    def link_stats(self) -> LinkStats:
+        """For the status (``hal.types.Link``); an RS485 line adds its wire time since the last call."""
+        st = self.stats()
+        details: dict[str, float] = {}
+        if self.is_rtu:
+            details["wire_time_s_per_cycle"] = st.wire_time_s - self._wire_reported_s
+            self._wire_reported_s = st.wire_time_s
+        return LinkStats(self.name, st.requests, st.errors, st.latency_p95_s, st.last_error, details)
 
     def close(self) -> None:
         with self._lock:

@@ -9,7 +9,7 @@ loopback transport itself is not timed at 19200 baud.
 Per cycle, in steady running (after every limit is written and the limits are unchanged for 3
 cycles), at ``cycle_s = 1.0``: transactions (request frames) and wire time from the bus's
 statistics (``ModbusBus.stats()``, diffed in a cycle listener on the loop thread), the controller's
-own figure ``status.buses[...].wire_time_s_per_cycle``, and the busy fraction of the line =
+own figure ``status.links[...].details["wire_time_s_per_cycle"]``, and the busy fraction of the line =
 wire time / cycle_s.
 
 Run: ``.venv/bin/python tests/bench/bench_rtu.py [--seconds 20]``.
@@ -51,7 +51,7 @@ class BusSampler:
 
     def on_cycle(self, status: Any) -> None:
         st = self.bus.stats()
-        reported = next((b.wire_time_s_per_cycle for b in status.buses if b.name == self.bus.name), None)
+        reported = next((b.details.get("wire_time_s_per_cycle") for b in status.links if b.name == self.bus.name), None)
         sample = {
             "transactions": st.transactions - self._prev.transactions,
             "requests": st.requests - self._prev.requests,
@@ -128,11 +128,11 @@ def run(seconds: float) -> dict[str, Any]:
         config = common.site_config(sim.config, RTU_SITE, state_dir=state, variables={"AVAIL": 100})
         config["buses"][BUS].update(baudrate=BAUDRATE, parity=PARITY, stopbits=1)
         service, watcher = common.start_controller(config)
-        sampler = BusSampler(service.hw.buses[BUS])
+        sampler = BusSampler(service.hw.links[BUS])
         service.loop.add_cycle_listener(sampler.on_cycle)
         try:
             common.warm_up(watcher, WARM_UP_TIMEOUT_S)
-            request_log = RequestLog(service.hw.buses[BUS])
+            request_log = RequestLog(service.hw.links[BUS])
             watcher.wait_cycles(1, 10)  # start on a cycle boundary: the log and the sampler see whole cycles
             request_log.recording = True
             sampler.start()
@@ -147,7 +147,7 @@ def run(seconds: float) -> dict[str, Any]:
     wire_ms = [1000.0 * s["wire_s"] for s in samples]
     reported = [s["status_wire_s"] for s in samples]
     reported_ms = [1000.0 * v for v in reported if v is not None]
-    bus_status = next(b for b in status.buses if b.name == BUS)
+    bus_status = next(b for b in status.links if b.name == BUS)
 
     def rounded(values: list[float], digits: int) -> dict[str, float]:
         return {k: (round(v, digits) if k != "n" else v) for k, v in common.summary(values).items()}
@@ -185,7 +185,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ["figure", "mean", "p50", "max"],
         [["transactions / cycle", tx["mean"], tx["p50"], tx["max"]],
          ["wire time ms / cycle (bus stats)", wire["mean"], wire["p50"], wire["max"]],
-         ["wire time ms / cycle (status.buses)", *([status["mean"], status["p50"], status["max"]]
+         ["wire time ms / cycle (status.links)", *([status["mean"], status["p50"], status["max"]]
                                                    if status else ["n/a", "n/a", "n/a"])],
          ["line busy fraction of cycle", r["busy_fraction"]["mean"], "", r["busy_fraction"]["max"]]],
     )

@@ -244,9 +244,9 @@ def test_status_reports_rtu_wire_time_per_cycle() -> None:
             service.close()
     finally:
         site.stop()
-    (bus,) = [b for b in status.buses if b.wire_time_s_per_cycle is not None]
+    (bus,) = [b for b in status.links if "wire_time_s_per_cycle" in b.details]
     # 2 SDM630 blocks + 2 Heidelberg reads at 19200 8N1: about 0.1 s of wire time per cycle.
-    assert 0.05 < bus.wire_time_s_per_cycle < 0.3
+    assert 0.05 < bus.details["wire_time_s_per_cycle"] < 0.3
     assert bus.errors == 0
 
 

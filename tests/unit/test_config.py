@@ -16,17 +16,20 @@ from hypothesis import strategies as st
 
 from controller.formulas.symbols import DEVICE_VALUES
 from controller.config import (
-    ChargerConfig,
     Config,
     ConfigError,
     GpioInputConfig,
+    ModbusChargerConfig,
     ModbusInputConfig,
     RtuBus,
     TcpBus,
     config_warnings,
+    all_buses,
     device_profile,
+    devices_on_bus,
     implicit_buses,
     load_config,
+    modbus_devices,
     parse_config,
     split_listen,
 )
@@ -516,14 +519,14 @@ def test_buses_and_devices_on_them() -> None:
     assert list(implicit) == ["tcp:192.168.1.51:502"]
     bus = implicit["tcp:192.168.1.51:502"]
     assert isinstance(bus, TcpBus) and (bus.host, bus.port) == ("192.168.1.51", 502)
-    assert set(cfg.all_buses()) == {"rs485", "garage", "shed", "tcp:192.168.1.51:502"}
-    assert cfg.devices_on_bus() == {"rs485": ("M1", "E1", "RSE2"), "garage": ("E2",), "tcp:192.168.1.51:502": ("E3",)}
-    assert [d for d, _ in cfg.modbus_devices()] == ["M1", "E1", "E2", "E3", "RSE2"]
+    assert set(all_buses(cfg)) == {"rs485", "garage", "shed", "tcp:192.168.1.51:502"}
+    assert devices_on_bus(cfg) == {"rs485": ("M1", "E1", "RSE2"), "garage": ("E2",), "tcp:192.168.1.51:502": ("E3",)}
+    assert [d for d, _ in modbus_devices(cfg)] == ["M1", "E1", "E2", "E3", "RSE2"]
 
 
 @pytest.mark.parametrize("phase, index", [("L1", 0), ("L2", 1), ("L3", 2)])
 def test_phase_index(phase: str, index: int) -> None:
-    charger = ChargerConfig.model_validate({"model": "alfen", "host": "10.0.0.1", "phases": 1, "phase": phase})
+    charger = ModbusChargerConfig.model_validate({"model": "alfen", "host": "10.0.0.1", "phases": 1, "phase": phase})
     assert charger.phase_index == index
 
 

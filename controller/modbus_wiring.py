@@ -1,0 +1,90 @@
+"""The Modbus driver's part of building: buses as links, profile meters, chargers and inputs.
+
+A device given by ``host:`` instead of ``bus:`` gets an implicit TCP bus of its own
+(``tcp:HOST:PORT``), which is also its worker group, so every TCP box is read in parallel with
+the others; the devices on one RS485 line share its bus and its worker.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from controller.config import ModbusChargerConfig, ModbusDeviceConfig, ModbusInputConfig, all_buses, device_profile
+from controller.hardware import BuildContext, DeviceHandle
+from hal.modbus.bus import BusSpec, ModbusBus
+from hal.modbus.devices import ModbusInput, ProfileCharger, ProfileMeter
+from hal.modbus.profile import load_profile
+from hal.modbus.types import RequestPolicy, Table
+
+
+def bus_spec(name: str, bus_cfg: Any) -> BusSpec:
+    kind = bus_cfg.type
+    common = dict(name=name, kind=kind, timeout_s=bus_cfg.timeout_s, retries=bus_cfg.retries)
+    if kind == "rtu":
+        return BusSpec(port=bus_cfg.port, baudrate=bus_cfg.baudrate, parity=bus_cfg.parity,
+                       stopbits=bus_cfg.stopbits, **common)
+    if kind == "rtu-over-tcp":
+        return BusSpec(host=bus_cfg.host, tcp_port=bus_cfg.port, baudrate=bus_cfg.baudrate,
+                       parity=bus_cfg.parity, stopbits=bus_cfg.stopbits, **common)
+    return BusSpec(host=bus_cfg.host, tcp_port=bus_cfg.port, **common)
+
+
+class _Buses:
+    """The buses of one build, created on first use."""
+
+    def __init__(self, ctx: BuildContext) -> None:
+        self.ctx = ctx
+        self.configs = all_buses(ctx.cfg)  # declared ones plus the implicit tcp:HOST:PORT ones
+
+    def bus_for(self, dev_cfg: ModbusDeviceConfig) -> tuple[str, ModbusBus, Any]:
+        """The bus a device talks on, and the bus's config."""
+        name = dev_cfg.bus_name
+        bus_cfg = self.configs[name]
+        bus = self.ctx.hw.links.get(name)
+        if not isinstance(bus, ModbusBus):
+            bus = self.ctx.hw.links[name] = ModbusBus(bus_spec(name, bus_cfg), one_shot=self.ctx.one_shot)
+        return name, bus, bus_cfg
+
+    @staticmethod
+    def policy(dev_cfg: ModbusDeviceConfig, profile_policy: RequestPolicy, bus_cfg: Any) -> RequestPolicy:
+        """The device's own timeout and gap where given, else the bus's timeout and retries and
+        the profile's gap (a device need, e.g. the SDM630's 60 ms)."""
+        gap = profile_policy.gap_s if dev_cfg.gap_s is None else dev_cfg.gap_s
+        return RequestPolicy(timeout_s=dev_cfg.timeout_s or bus_cfg.timeout_s, gap_s=gap, retries=bus_cfg.retries)
+
+
+def _buses(ctx: BuildContext) -> _Buses:
+    buses = ctx.scratch.get("modbus")
+    if not isinstance(buses, _Buses):
+        buses = ctx.scratch["modbus"] = _Buses(ctx)
+    return buses
+
+
+def _profile_device(ctx: BuildContext, kind: str, dev_id: str, dev_cfg: Any) -> DeviceHandle:
+    buses = _buses(ctx)
+    profile = device_profile(dev_cfg, f"{kind}s.{dev_id}")
+    group, bus, bus_cfg = buses.bus_for(dev_cfg)
+    policy = buses.policy(dev_cfg, profile.request, bus_cfg)
+    cls = ProfileMeter if kind == "meter" else ProfileCharger
+    device = cls(dev_id, profile, bus, dev_cfg.unit, policy)
+    return DeviceHandle(dev_id, kind, profile.model, f"{group} unit {dev_cfg.unit}", group, device)
+
+
+def build_meter(ctx: BuildContext, dev_id: str, dev_cfg: Any) -> DeviceHandle:
+    return _profile_device(ctx, "meter", dev_id, dev_cfg)
+
+
+def build_charger(ctx: BuildContext, dev_id: str, dev_cfg: ModbusChargerConfig) -> DeviceHandle:
+    return _profile_device(ctx, "charger", dev_id, dev_cfg)
+
+
+def build_input(ctx: BuildContext, dev_id: str, in_cfg: ModbusInputConfig) -> DeviceHandle:
+    buses = _buses(ctx)
+    group, bus, bus_cfg = buses.bus_for(in_cfg)
+    table, index = Table(in_cfg.table), in_cfg.index
+    active_low = in_cfg.active_low != in_cfg.normally_closed
+    profile = load_profile(in_cfg.model or "modbus_io")
+    device = ModbusInput(dev_id, bus, in_cfg.unit, index, table=table, active_low=active_low,
+                         policy=buses.policy(in_cfg, profile.request, bus_cfg))
+    return DeviceHandle(dev_id, "input", profile.model, f"{group} unit {in_cfg.unit} {table.value} {index}",
+                        group, device)
