@@ -41,33 +41,20 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from controller.allocation import (
-    Allocation,
-    AllocationState,
-    ChargerInput,
-    Settings,
-    SiteInput,
-    acknowledge,
-    allocate,
-)
-from controller.allocation.assumed_draw import Assumed, SilentBox, assumed_draw
-from controller.hardware import DeviceHandle, Hardware
+from controller import cycle_inputs
+from controller.allocation import AllocationState, Settings, acknowledge, allocate
+from controller.allocation.rules import Override
 from controller.clock import Clock, SystemClock
-from controller.formulas.evaluation import Evaluated, compile_limits, evaluate_cycle, truthy
 from controller.formulas import Evaluator
-from controller.allocation.rules import RuleSpec, rule_caps
-from controller.status import (
-    EMPTY_STATUS,
-    ChargerStatus,
-    DeviceStatus,
-    Status,
-)
+from controller.formulas.evaluation import compile_limits, evaluate_cycle
 from controller.formulas.symbols import device_symbols, time_symbols
-from controller.tracking import DeviceTracker, FaultLog
+from controller.hardware import Hardware
 from controller.records.variables import VariableStore
+from controller.status import EMPTY_STATUS, CycleFacts, Status, cycle_status
+from controller.tracking import DeviceTracker, FaultLog
 from controller.writer import LimitWriter, Observed, WriteReport
 from hal.executor import GroupExecutor
-from hal.types import ChargerReading, IecState, MeterReading, Phases3
+from hal.types import ChargerReading, IecState, MeterReading
 
 log = logging.getLogger(__name__)
 TICK_TOLERANCE_S = 0.005  # a timed wait may return a hair early: that is still the tick
@@ -86,21 +73,7 @@ class Sample:
     value: Any
 
 
-@dataclass(frozen=True)
-class Override:
-    """An API override of one charger, kept until its car is unplugged (cFos override_device)."""
-
-    current_a: float | None = None
-    enabled: bool = True
-
-
-def charger_draw(reading: ChargerReading, phases: int, phase: int) -> Phases3:
-    """Per-phase draw at the grid: a 1-phase box reports its current on L1, whatever it is wired to."""
-    if phases == 3:
-        return reading.current_a
-    draw = [0.0, 0.0, 0.0]
-    draw[phase] = max(reading.current_a)
-    return (draw[0], draw[1], draw[2])
+_KEEP: Any = object()  # update_override: leave this part of the override as it is
 
 
 class ControlLoop:
@@ -128,9 +101,8 @@ class ControlLoop:
         self._next_seq = itertools.count(1).__next__
         self.writer = LimitWriter(cfg, hardware, self.executor, self.trackers, self.clock, self._next_seq)
         self._report = WriteReport()
-        self._charger_phases = {cid: (cc.phases, self.site.voltage_v) for cid, cc in cfg.chargers.items()}
-        self._overrides: dict[str, Override] = {}
-        self._pending_overrides: list[tuple[str, Override | None]] = []
+        self._overrides: dict[str, Override] = {}  # the latest asked for (guarded by _lock)
+        self._cycle_overrides: dict[str, Override] = {}  # this cycle's copy (loop thread only)
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._signal = threading.Event()  # a grid signal, as opposed to a late reading
@@ -166,13 +138,25 @@ class ControlLoop:
         log.debug("late reading: %s on %s", key, group)
         self._wake.set()
 
-    def set_override(self, charger_id: str, override: Override | None) -> None:
-        """Queue an override for the next cycle (None removes it) and wake the loop."""
+    def update_override(self, charger_id: str, *, current_a: float | None = _KEEP,
+                        enabled: bool = _KEEP) -> Override | None:
+        """Change a charger's override (cFos ``override_device``): its cap (None removes the
+        cap) and/or whether it may charge; a part not given stays as it is, so a cap and a
+        ``flags=C`` compose. Returns the override now in force (None: none) and wakes the loop.
+        Raises KeyError for an unknown charger."""
         if charger_id not in self.hw.chargers:
             raise KeyError(charger_id)
         with self._lock:
-            self._pending_overrides.append((charger_id, override))
+            base = self._overrides.get(charger_id) or Override()
+            cap = base.current_a if current_a is _KEEP else current_a
+            on = base.enabled if enabled is _KEEP else enabled
+            new = None if on and cap is None else Override(current_a=cap, enabled=on)
+            if new is None:
+                self._overrides.pop(charger_id, None)
+            else:
+                self._overrides[charger_id] = new
         self.wake(f"override {charger_id}")
+        return new
 
     # ---- running ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -243,8 +227,10 @@ class ControlLoop:
         symbols = self._symbols(now)
         varset = self.store.snapshot()
         ev = evaluate_cycle(self.evaluator, varset, self.limits, symbols)
-        site, faults = self._site_input(now, ev)
-        chargers = self._charger_inputs(now, ev)
+        site = cycle_inputs.site_input(self.site, *self._grid_reading(now), ev)
+        readings: dict[str, ChargerReading | None] = {cid: self._fresh(cid, now) for cid in self.hw.chargers}
+        chargers = cycle_inputs.charger_inputs(ev, self.cfg.chargers, readings, self._box_facts(readings),
+                                               self._cycle_overrides, self.site, now)
         alloc = allocate(site, list(chargers.values()), self.settings, self._alloc_state, now)
         commands = {cid: cmd.current_a for cid, cmd in alloc.commands.items()}
         observed = {cid: Observed(c.online, c.draw_a if c.online else 0.0, self.trackers[cid].read_seq)
@@ -253,19 +239,20 @@ class ControlLoop:
         self._report = self.writer.write(now, commands, observed, meter_seq, site.grid_current_a,
                                          hold_increases=PROMPT_HELD if prompt else None, interrupt=self._signal)
         self._alloc_state = acknowledge(alloc.state, {cid: self.writer.written_a(cid) for cid in chargers})
-        faults.update({f"formula {e.where}": e.error for e in ev.errors})
+        faults = {f"formula {e.where}": e.error for e in ev.errors}
+        if site.failsafe_reason:
+            faults["fail-safe"] = site.failsafe_reason
         self._faults.update(faults)
         self._cycle_count += 1
-        return self._build_status(now, site, chargers, alloc, ev, faults)
+        return cycle_status(CycleFacts(
+            cycle_count=self._cycle_count, overruns=self._overruns, failed_cycles=self._failed,
+            started_s=now, ended_s=self.clock.monotonic(), site=site, chargers=chargers, allocation=alloc,
+            evaluated=ev, faults=faults, held=self._report.held, overrides=self._cycle_overrides,
+            stale_s=self.site.stale_s), self.hw, self.trackers, self.writer.written_a)
 
     def _take_overrides(self) -> None:
         with self._lock:
-            pending, self._pending_overrides = self._pending_overrides, []
-        for cid, override in pending:
-            if override is None:
-                self._overrides.pop(cid, None)
-            else:
-                self._overrides[cid] = override
+            self._cycle_overrides = dict(self._overrides)
 
     def _prompt_now(self) -> None:
         """A prompt cycle from inside another cycle's reads, keeping the prompt spacing."""
@@ -334,9 +321,12 @@ class ControlLoop:
                 return  # older than what we have (cannot happen with one worker per bus; be sure)
             value = sample.value
             tracker.ok(value, sample.taken_s, sample.seq)
-            if dev_id in self._overrides and isinstance(value, ChargerReading) and value.state == IecState.A:
-                log.info("%s: car unplugged, override ends", dev_id)
-                del self._overrides[dev_id]
+            if isinstance(value, ChargerReading) and value.state == IecState.A:
+                with self._lock:
+                    ended = self._overrides.pop(dev_id, None)
+                self._cycle_overrides.pop(dev_id, None)
+                if ended is not None:
+                    log.info("%s: car unplugged, override ends", dev_id)
         else:
             tracker.fail(str(error) or type(error).__name__, now)
 
@@ -350,203 +340,29 @@ class ControlLoop:
             symbols.update(device_symbols(h.id, h.kind, self._fresh(h.id, now)))
         return symbols
 
-    def _site_input(self, now: float, ev: Evaluated) -> tuple[SiteInput, dict[str, str]]:
-        faults: dict[str, str] = {}
-        reasons: list[str] = []
-        grid_current: Phases3 | None = None
-        grid_power: float | None = None
+    def _grid_reading(self, now: float) -> tuple[MeterReading | None, str | None]:
+        """The grid meter's fresh reading, or why there is none."""
         meter_id = self.site.grid_meter
-        if meter_id is not None:
-            reading: MeterReading | None = self._fresh(meter_id, now)
-            if reading is None or reading.current_a is None:
-                tracker = self.trackers[meter_id]
-                why = tracker.fault_text(now, self.site.stale_s) or "no phase currents"
-                reasons.append(f"grid meter {meter_id}: {why}")
-            else:
-                grid_current, grid_power = reading.current_a, reading.power_w
-        grid_limit, error = ev.grid_limit_w
-        if error is not None:
-            reasons.append(f"grid_limit_w: {error}")
-        chargers_limit, error = ev.chargers_limit_w
-        if error is not None:
-            reasons.append(f"chargers_limit_w: {error}")
-        failsafe = "; ".join(reasons) or None
-        if failsafe:
-            faults["fail-safe"] = failsafe
-        site = SiteInput(
-            voltage_v=self.site.voltage_v,
-            main_fuse_a=self.site.main_fuse_a,
-            grid_current_a=grid_current,
-            grid_power_w=grid_power,
-            grid_limit_w=grid_limit,
-            chargers_limit_w=chargers_limit,
-            unbalanced_limit_a=self.site.unbalanced_limit_a,
-            failsafe_limit_w=self.site.failsafe_limit_w,
-            failsafe_reason=failsafe,
-        )
-        return site, faults
+        if meter_id is None:
+            return None, None
+        reading: MeterReading | None = self._fresh(meter_id, now)
+        if reading is not None:
+            return reading, None
+        return None, self.trackers[meter_id].fault_text(now, self.site.stale_s)
 
-    def _charger_inputs(self, now: float, ev: Evaluated) -> dict[str, ChargerInput]:
-        readings: dict[str, ChargerReading | None] = {cid: self._fresh(cid, now) for cid in self.hw.chargers}
-        caps = self._caps(ev, readings)
-        out: dict[str, ChargerInput] = {}
-        for cid, cc in self.cfg.chargers.items():
-            reading = readings[cid]
-            phase = cc.phase_index
-            charging = reading is not None and reading.state.charging
-            value, error = ev.charger_max_a[cid]
-            max_reason = None
-            if error is not None:
-                max_a = cc.min_current_a if charging else 0.0
-                max_reason = f"max_current_a error: {error}"
-            elif value is None:
-                max_a = float(self.site.main_fuse_a)
-            else:
-                max_a = max(0.0, float(value))
-            cap_a, cap_reason = caps.get(cid, (None, None))
-            reserved = self._assumed_draw(cid, now) if reading is None else Assumed(0.0, "")
-            out[cid] = ChargerInput(
-                id=cid,
-                phases=cc.phases,
-                phase=phase,
-                min_current_a=cc.min_current_a,
-                max_current_a=max_a,
-                max_reason=max_reason,
-                priority=cc.priority,
-                online=reading is not None,
-                state=reading.state if reading is not None else None,
-                drawn_a=charger_draw(reading, cc.phases, phase) if reading is not None else (0.0, 0.0, 0.0),
-                reserved_a=reserved.current_a,
-                reserved_reason=reserved.why or None,
-                cap_a=cap_a,
-                cap_reason=cap_reason,
-            )
-        return out
-
-    def _assumed_draw(self, cid: str, now: float) -> Assumed:
-        """What a charger without a fresh reading is taken to draw (controller/allocation/assumed_draw.py)."""
-        cc = self.cfg.chargers[cid]
-        tracker = self.trackers[cid]
-        landed = self.writer.landed(cid)
-        fallback = self.hw.chargers[cid].device.fallback
-        fallback_s: float | None = None
-        if fallback is not None:
-            # A watchdog that gridcharge configures is armed only once its setup was acknowledged.
-            fallback_s = fallback.timeout_s if fallback.timeout_s is not None else (
-                self.site.watchdog_s if landed.setup_done else None)
-        contact = [t for t in (tracker.read_at_s, landed.contact_s) if t is not None]
-        last = tracker.reading
-        # A maximum given as a formula may be low now and was perhaps not when the box was set.
-        maximum = cc.max_current_a if isinstance(cc.max_current_a, (int, float)) else self.site.main_fuse_a
-        return assumed_draw(SilentBox(
-            landed_a=landed.landed_a,
-            landed_s=landed.landed_s,
-            contact_s=max(contact) if contact else None,
-            measured_a=max(last.current_a) if isinstance(last, ChargerReading) else None,
-            fallback_s=fallback_s,
-            fed_by_any_request=fallback.fed_by_any_request if fallback is not None else True,
-            failsafe_a=cc.failsafe_current_a,
-            maximum_a=float(maximum),
-        ), now)
-
-    def _caps(
-        self, ev: Evaluated, readings: Mapping[str, ChargerReading | None]
-    ) -> dict[str, tuple[float | None, str | None]]:
-        specs: list[tuple[RuleSpec, bool | None, str | None]] = []
-        forced: dict[str, list[tuple[float, str]]] = {}
-        for rr in ev.rules:
-            when = truthy(rr.when)
-            value, error = rr.value
-            if error is not None:  # the rule's value failed: §3 fail-safe for the chargers it covers
-                if when is False:
-                    continue
-                for cid in rr.rule.chargers or tuple(self.hw.chargers):
-                    r = readings.get(cid)
-                    cap = self.cfg.chargers[cid].min_current_a if r is not None and r.state.charging else 0.0
-                    forced.setdefault(cid, []).append((cap, f'rule "{rr.rule.name}" (value error: {error})'))
+    def _box_facts(self, readings: dict[str, ChargerReading | None]) -> dict[str, cycle_inputs.BoxFacts]:
+        """What is known of the boxes without a fresh reading (for what they are assumed to draw)."""
+        out = {}
+        for cid, reading in readings.items():
+            if reading is not None:
                 continue
-            if value is None:
-                continue  # the rule's value is None: no limit
-            is_current = rr.rule.max_current_a is not None
-            spec = RuleSpec(name=rr.rule.name, chargers=rr.rule.chargers,
-                            max_current_a=value if is_current else None,
-                            max_power_w=None if is_current else value)
-            specs.append((spec, when, rr.when[1]))
-        for cid, ov in self._overrides.items():
-            if not ov.enabled:
-                forced.setdefault(cid, []).append((0.0, "disabled by override (flags=C)"))
-            elif ov.current_a is not None:
-                forced.setdefault(cid, []).append((ov.current_a, f"override {ov.current_a:g} A"))
-        lowest = {cid: min(items, key=lambda item: item[0]) for cid, items in forced.items()}
-        return rule_caps(specs, self._charger_phases, lowest)
+            tracker, landed = self.trackers[cid], self.writer.landed(cid)
+            contact = [t for t in (tracker.read_at_s, landed.contact_s) if t is not None]
+            last = tracker.reading if isinstance(tracker.reading, ChargerReading) else None
+            out[cid] = cycle_inputs.BoxFacts(self.hw.chargers[cid].device.fallback, landed.landed_a, landed.landed_s,
+                                             max(contact) if contact else None, landed.setup_done, last)
+        return out
 
     def write_failsafe(self) -> None:
         """On stop: leave each charger at no more than its fail-safe current (SPEC §4, SIGTERM)."""
         self.writer.write_failsafe()
-
-    # ---- status ----------------------------------------------------------------------------
-    def _device_status(self, h: DeviceHandle, now: float) -> DeviceStatus:
-        tracker = self.trackers[h.id]
-        fault = tracker.fault_text(now, self.site.stale_s)
-        return DeviceStatus(
-            id=h.id,
-            kind=h.kind,
-            model=h.model,
-            address=h.address,
-            online=fault is None,
-            age_s=tracker.age_s(now),
-            error=fault,
-            error_s=tracker.error_s(now),
-            reading=tracker.reading,
-        )
-
-    def _build_status(
-        self, now: float, site: SiteInput, chargers: Mapping[str, ChargerInput], alloc: Allocation,
-        ev: Evaluated, faults: dict[str, str],
-    ) -> Status:
-        charger_status = []
-        for cid, h in self.hw.chargers.items():
-            ci = chargers[cid]
-            cmd = alloc.commands[cid]
-            ov = self._overrides.get(cid)
-            charger_status.append(ChargerStatus(
-                device=self._device_status(h, now),
-                phases=ci.phases,
-                phase=ci.phase,
-                priority=ci.priority,
-                min_current_a=ci.min_current_a,
-                max_current_a=ci.max_current_a,
-                command_a=cmd.current_a,
-                written_a=self.writer.written_a(cid),
-                reason=self._report.held.get(cid, cmd.reason),
-                enabled=ov.enabled if ov else True,
-                override_a=ov.current_a if ov else None,
-            ))
-        fault_lines = tuple(f"{k}: {v}" for k, v in sorted(faults.items()))
-        device_faults = tuple(
-            f"{h.id}: {t}" for h in self.hw.all()
-            if (t := self.trackers[h.id].fault_text(now, self.site.stale_s)) is not None
-        )
-        return Status(
-            cycle_count=self._cycle_count,
-            overruns=self._overruns,
-            failed_cycles=self._failed,
-            cycle_time_s=self.clock.monotonic() - now,
-            monotonic_s=now,
-            wall_time=time.time(),
-            failsafe=site.failsafe_reason,
-            grid_limit_w=site.grid_limit_w,
-            chargers_limit_w=site.chargers_limit_w,
-            headroom_a=alloc.headroom_a,
-            power_headroom_w=alloc.power_headroom_w,
-            limiting=tuple(alloc.limiting),
-            grid_power_w=site.grid_power_w,
-            grid_current_a=site.grid_current_a,
-            meters=tuple(self._device_status(h, now) for h in self.hw.meters.values()),
-            chargers=tuple(charger_status),
-            inputs=tuple(self._device_status(h, now) for h in self.hw.inputs.values()),
-            variables=ev.variables,
-            formula_errors=ev.errors,
-            links=tuple(link.link_stats() for link in self.hw.links.values()),
-            faults=fault_lines + device_faults,
-        )

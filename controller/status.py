@@ -7,10 +7,19 @@ force and why each charger got what it got, every fault with the time it started
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hal.types import ChargerReading, InputReading, LinkStats, MeterReading, Phases3
+
+if TYPE_CHECKING:
+    from controller.allocation import Allocation, ChargerInput, SiteInput
+    from controller.allocation.rules import Override
+    from controller.formulas.evaluation import Evaluated
+    from controller.hardware import DeviceHandle, Hardware
+    from controller.tracking import DeviceTracker
 
 
 @dataclass(frozen=True)
@@ -105,3 +114,96 @@ EMPTY_STATUS = Status(
     grid_power_w=None,
     grid_current_a=None,
 )
+
+
+# ---------------------------------------------------------------------------- assembly
+
+
+@dataclass(frozen=True)
+class CycleFacts:
+    """What one cycle decided and knew, for :func:`cycle_status`."""
+
+    cycle_count: int
+    overruns: int
+    failed_cycles: int
+    started_s: float
+    ended_s: float
+    site: SiteInput
+    chargers: Mapping[str, ChargerInput]
+    allocation: Allocation
+    evaluated: Evaluated
+    faults: Mapping[str, str]  # condition → text (fail-safe, formula errors)
+    held: Mapping[str, str]  # charger → why its increase was held back this cycle
+    overrides: Mapping[str, Override]
+    stale_s: float
+
+
+def device_status(handle: DeviceHandle, tracker: DeviceTracker[Any], now_s: float, stale_s: float) -> DeviceStatus:
+    """One device as the status shows it: its last good reading, and the fault in force."""
+    fault = tracker.fault_text(now_s, stale_s)
+    return DeviceStatus(
+        id=handle.id,
+        kind=handle.kind,
+        model=handle.model,
+        address=handle.address,
+        online=fault is None,
+        age_s=tracker.age_s(now_s),
+        error=fault,
+        error_s=tracker.error_s(now_s),
+        reading=tracker.reading,
+    )
+
+
+def cycle_status(facts: CycleFacts, hw: Hardware, trackers: Mapping[str, DeviceTracker[Any]],
+                 written_a: Callable[[str], float | None]) -> Status:
+    """The status a cycle publishes: its decisions, every device, every link, every fault."""
+    now, stale_s = facts.started_s, facts.stale_s
+
+    def device(h: DeviceHandle) -> DeviceStatus:
+        return device_status(h, trackers[h.id], now, stale_s)
+
+    charger_status = []
+    for cid, h in hw.chargers.items():
+        ci = facts.chargers[cid]
+        cmd = facts.allocation.commands[cid]
+        ov = facts.overrides.get(cid)
+        charger_status.append(ChargerStatus(
+            device=device(h),
+            phases=ci.phases,
+            phase=ci.phase,
+            priority=ci.priority,
+            min_current_a=ci.min_current_a,
+            max_current_a=ci.max_current_a,
+            command_a=cmd.current_a,
+            written_a=written_a(cid),
+            reason=facts.held.get(cid, cmd.reason),
+            enabled=ov.enabled if ov else True,
+            override_a=ov.current_a if ov else None,
+        ))
+    fault_lines = tuple(f"{k}: {v}" for k, v in sorted(facts.faults.items()))
+    device_faults = tuple(f"{h.id}: {t}" for h in hw.all()
+                          if (t := trackers[h.id].fault_text(now, stale_s)) is not None)
+    site, alloc = facts.site, facts.allocation
+    return Status(
+        cycle_count=facts.cycle_count,
+        overruns=facts.overruns,
+        failed_cycles=facts.failed_cycles,
+        cycle_time_s=facts.ended_s - now,
+        monotonic_s=now,
+        wall_time=time.time(),
+        failsafe=site.failsafe_reason,
+        grid_limit_w=site.grid_limit_w,
+        chargers_limit_w=site.chargers_limit_w,
+        headroom_a=alloc.headroom_a,
+        power_headroom_w=alloc.power_headroom_w,
+        limiting=tuple(alloc.limiting),
+        grid_power_w=site.grid_power_w,
+        grid_current_a=site.grid_current_a,
+        meters=tuple(device(h) for h in hw.meters.values()),
+        chargers=tuple(charger_status),
+        inputs=tuple(device(h) for h in hw.inputs.values()),
+        variables=facts.evaluated.variables,
+        formula_errors=facts.evaluated.errors,
+        links=tuple(link.link_stats() for link in hw.links.values()),
+        faults=fault_lines + device_faults,
+    )

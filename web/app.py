@@ -46,10 +46,9 @@ keeps the listener's app, the command table and what each command does.
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import flask
 from flask import Response, request
@@ -57,7 +56,7 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed, RequestEntityTo
 
 from controller.formulas import FormulaError
 from controller.records.gridlog import GridLogUnavailable
-from controller.loop import Override
+from controller.allocation.rules import Override
 from controller.status import Status
 from controller.records.variables import VariableStore
 from web.auth import Authenticator, Principal, Scope
@@ -101,40 +100,14 @@ class ApiContext:
 
     store: VariableStore
     status: Callable[[], Status]
-    set_override: Callable[[str, Override | None], None]
+    #: The loop's ``update_override(charger_id, current_a=..., enabled=...)``: a part not given
+    #: stays as it is; returns the override in force (None: none); KeyError for no such charger.
+    update_override: Callable[..., Override | None]
     grid_log: GridLog | None
     tls: TlsStore | None
     version: str
     save_failing: Callable[[], bool] = _saving_works
     main_fuse_a: float | None = None
-
-
-# --------------------------------------------------------------------------- overrides
-
-
-class _OverrideBook:
-    """Overrides this app queued that the published status may not show yet.
-
-    ``set_override`` is taken at the start of the loop's next cycle; the cycle running when it
-    was queued may already be past that point. So for two cycles after a call, the override this
-    app queued is the base for the next one (two calls in a row compose), then the status is.
-    """
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self._queued: dict[str, tuple[Override | None, int]] = {}
-
-    def current(self, status: Status, dev_id: str) -> Override:
-        queued = self._queued.get(dev_id)
-        if queued is not None and status.cycle_count < queued[1] + 2:
-            return queued[0] or Override()
-        for ch in status.chargers:
-            if ch.device.id == dev_id:
-                return Override(current_a=ch.override_a, enabled=ch.enabled)
-        return Override()
-
-    def queued(self, status: Status, dev_id: str, override: Override | None) -> None:
-        self._queued[dev_id] = (override, status.cycle_count)
 
 
 # --------------------------------------------------------------------------- the API
@@ -154,7 +127,6 @@ class Api:
     def __init__(self, ctx: ApiContext, listener: str) -> None:
         self.ctx = ctx
         self.listener = listener
-        self.overrides = _OverrideBook()
         self.commands: dict[str, Command] = {
             "set_cm_vars": Command(self.set_cm_vars, Scope.VARS, mutates=True),
             "get_cm_vars": Command(self.get_cm_vars, Scope.VARS),
@@ -242,27 +214,27 @@ class Api:
         enable = None if flags is None else parse_enable_flag(flags)
         status = self.ctx.status()
         self._check_charger(status, dev_id)
-        with self.overrides.lock:
-            base = self.overrides.current(status, dev_id)
-            current_a = base.current_a if mamps is None else (None if mamps < 0 else mamps / 1000)
-            enabled = base.enabled if enable is None else enable
-            new = None if enabled and current_a is None else Override(current_a=current_a, enabled=enabled)
-            try:
-                self.ctx.set_override(dev_id, new)
-            except KeyError:
-                raise bad_request(f"dev_id {short(dev_id, 40)!r} is not a charger") from None
-            self.overrides.queued(status, dev_id, new)
+        change: dict[str, Any] = {}
+        if mamps is not None:
+            change["current_a"] = None if mamps < 0 else mamps / 1000
+        if enable is not None:
+            change["enabled"] = enable
+        try:
+            new = self.ctx.update_override(dev_id, **change)  # composes with the override in force
+        except KeyError:
+            raise bad_request(f"dev_id {short(dev_id, 40)!r} is not a charger") from None
         log.info("%s (%s) override %s: %s", self.source(), principal.name, dev_id, new or "removed")
+        current_a = new.current_a if new is not None else None
         return json_response({
             "dev_id": dev_id,
-            "charging_enabled": enabled,
+            "charging_enabled": new.enabled if new is not None else True,
             "override_cur": None if current_a is None else int(round(current_a * 1000)),
         })
 
     @staticmethod
     def _check_charger(status: Status, dev_id: str) -> None:
         if status.cycle_count == 0:
-            return  # nothing published yet: set_override itself knows the chargers
+            return  # nothing published yet: update_override itself knows the chargers
         if any(ch.device.id == dev_id for ch in status.chargers):
             return
         if any(d.id == dev_id for d in (*status.meters, *status.inputs)):

@@ -32,7 +32,7 @@ def start_web(service: Service, *, http: Any = None, smgw: Any = None) -> WebSer
     ctx = ApiContext(
         store=service.store,
         status=service.status,  # the loop's status plus the state directory's and grid log's faults
-        set_override=service.loop.set_override,
+        update_override=service.loop.update_override,
         grid_log=service.grid_log,
         tls=tls,
         version=version(),

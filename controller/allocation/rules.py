@@ -1,10 +1,10 @@
-"""Charging rules and overrides turned into one current cap per charger (SPEC §1.3, §4 ``rules:``).
+"""Charging rules and overrides turned into one current cap per charger (the ``rules:`` section).
 
-This module owns :func:`rule_caps`: pure, no I/O. The loop evaluates each rule's formulas (its
-``when`` condition and its ``max_current_a`` / ``max_power_w`` value) and the API overrides, and
-passes the results here; allocate() then treats the cap as an upper bound with its reason (a cap
-between 0 and the charger's minimum pauses it there, since nothing between 0 and the minimum is
-ever written).
+This module owns :func:`cycle_caps` and :func:`rule_caps`: pure, no I/O. The loop evaluates each
+rule's formulas (its ``when`` condition and its ``max_current_a`` / ``max_power_w`` value) and
+passes them here as :class:`RuleOutcome`, with the API overrides (:class:`Override`); allocate()
+then treats the cap as an upper bound with its reason (a cap between 0 and the charger's minimum
+pauses it there, since nothing between 0 and the minimum is ever written).
 
 Semantics, chosen to restrict rather than release when something is unknown:
 
@@ -20,6 +20,10 @@ Semantics, chosen to restrict rather than release when something is unknown:
   negative one caps at 0 (restrict).
 * Several caps on one charger: the lowest wins, with its reason; among equal caps the first one
   (config order of the rules, then the override) wins, so the reason is stable.
+* A rule whose *value* failed to evaluate caps the chargers it covers at their fail-safe value
+  (their minimum while charging, else 0) unless its condition is known to be false: the same
+  fail-safe as a charger maximum that fails.
+* An override (cFos ``override_device``) caps at its current, or at 0 when it disables charging.
 """
 
 from __future__ import annotations
@@ -27,6 +31,34 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Override:
+    """An API override of one charger, kept until its car is unplugged (cFos override_device)."""
+
+    current_a: float | None = None
+    enabled: bool = True
+
+
+@dataclass(frozen=True)
+class CapFacts:
+    """What the caps need to know of one charger this cycle."""
+
+    phases: int
+    voltage_v: float
+    min_current_a: float
+    charging: bool  # a car draws now (its fail-safe value is then its minimum, else 0)
+
+
+@dataclass(frozen=True)
+class RuleOutcome:
+    """One rule this cycle: its condition and its value, evaluated (or why they could not be)."""
+
+    spec: RuleSpec  # with the value in force (None = no limit)
+    when: bool | None  # None: no condition, or it failed (``when_error``)
+    when_error: str | None = None
+    value_error: str | None = None
 
 
 @dataclass(frozen=True)
@@ -112,3 +144,28 @@ def _lower(current: tuple[float | None, str | None], cap_a: float, reason: str) 
     if current[0] is None or cap_a < current[0]:
         return cap_a, reason
     return current
+
+
+def cycle_caps(outcomes: Sequence[RuleOutcome], overrides: Mapping[str, Override],
+               chargers: Mapping[str, CapFacts]) -> dict[str, tuple[float | None, str | None]]:
+    """Every charger's cap this cycle from the rules, their fail-safe and the overrides."""
+    specs: list[tuple[RuleSpec, bool | None, str | None]] = []
+    forced: dict[str, list[tuple[float, str]]] = {}
+    for outcome in outcomes:
+        rule = outcome.spec
+        if outcome.value_error is not None:
+            if outcome.when is False and outcome.when_error is None:
+                continue  # known not to apply: its value does not matter
+            reason = f'rule "{rule.name}" (value error: {outcome.value_error})'
+            for cid, facts in chargers.items():
+                if rule.covers(cid):
+                    forced.setdefault(cid, []).append((facts.min_current_a if facts.charging else 0.0, reason))
+            continue
+        specs.append((rule, outcome.when, outcome.when_error))
+    for cid, override in overrides.items():
+        if not override.enabled:
+            forced.setdefault(cid, []).append((0.0, "disabled by override (flags=C)"))
+        elif override.current_a is not None:
+            forced.setdefault(cid, []).append((override.current_a, f"override {override.current_a:g} A"))
+    lowest = {cid: min(items, key=lambda item: item[0]) for cid, items in forced.items()}
+    return rule_caps(specs, {cid: (f.phases, f.voltage_v) for cid, f in chargers.items()}, lowest)

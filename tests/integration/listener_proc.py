@@ -50,7 +50,7 @@ def main() -> int:
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (args.nofile, hard))
     ctx = ApiContext(store=VariableStore({"AVAIL": 100}), status=lambda: EMPTY_STATUS,
-                     set_override=lambda dev_id, override: None, grid_log=None, tls=None, version="test")
+                     update_override=lambda dev_id, **change: None, grid_log=None, tls=None, version="test")
     http = Http.model_construct(listen="127.0.0.1:0", user="admin", password=PASSWORD, password_hash=None)
     stop: Callable[[], None]
     if args.mode == "servers":

@@ -104,7 +104,7 @@ def assert_refused(answer: Answer, status: int, *words: str) -> None:
 
 def start_edge(limits: ListenerLimits | None = None) -> Edge:
     store = VariableStore({"AVAIL": 100})
-    ctx = ApiContext(store=store, status=lambda: EMPTY_STATUS, set_override=lambda dev_id, override: None,
+    ctx = ApiContext(store=store, status=lambda: EMPTY_STATUS, update_override=lambda dev_id, **change: None,
                      grid_log=None, tls=None, version="test")
     http = Http.model_construct(listen="127.0.0.1:0", user=USER, password=PASSWORD, password_hash=None)
     servers = WebServers(ctx, http, None, None, limits={"lan": limits} if limits else None)

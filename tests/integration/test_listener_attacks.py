@@ -140,7 +140,7 @@ def capped(tmp_path: Path) -> Iterator[WebServers]:
     from web.app import ApiContext
 
     ctx = ApiContext(store=VariableStore({"AVAIL": 100}), status=lambda: EMPTY_STATUS,
-                     set_override=lambda dev_id, override: None, grid_log=None, tls=None, version="test")
+                     update_override=lambda dev_id, **change: None, grid_log=None, tls=None, version="test")
     servers = WebServers(ctx, http_section(), None, None,
                          limits={"lan": ListenerLimits(max_connections=24, max_per_address=4)})
     servers.start()
@@ -178,7 +178,7 @@ def test_stalled_handshakes_delay_no_smgw_client_and_are_closed_at_their_deadlin
     smgw = smgw_section(cert, key, pki.ca_path, ("vars",))
     tls = TlsStore(smgw, tmp_path / "state")
     ctx = ApiContext(store=VariableStore({"AVAIL": 100}), status=lambda: EMPTY_STATUS,
-                     set_override=lambda dev_id, override: None, grid_log=None, tls=tls, version="test")
+                     update_override=lambda dev_id, **change: None, grid_log=None, tls=tls, version="test")
     servers = WebServers(ctx, None, smgw, tls, limits={"smgw": ListenerLimits(max_connections=64, max_per_address=16,
                                                                             handshake_s=1.0)})
     servers.start()

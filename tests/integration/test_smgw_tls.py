@@ -108,7 +108,7 @@ def channel(pki: Pki, tmp_path: Path) -> Iterator[StartChannel]:
         http = Http.model_construct(listen="127.0.0.1:0", user=USER, password=PASSWORD, password_hash=None)
         tls = TlsStore(smgw, state_dir or tmp_path / "state")
         store = VariableStore({"AVAIL": 100})
-        ctx = ApiContext(store=store, status=lambda: EMPTY_STATUS, set_override=lambda dev_id, override: None,
+        ctx = ApiContext(store=store, status=lambda: EMPTY_STATUS, update_override=lambda dev_id, **change: None,
                          grid_log=None, tls=tls, version="test")
         servers = WebServers(ctx, http, smgw, tls)
         servers.start()

@@ -38,7 +38,7 @@ def api_context(service: Service, *, grid_log: Any = None, tls: Any = None, vers
     return ApiContext(
         store=service.store,
         status=service.status,
-        set_override=service.loop.set_override,
+        update_override=service.loop.update_override,
         grid_log=grid_log,
         tls=tls,
         version=version,
