@@ -35,23 +35,28 @@ def charger_draw(reading: ChargerReading, phases: int, phase: int) -> Phases3:
     return (draw[0], draw[1], draw[2])
 
 
-def site_input(site: Site, grid: MeterReading | None, grid_fault: str | None, ev: Evaluated) -> SiteInput:
+def site_input(site: Site, grid: MeterReading | None, grid_fault: str | None, ev: Evaluated,
+               grid_fault_key: str | None = None) -> SiteInput:
     """The site limits in force; ``grid``: the grid meter's fresh reading (None: none, or failed,
-    ``grid_fault`` says why)."""
+    ``grid_fault`` says why, ``grid_fault_key`` the same without its changing numbers)."""
     reasons: list[str] = []
+    causes: list[str] = []
     grid_current: Phases3 | None = None
     grid_power: float | None = None
     if site.grid_meter is not None:
         if grid is None or grid.current_a is None:
             reasons.append(f"grid meter {site.grid_meter}: {grid_fault or 'no phase currents'}")
+            causes.append(f"grid meter {site.grid_meter}: {grid_fault_key or grid_fault or 'no phase currents'}")
         else:
             grid_current, grid_power = grid.current_a, grid.power_w
     grid_limit, error = ev.grid_limit_w
     if error is not None:
         reasons.append(f"grid_limit_w: {error}")
+        causes.append(reasons[-1])
     chargers_limit, error = ev.chargers_limit_w
     if error is not None:
         reasons.append(f"chargers_limit_w: {error}")
+        causes.append(reasons[-1])
     return SiteInput(
         voltage_v=site.voltage_v,
         main_fuse_a=site.main_fuse_a,
@@ -62,6 +67,7 @@ def site_input(site: Site, grid: MeterReading | None, grid_fault: str | None, ev
         unbalanced_limit_a=site.unbalanced_limit_a,
         failsafe_limit_w=site.failsafe_limit_w,
         failsafe_reason="; ".join(reasons) or None,
+        failsafe_causes=tuple(causes),
     )
 
 

@@ -227,7 +227,8 @@ class ControlLoop:
         symbols = self._symbols(now)
         varset = self.store.snapshot()
         ev = evaluate_cycle(self.evaluator, varset, self.limits, symbols)
-        site = cycle_inputs.site_input(self.site, *self._grid_reading(now), ev)
+        grid, grid_fault, grid_fault_key = self._grid_reading(now)
+        site = cycle_inputs.site_input(self.site, grid, grid_fault, ev, grid_fault_key)
         readings: dict[str, ChargerReading | None] = {cid: self._fresh(cid, now) for cid in self.hw.chargers}
         chargers = cycle_inputs.charger_inputs(ev, self.cfg.chargers, readings, self._box_facts(readings),
                                                self._cycle_overrides, self.site, now)
@@ -340,15 +341,16 @@ class ControlLoop:
             symbols.update(device_symbols(h.id, h.kind, self._fresh(h.id, now)))
         return symbols
 
-    def _grid_reading(self, now: float) -> tuple[MeterReading | None, str | None]:
-        """The grid meter's fresh reading, or why there is none."""
+    def _grid_reading(self, now: float) -> tuple[MeterReading | None, str | None, str | None]:
+        """The grid meter's fresh reading, or why there is none (as text, and as its stable key)."""
         meter_id = self.site.grid_meter
         if meter_id is None:
-            return None, None
+            return None, None, None
         reading: MeterReading | None = self._fresh(meter_id, now)
         if reading is not None:
-            return reading, None
-        return None, self.trackers[meter_id].fault_text(now, self.site.stale_s)
+            return reading, None, None
+        tracker = self.trackers[meter_id]
+        return None, tracker.fault_text(now, self.site.stale_s), tracker.fault_key(now, self.site.stale_s)
 
     def _box_facts(self, readings: dict[str, ChargerReading | None]) -> dict[str, cycle_inputs.BoxFacts]:
         """What is known of the boxes without a fresh reading (for what they are assumed to draw)."""

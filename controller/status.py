@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from controller.allocation.types import Reason, Why
 from hal.types import ChargerReading, InputReading, LinkStats, MeterReading, Phases3
 
 if TYPE_CHECKING:
@@ -45,7 +46,7 @@ class ChargerStatus:
     max_current_a: float  # in force this cycle
     command_a: float  # what the allocation decided (0 = paused)
     written_a: float | None  # what was last written to the box (None = not yet)
-    reason: str
+    reason: Reason  # str(reason) is the lreason
     enabled: bool  # False when disabled by an override (flags=C)
     override_a: float | None
 
@@ -93,6 +94,7 @@ class Status:
     formula_errors: tuple[FormulaStatus, ...] = ()
     links: tuple[LinkStats, ...] = ()  # every bus or other channel, with its driver's own details
     faults: tuple[str, ...] = field(default=())  # every fault in force, one line each
+    failsafe_causes: tuple[str, ...] = ()  # the fail-safe's causes, each the same while it lasts
 
     def charger(self, id: str) -> ChargerStatus:
         return next(c for c in self.chargers if c.device.id == id)
@@ -176,7 +178,7 @@ def cycle_status(facts: CycleFacts, hw: Hardware, trackers: Mapping[str, DeviceT
             max_current_a=ci.max_current_a,
             command_a=cmd.current_a,
             written_a=written_a(cid),
-            reason=facts.held.get(cid, cmd.reason),
+            reason=Reason(Why.HELD, facts.held[cid]) if cid in facts.held else cmd.reason,
             enabled=ov.enabled if ov else True,
             override_a=ov.current_a if ov else None,
         ))
@@ -192,6 +194,7 @@ def cycle_status(facts: CycleFacts, hw: Hardware, trackers: Mapping[str, DeviceT
         monotonic_s=now,
         wall_time=time.time(),
         failsafe=site.failsafe_reason,
+        failsafe_causes=site.failsafe_causes,
         grid_limit_w=site.grid_limit_w,
         chargers_limit_w=site.chargers_limit_w,
         headroom_a=alloc.headroom_a,

@@ -50,6 +50,14 @@ class DeviceTracker(Generic[R]):
     def error_s(self, now_s: float) -> float:
         return 0.0 if self.error_since_s is None else now_s - self.error_since_s
 
+    def fault_key(self, now_s: float, stale_s: float) -> str | None:
+        """The fault in force without what changes while it lasts (a stale reading's age): the
+        same text from one cycle to the next, for records that note a fault once."""
+        text = self.fault_text(now_s, stale_s)
+        if text is not None and self.error is None and self.read_at_s is not None:
+            return "stale"
+        return text
+
     def fault_text(self, now_s: float, stale_s: float) -> str | None:
         """The fault in force for the status API: an error, or a reading too old to use."""
         if self.error is not None and not self.fresh(now_s, stale_s):

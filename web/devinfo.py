@@ -112,7 +112,7 @@ def charger_info(ch: ChargerStatus) -> dict[str, Any]:
         min_charging_cur=milliamps(ch.min_current_a),
         max_charging_cur=milliamps(ch.max_current_a),
         prio=ch.priority,
-        lreason=ch.reason,
+        lreason=str(ch.reason),
         used_phases=7 if ch.phases == 3 else 1 << ch.phase,
         override_cur=milliamps(ch.override_a),
         assigned_cur=milliamps(ch.command_a),

@@ -14,8 +14,10 @@ from controller.allocation.algorithm import (
     ChargerInput,
     ChargerMemory,
     Command,
+    Reason,
     Settings,
     SiteInput,
+    Why,
     acknowledge,
     allocate,
 )
@@ -28,8 +30,10 @@ __all__ = [
     "ChargerInput",
     "ChargerMemory",
     "Command",
+    "Reason",
     "Settings",
     "SiteInput",
+    "Why",
     "acknowledge",
     "allocate",
 ]

@@ -77,14 +77,16 @@ from controller.allocation.types import (
     ChargerInput,
     ChargerMemory,
     Command,
+    Reason,
     Settings,
     SiteInput,
+    Why,
 )
 from hal.types import IecState
 
 __all__ = [
     "RESOLUTION_A", "RUNNING_A", "Allocation", "AllocationState", "ChargerInput", "ChargerMemory", "Command",
-    "Settings", "SiteInput", "acknowledge", "allocate",
+    "Reason", "Settings", "SiteInput", "Why", "acknowledge", "allocate",
 ]
 
 #: Commands are rounded down to this (Heidelberg and most boxes take 0.1 A).
@@ -104,7 +106,7 @@ class _Candidate:
     charger: ChargerInput
     min_a: float
     upper_a: float
-    upper_reason: str
+    upper_reason: Reason
     coeffs: tuple[float, ...]
     order: tuple[int, float, str]  # admission order: lower is served first, paused last
 
@@ -113,7 +115,7 @@ class _Candidate:
 class _Prepared:
     last_a: float  # the last command (or the measured draw when there is none)
     fixed: Command | None  # set when the charger gets 0 whatever the site has
-    upper: tuple[float, str] | None  # (upper bound, its reason) otherwise
+    upper: tuple[float, Reason] | None  # (upper bound, its reason) otherwise
     demand_a: float | None  # learned draw-limited demand to remember
     no_car: bool
 
@@ -129,26 +131,29 @@ def _last_command(c: ChargerInput, mem: ChargerMemory | None) -> float:
     return mem.current_a
 
 
-def _charger_limit(c: ChargerInput) -> tuple[float, str, str]:
+def _charger_limit(c: ChargerInput) -> tuple[float, Reason, Reason]:
     """The smaller of the charger's maximum and its cap: (value, reason, reason when below min)."""
     below = f" < min {_fmt(c.min_current_a)} A"
     if c.cap_a is not None and c.cap_a < c.max_current_a:
         cap_a = max(0.0, c.cap_a)
-        reason = c.cap_reason or f"cap {_fmt(cap_a)} A"
-        return cap_a, reason, reason if cap_a <= 0 else f"{reason}: {_fmt(cap_a)} A{below}"
+        text = c.cap_reason or f"cap {_fmt(cap_a)} A"
+        paused = text if cap_a <= 0 else f"{text}: {_fmt(cap_a)} A{below}"
+        return cap_a, Reason(Why.CAP, text, text), Reason(Why.BELOW_MINIMUM, paused, text)
     max_a = max(0.0, c.max_current_a)
     text = f"max {_fmt(max_a)} A"
     if c.max_reason:
-        return max_a, f"{c.max_reason} ({text})", f"{c.max_reason} ({text}{below})"
-    return max_a, text, text + below
+        return (max_a, Reason(Why.MAXIMUM, f"{c.max_reason} ({text})", c.max_reason),
+                Reason(Why.BELOW_MINIMUM, f"{c.max_reason} ({text}{below})", c.max_reason))
+    return max_a, Reason(Why.MAXIMUM, text), Reason(Why.BELOW_MINIMUM, text + below)
 
 
 def _prepare(c: ChargerInput, mem: ChargerMemory | None, settings: Settings, now_s: float) -> _Prepared:
     """Decide what the charger alone allows: 0 with a reason, or an upper bound with a reason."""
     last_a = _last_command(c, mem)
     if c.state is None or c.state in (IecState.A, IecState.E, IecState.F):
-        reason = "no car" if c.state is IecState.A else "state unknown" if c.state is None \
-            else f"error state {c.state.value}"
+        reason = Reason(Why.NO_CAR, "no car") if c.state is IecState.A else \
+            Reason(Why.STATE_UNKNOWN, "state unknown") if c.state is None else \
+            Reason(Why.ERROR_STATE, f"error state {c.state.value}", c.state.value)
         return _Prepared(last_a, Command(0.0, reason), None, None, no_car=True)
     limit_a, limit_reason, below_min_reason = _charger_limit(c)
     if limit_a < c.min_current_a - _EPS:
@@ -157,15 +162,16 @@ def _prepare(c: ChargerInput, mem: ChargerMemory | None, settings: Settings, now
         left_s = mem.paused_since_s + settings.min_pause_s - now_s
         if left_s > 0:
             left_s = min(left_s, settings.min_pause_s)
-            return _Prepared(last_a, Command(0.0, f"min pause ({math.ceil(left_s)} s left)"), None, None, False)
+            pause = Reason(Why.MIN_PAUSE, f"min pause ({math.ceil(left_s)} s left)")
+            return _Prepared(last_a, Command(0.0, pause), None, None, False)
     demand_a, demand_reason = _demand(c, mem, settings, now_s)
     ramp_a = max(last_a + settings.increase_step_a, c.min_current_a)  # a start may go straight to min
     if last_a < RUNNING_A:
-        ramp = (ramp_a, f"starting at min {_fmt(c.min_current_a)} A")
+        ramp = (ramp_a, Reason(Why.STARTING, f"starting at min {_fmt(c.min_current_a)} A"))
     else:
-        ramp = (ramp_a, f"ramp +{_fmt(settings.increase_step_a)} A/cycle")
+        ramp = (ramp_a, Reason(Why.RAMP, f"ramp +{_fmt(settings.increase_step_a)} A/cycle"))
     terms = [(limit_a, limit_reason)]
-    if demand_a is not None:
+    if demand_a is not None and demand_reason is not None:
         terms.append((demand_a, demand_reason))
     terms.append(ramp)
     upper = min(terms, key=lambda t: t[0])  # first of equals wins: max/cap before demand before ramp
@@ -173,12 +179,14 @@ def _prepare(c: ChargerInput, mem: ChargerMemory | None, settings: Settings, now
     return _Prepared(last_a, None, upper, learned, no_car=False)
 
 
-def _demand(c: ChargerInput, mem: ChargerMemory | None, settings: Settings, now_s: float) -> tuple[float | None, str]:
+def _demand(c: ChargerInput, mem: ChargerMemory | None, settings: Settings,
+            now_s: float) -> tuple[float | None, Reason | None]:
     """What the car can use: None = its maximum. See the module docstring for the hysteresis."""
     if c.state is IecState.B:
-        return c.min_current_a, f"car connected, not charging: min {_fmt(c.min_current_a)} A offered"
+        text = f"car connected, not charging: min {_fmt(c.min_current_a)} A offered"
+        return c.min_current_a, Reason(Why.CAR_CONNECTED, text)
     if mem is None or mem.offline or mem.current_a < RUNNING_A:
-        return None, ""
+        return None, None
     given_a = mem.current_a
     draw_a = c.draw_a
     hysteresis_a = settings.hysteresis_a
@@ -189,8 +197,8 @@ def _demand(c: ChargerInput, mem: ChargerMemory | None, settings: Settings, now_
     elif draw_a < given_a - hysteresis_a and settled:
         learned = max(c.min_current_a, draw_a + hysteresis_a)
     if learned is None:
-        return None, ""
-    return learned, f"car draws {_fmt(draw_a)} A"
+        return None, None
+    return learned, Reason(Why.CAR_DRAWS_LESS, f"car draws {_fmt(draw_a)} A")
 
 
 # ---- sharing -----------------------------------------------------------------------------------
@@ -235,7 +243,7 @@ def _admit(cands: Sequence[_Candidate], constraints: Sequence[Constraint],
 
 
 def _fill(admitted: Sequence[_Candidate], constraints: Sequence[Constraint],
-          usage: list[float]) -> dict[str, tuple[float, str]]:
+          usage: list[float]) -> dict[str, tuple[float, Reason]]:
     """Raise all admitted candidates together from their minimum (progressive filling).
 
     Each round raises every active candidate by the largest amount that keeps all constraints and
@@ -243,7 +251,7 @@ def _fill(admitted: Sequence[_Candidate], constraints: Sequence[Constraint],
     tight. Every round freezes at least one candidate, so there are at most len(admitted) rounds.
     """
     current = {c.charger.id: c.min_a for c in admitted}
-    reasons: dict[str, str] = {}
+    reasons: dict[str, Reason] = {}
     active = []
     for c in admitted:
         if c.upper_a - c.min_a > _EPS:
@@ -275,11 +283,11 @@ def _fill(admitted: Sequence[_Candidate], constraints: Sequence[Constraint],
             if c.upper_a - current[cid] <= _EPS:
                 reasons[cid] = c.upper_reason
             elif (hit := next((k for k in tight if c.coeffs[k] > 0), None)) is not None:
-                reasons[cid] = constraints[hit].name
+                reasons[cid] = _limit_reason(constraints[hit])
             else:
                 still.append(c)
         active = still
-    out: dict[str, tuple[float, str]] = {}
+    out: dict[str, tuple[float, Reason]] = {}
     for c in admitted:
         cid = c.charger.id
         out[cid] = (min(current[cid], c.upper_a), reasons[cid])
@@ -295,7 +303,7 @@ def _round_down(value_a: float, min_a: float) -> float:
     return max(rounded, min_a) if value_a >= min_a - _EPS else rounded
 
 
-def _enforce(cands: Mapping[str, _Candidate], result: dict[str, tuple[float, str]],
+def _enforce(cands: Mapping[str, _Candidate], result: dict[str, tuple[float, Reason]],
              constraints: Sequence[Constraint], preference: Sequence[str]) -> set[int]:
     """Safety net: reduce or pause the least preferred chargers until every constraint holds.
 
@@ -323,12 +331,16 @@ def _enforce(cands: Mapping[str, _Candidate], result: dict[str, tuple[float, str
         if reduced < cand.min_a - _EPS:
             result[cid] = (0.0, _pause_reason(constraints[k], cand.min_a))
         else:
-            result[cid] = (min(reduced, result[cid][0] - RESOLUTION_A), constraints[k].name)
+            result[cid] = (min(reduced, result[cid][0] - RESOLUTION_A), _limit_reason(constraints[k]))
     raise RuntimeError("allocation safety net did not converge")  # cannot happen: every step reduces
 
 
-def _pause_reason(con: Constraint, min_a: float) -> str:
-    return f"paused: {con.name} (min {_fmt(min_a)} A not available)"
+def _pause_reason(con: Constraint, min_a: float) -> Reason:
+    return Reason(Why.PAUSED, f"paused: {con.name} (min {_fmt(min_a)} A not available)", con.name)
+
+
+def _limit_reason(con: Constraint) -> Reason:
+    return Reason(Why.SITE_LIMIT, con.name, con.name)
 
 
 # ---- memory ------------------------------------------------------------------------------------
@@ -388,7 +400,8 @@ def allocate(site: SiteInput, chargers: Sequence[ChargerInput], settings: Settin
     for c in ordered:
         prev = state.chargers.get(c.id)
         if not c.online:
-            commands[c.id] = Command(0.0, f"offline: reserving {c.reserved_reason or _fmt(c.reserved_a) + ' A'}")
+            text = f"offline: reserving {c.reserved_reason or _fmt(c.reserved_a) + ' A'}"
+            commands[c.id] = Command(0.0, Reason(Why.OFFLINE, text))
             continue
         prep = _prepare(c, prev, settings, now_s)
         preps[c.id] = prep
@@ -400,7 +413,7 @@ def allocate(site: SiteInput, chargers: Sequence[ChargerInput], settings: Settin
                                  coefficients(c, site, layout), _order_key(c, prep, prev))
 
     usage = [0.0] * len(constraints)
-    result: dict[str, tuple[float, str]] = {}
+    result: dict[str, tuple[float, Reason]] = {}
     limiting: set[int] = set()
     preference: list[str] = []  # most preferred first, across priority classes
     for priority in sorted({cand.charger.priority for cand in cands.values()}, reverse=True):
@@ -424,8 +437,8 @@ def allocate(site: SiteInput, chargers: Sequence[ChargerInput], settings: Settin
     names = {con.name: k for k, con in enumerate(constraints)}
     for cid, (current_a, reason) in result.items():
         commands[cid] = Command(current_a, reason)
-        if reason in names:
-            limiting.add(names[reason])
+        if reason.kind is Why.SITE_LIMIT:
+            limiting.add(names[reason.subject])
 
     memory = {c.id: _remember(c, preps.get(c.id), state.chargers.get(c.id), commands[c.id].current_a, now_s)
               for c in ordered}

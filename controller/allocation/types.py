@@ -11,6 +11,7 @@ controller.allocation, which re-exports them.
 
 from __future__ import annotations
 
+import enum
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -105,6 +106,9 @@ class SiteInput:
     unbalanced_limit_a: float | None = None
     failsafe_limit_w: float = 4200.0  # chargers' total power while failsafe_reason is set
     failsafe_reason: str | None = None  # e.g. "grid meter M1 stale (7.0 s)"
+    #: What caused the fail-safe, each the same from cycle to cycle (no ages, no values), so
+    #: that a record notes a change of cause and not every cycle's new age.
+    failsafe_causes: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.voltage_v <= 0:
@@ -158,10 +162,47 @@ class AllocationState:
     chargers: Mapping[str, ChargerMemory] = field(default_factory=dict)  # empty on the first cycle
 
 
+class Why(str, enum.Enum):
+    """What decided a charger's current this cycle: the kind of a :class:`Reason`."""
+
+    NO_CAR = "no car"
+    STATE_UNKNOWN = "state unknown"
+    ERROR_STATE = "error state"
+    OFFLINE = "offline"  # silent: nothing written, its assumed draw reserved
+    MAXIMUM = "maximum"  # its max_current_a (or the fail-safe value standing in for it)
+    CAP = "cap"  # a rule or an override
+    BELOW_MINIMUM = "below minimum"  # its maximum or cap is below its minimum: paused
+    MIN_PAUSE = "min pause"
+    CAR_CONNECTED = "car connected"  # state B: offered its minimum only
+    CAR_DRAWS_LESS = "car draws less"
+    STARTING = "starting"
+    RAMP = "ramp"
+    SITE_LIMIT = "site limit"  # a fuse, power or imbalance limit of the site
+    PAUSED = "paused"  # a site limit could not give even its minimum
+    HELD = "held back"  # the writer did not write its increase this cycle
+
+
+@dataclass(frozen=True)
+class Reason:
+    """Why a charger got what it got: a kind for code, a text for people.
+
+    Code decides on ``kind`` and ``subject`` (what it is about, the same from cycle to cycle:
+    a site limit's name such as ``fuse L1``, a rule's name); only the edges (``lreason`` in the
+    API, the logs, the status view) show ``text``, which carries the numbers of this cycle.
+    """
+
+    kind: Why
+    text: str
+    subject: str = ""
+
+    def __str__(self) -> str:
+        return self.text
+
+
 @dataclass(frozen=True)
 class Command:
     current_a: float  # 0 or within [min_current_a, max]
-    reason: str  # why it got what it got
+    reason: Reason  # why it got what it got
 
 
 @dataclass(frozen=True)

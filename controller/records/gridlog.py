@@ -40,7 +40,7 @@ and the observer that fills it:
   ``variable`` (one row per added, changed or deleted variable; ``None`` = absent; source as
   given to ``set_many``, e.g. ``lan:192.168.1.5``), ``limit`` (``grid_limit_w`` or
   ``chargers_limit_w`` in force changed; source ``loop``), ``failsafe`` (entered, left, or its
-  reason changed other than by a number, e.g. an age; ``None`` = not in fail-safe; source
+  causes changed (an age that grows is no new cause); ``None`` = not in fail-safe; source
   ``loop``), ``gap`` (where the record is incomplete: ``new`` = ``{"dropped": n, "first_ts",
   "last_ts"}`` for rows lost to a full queue, or ``{"set_aside": file name, "label", "why"}``
   when the earlier record is in a file kept aside; source ``gridlog``).
@@ -55,7 +55,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import re
 import sqlite3
 import threading
 import time
@@ -623,14 +622,7 @@ class StatusSource(Protocol):
 
 
 LIMIT_NAMES = ("grid_limit_w", "chargers_limit_w")
-_NUMBER = re.compile(r"[-+]?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?")
 _UNSET = object()
-
-
-def _reason_shape(reason: str) -> str:
-    """A fail-safe reason without its numbers: "stale (7.0 s)" and "stale (8.0 s)" are the same
-    reason, so an age growing every cycle is not a new row every cycle."""
-    return _NUMBER.sub("#", reason)
 
 
 def input_state(device: DeviceStatus) -> bool | None:
@@ -658,6 +650,7 @@ class GridSignalRecorder:
         self._inputs: dict[str, bool | None] = {}
         self._limits: dict[str, float | None] = {}
         self._failsafe: str | None = None
+        self._failsafe_causes: tuple[str, ...] = ()
 
     def attach(self, store: VariableStore, loop: StatusSource) -> None:
         """Record the variables in force (source ``start``) and listen to the store and loop."""
@@ -700,7 +693,7 @@ class GridSignalRecorder:
                 self._log.record("limit", name, None if first else self._limits.get(name), value,
                                  "start" if first else "loop", power, ts=ts)
                 self._limits[name] = value
-        self._check_failsafe(status.failsafe, first, ts, power)
+        self._check_failsafe(status.failsafe, status.failsafe_causes, first, ts, power)
 
     def _limit_changed(self, name: str, value: float | None) -> bool:
         last = self._limits.get(name)
@@ -708,16 +701,17 @@ class GridSignalRecorder:
             return True
         return last is not None and value is not None and abs(value - last) >= self._resolution_w
 
-    def _check_failsafe(self, reason: str | None, first: bool, ts: float, power: float | None) -> None:
+    def _check_failsafe(self, reason: str | None, causes: tuple[str, ...], first: bool, ts: float,
+                        power: float | None) -> None:
+        """A row when the fail-safe starts, ends or changes cause (not when only an age grows)."""
         last = self._failsafe
         if first:
             self._log.record("failsafe", "failsafe", None, reason, "start", power, ts=ts)
-        elif (last is None) != (reason is None) or (
-                last is not None and reason is not None and _reason_shape(last) != _reason_shape(reason)):
+        elif (last is None) != (reason is None) or causes != self._failsafe_causes:
             self._log.record("failsafe", "failsafe", last, reason, "loop", power, ts=ts)
         else:
             return
-        self._failsafe = reason
+        self._failsafe, self._failsafe_causes = reason, causes
 
 
 def _changed_names(old: Any, new: Any) -> list[str]:

@@ -111,12 +111,12 @@ def test_a_silent_box_keeps_its_last_limit_until_its_own_watchdog_falls_back(
     during = cycles(service, clock, 4)  # offline after stale_s (3 s); its own watchdog ends at 13 s
     e1 = during[-1].charger("E1")
     assert not e1.device.online
-    assert f"offline: reserving {e1_limit:g} A as last given until its watchdog falls back" in e1.reason, e1.reason
+    assert f"offline: reserving {e1_limit:g} A as last given until its watchdog falls back" in e1.reason.text, e1.reason
     assert site.wallbox("E1").failsafe_active is False  # the box itself still charges at its limit
     assert max(s.charger("E2").command_a for s in during) <= before.charger("E2").command_a + 0.01
     after = cycles(service, clock, 6)  # fallen back to 6 A at 13 s; from 15 s (the margin) E2 may rise
     assert site.wallbox("E1").failsafe_active
-    assert "6 A fail-safe (its watchdog has fallen back)" in after[-1].charger("E1").reason
+    assert "6 A fail-safe (its watchdog has fallen back)" in after[-1].charger("E1").reason.text
     assert after[-1].charger("E2").command_a > before.charger("E2").command_a
     assert watch.violations(FUSE_A, IMBALANCE_A) == []
     assert max(watch.peak()) <= FUSE_A + 0.5
@@ -156,5 +156,5 @@ def test_an_increase_held_back_by_a_failed_decrease_says_why(clock: FakeClock, s
     e1, e2 = status.charger("E1"), status.charger("E2")
     assert e1.command_a == 6 and e1.written_a == before.charger("E1").written_a
     assert e2.command_a > e2_before and e2.written_a == e2_before
-    assert e2.reason.startswith("waiting for E1 to lower"), e2.reason
+    assert e2.reason.text.startswith("waiting for E1 to lower"), e2.reason
     assert watch.violations(FUSE_A, IMBALANCE_A) == []

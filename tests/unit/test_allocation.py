@@ -16,8 +16,10 @@ from controller.allocation import (
     AllocationState,
     ChargerInput,
     ChargerMemory,
+    Reason,
     Settings,
     SiteInput,
+    Why,
     allocate,
 )
 from hal.types import IecState
@@ -202,7 +204,7 @@ def drawing_what_it_got(c: ChargerInput, memory: dict[str, ChargerMemory]) -> Ch
 def test_table(row: Row) -> None:
     chargers = [drawing_what_it_got(c, row.memory) for c in row.chargers]
     result = allocate(row.site, chargers, Settings(), AllocationState(row.memory), row.now_s)
-    got = {cid: (cmd.current_a, cmd.reason) for cid, cmd in result.commands.items()}
+    got = {cid: (cmd.current_a, str(cmd.reason)) for cid, cmd in result.commands.items()}
     assert set(got) == {c.id for c in row.chargers}
     for cid, (current_a, reason_part) in row.expect.items():
         assert got[cid][0] == pytest.approx(current_a, abs=1e-9), got
@@ -218,7 +220,7 @@ def test_headroom_limiting_and_power_headroom() -> None:
     result = allocate(s, chargers, Settings(), AllocationState({"E1": mem(10)}), 0.0)
     assert result.headroom_a == (10.0, 16.0, 10.0)  # L1: 6 A others; L3: 6 A reserved for E2
     assert result.power_headroom_w == pytest.approx(9000.0 - 6 * 230.0)
-    assert result.commands["E1"] == result.commands["E1"].__class__(10.0, "fuse L1")
+    assert (result.commands["E1"].current_a, str(result.commands["E1"].reason)) == (10.0, "fuse L1")
     assert result.limiting == ("fuse L1",)
 
 
@@ -273,7 +275,7 @@ def test_memory_of_an_offline_charger_keeps_its_pause_timer() -> None:
     assert result.state.chargers["E1"].offline
     assert result.state.chargers["E1"].paused_since_s == 100.0
     back = allocate(site(), [ch()], Settings(), result.state, 120.0)
-    assert back.commands["E1"].reason == "min pause (40 s left)"
+    assert back.commands["E1"].reason.text == "min pause (40 s left)"
 
 
 # ---- scenarios over many cycles ------------------------------------------------------------
@@ -337,7 +339,7 @@ def test_draw_limited_car_frees_current_without_oscillation() -> None:
         sim.step()
     e1, e2 = sim.currents("E1"), sim.currents("E2")
     assert e1[-1] == pytest.approx(11.5) and e2[-1] == pytest.approx(20.5)
-    assert "car draws 10 A" in sim.history[-1].commands["E1"].reason
+    assert "car draws 10 A" in sim.history[-1].commands["E1"].reason.text
     assert len(set(e1[-90:])) == 1 and len(set(e2[-90:])) == 1  # settled, no oscillation
     assert all(a + b <= 32 + 1e-9 for a, b in zip(e1, e2, strict=True))
 
@@ -375,21 +377,23 @@ def test_shortage_pause_lasts_min_pause() -> None:
         sim.step()
     sim.site = site(main_fuse_a=4.0)
     paused = sim.step()
-    assert paused.commands["E1"] == paused.commands["E1"].__class__(0.0, "paused: fuse L1 (min 6 A not available)")
+    assert paused.commands["E1"].current_a == 0.0
+    assert paused.commands["E1"].reason == Reason(Why.PAUSED, "paused: fuse L1 (min 6 A not available)", "fuse L1")
     sim.site = site(main_fuse_a=32.0)
     for _ in range(59):
         assert sim.step().commands["E1"].current_a == 0
-    assert sim.history[-1].commands["E1"].reason == "min pause (1 s left)"
-    assert sim.step().commands["E1"] == paused.commands["E1"].__class__(6.0, "starting at min 6 A")
+    assert sim.history[-1].commands["E1"].reason.text == "min pause (1 s left)"
+    started = sim.step().commands["E1"]
+    assert (started.current_a, started.reason.kind, str(started.reason)) == (6.0, Why.STARTING, "starting at min 6 A")
 
 
 def test_rule_pause_also_starts_the_timer() -> None:
     sim = Sim(site(), {"E1": ch()}, {"E1": Car()})
     for _ in range(5):
         sim.step()
-    assert sim.step(E1=ch(cap=0.0, cap_reason='rule "tariff"')).commands["E1"].reason == 'rule "tariff"'
+    assert sim.step(E1=ch(cap=0.0, cap_reason='rule "tariff"')).commands["E1"].reason.text == 'rule "tariff"'
     resumed = sim.step(E1=ch())
-    assert resumed.commands["E1"].current_a == 0 and resumed.commands["E1"].reason.startswith("min pause")
+    assert resumed.commands["E1"].current_a == 0 and resumed.commands["E1"].reason.text.startswith("min pause")
 
 
 def test_unplugging_clears_the_timer_so_a_new_car_starts_at_once() -> None:
@@ -397,7 +401,7 @@ def test_unplugging_clears_the_timer_so_a_new_car_starts_at_once() -> None:
     for _ in range(5):
         sim.step()
     sim.step(E1=ch(cap=0.0, cap_reason="override"))  # paused: timer runs
-    assert sim.step(E1=ch(state=A)).commands["E1"].reason == "no car"
+    assert sim.step(E1=ch(state=A)).commands["E1"].reason.text == "no car"
     assert sim.step(E1=ch(state=C)).commands["E1"].current_a == 6
 
 
@@ -452,7 +456,7 @@ def test_rounding_never_widens_an_imbalance() -> None:
     result = allocate(s, chargers, Settings(), AllocationState({"E1": mem(32), "E2": mem(7.25)}), 0.0)
     assert result.commands["E2"].current_a == 7.2
     assert result.commands["E1"].current_a == 17.2
-    assert result.commands["E1"].reason == "phase imbalance L1-L2"
+    assert result.commands["E1"].reason.text == "phase imbalance L1-L2"
     assert "phase imbalance L1-L2" in result.limiting
 
 

@@ -184,7 +184,7 @@ def check_each(chargers: list[ChargerInput], result: Allocation) -> None:
     assert set(result.commands) == {c.id for c in chargers}
     for c in chargers:
         command = result.commands[c.id]
-        assert command.reason.strip(), c.id
+        assert command.reason.text.strip(), c.id
         if not c.online or c.state not in CAR_PRESENT:
             assert command.current_a == 0
             continue

@@ -100,3 +100,19 @@ def test_every_charger_as_allocate_sees_it() -> None:
     assert e1.online and e1.drawn_a == (10.0, 10.0, 10.0) and e1.reserved_a == 0.0
     assert not e3.online and e3.phase == 1 and e3.reserved_a == 12.0  # no watchdog: its last limit
     assert e3.reserved_reason == "12 A as last given (it has no watchdog)"
+
+
+def test_the_fail_safe_causes_stay_the_same_while_an_age_grows() -> None:
+    from controller.tracking import DeviceTracker
+
+    tracker: DeviceTracker[MeterReading] = DeviceTracker("M1")
+    tracker.ok(MeterReading(power_w=1.0, current_a=(1.0, 1.0, 1.0)), 100.0)
+    causes = []
+    for now in (107.0, 108.0):  # stale for 7 s, then 8 s
+        text, key = tracker.fault_text(now, 5.0), tracker.fault_key(now, 5.0)
+        site = site_input(SITE, None, text, evaluated(), key)
+        causes.append(site.failsafe_causes)
+        assert site.failsafe_reason == f"grid meter M1: stale ({now - 100:.1f} s)"
+    assert causes[0] == causes[1] == ("grid meter M1: stale",)
+    tracker.fail("no answer within 0.3 s", 109.0)
+    assert tracker.fault_key(109.0, 5.0) == "no answer within 0.3 s"  # another cause

@@ -5,6 +5,7 @@ real ``VariableStore``."""
 from __future__ import annotations
 
 import dataclasses
+import re
 import logging
 import os
 import sqlite3
@@ -316,9 +317,11 @@ def input_status(id: str, active: bool | None, online: bool = True) -> DeviceSta
 def status(t: float, *, power: float | None = 1000.0, inputs: tuple[DeviceStatus, ...] = (),
            grid: float | None = 55000.0, chargers: float | None = None,
            failsafe: str | None = None) -> Status:
+    # As the loop gives them: a stale meter's cause is "stale", whatever its age.
+    causes = (re.sub(r"stale \(.*\)$", "stale", failsafe),) if failsafe else ()
     return dataclasses.replace(EMPTY_STATUS, cycle_count=int(t), wall_time=T0 + t,
                                grid_power_w=power, inputs=inputs, grid_limit_w=grid,
-                               chargers_limit_w=chargers, failsafe=failsafe)
+                               chargers_limit_w=chargers, failsafe=failsafe, failsafe_causes=causes)
 
 
 @pytest.fixture()

@@ -102,7 +102,7 @@ def test_memory_boxes_share_the_fuse_like_any_charger(memory_driver: None) -> No
         service.close()
     assert BOXES["E1"].limit_a == BOXES["E2"].limit_a == 10.0  # 20 A fuse, equal share
     e1 = status.charger("E1")
-    assert e1.device.address == "memory slot a" and e1.device.online and e1.reason == "fuse L1"
+    assert e1.device.address == "memory slot a" and e1.device.online and str(e1.reason) == "fuse L1"
     assert BOXES["E1"].setups == [(cfg.site.watchdog_s, cfg.chargers["E1"].failsafe_current_a)]
     kw = next(v for v in status.variables if v.name == "E1_KW")
     assert kw.value == pytest.approx(3 * 230 * 10 / 1000)  # formulas read the new box's values
