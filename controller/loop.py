@@ -366,5 +366,5 @@ class ControlLoop:
         return out
 
     def write_failsafe(self) -> None:
-        """On stop: leave each charger at no more than its fail-safe current (SPEC §4, SIGTERM)."""
+        """On stop: leave each charger at no more than its fail-safe current (docs/configuration.md, SIGTERM)."""
         self.writer.write_failsafe()

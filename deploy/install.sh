@@ -225,6 +225,8 @@ install_venv() {
             || warn "pip install lgpio failed: GPIO inputs will have no value (fail-safe limits apply)"
     fi
     install -m 0644 -- "$SRC/README.md" "$OPT_DIR/README.md"
+    install -d -m 0755 -- "$OPT_DIR/docs"
+    install -m 0644 -- "$SRC"/docs/*.md "$OPT_DIR/docs/"
     install -m 0644 -- "$SRC/deploy/config.example.yaml" "$OPT_DIR/config.example.yaml"
 }
 

@@ -6,7 +6,7 @@ Whether a closed contact means "restrict" or "release" is configuration, never c
 An edge calls ``on_edge`` at once (from gpiozero's thread) so the control loop can run a cycle
 immediately. A pin that cannot be opened (no pin factory on this machine, pin busy) makes the
 input unreadable: ``read()`` raises, and every formula that uses it fails to its fail-safe value,
-so a broken input restricts charging rather than releasing it (SPEC §3).
+so a broken input restricts charging rather than releasing it (docs/configuration.md).
 
 Pin factory: gpiozero's default order already tries lgpio first, which is what a Raspberry Pi 5
 needs; tests set ``GPIOZERO_PIN_FACTORY=mock`` or pass a MockFactory.

@@ -1,7 +1,7 @@
 """Values and interfaces shared by the hardware layer and the controller.
 
 The controller sees meters, chargers and inputs only through the small protocols at the end of
-this file (ARCHITECTURE.md: "interfaces, not protocols"). A Modbus profile device is one
+this file (docs/architecture.md: "interfaces, not protocols"). A Modbus profile device is one
 implementation; an OCPP-connected wallbox will be another, with no change to ``controller/``.
 Readings are frozen dataclasses so that a snapshot handed to the pure allocation code can never
 be changed behind its back.

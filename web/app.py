@@ -8,7 +8,7 @@ refusal is ``{"error": "..."}`` with 400/401/403/404/405/413/429, or 503 for a g
 cannot be read now (``web.errors``); an unexpected exception is a 500 with the traceback in the
 log, never for bad input.
 
-Decisions where SPEC §2 is silent (also in README's API section):
+Decisions where the cFos documentation is silent (also in docs/api.md):
 
 - A command is picked by ``cmd`` whatever the method (GET or POST), because cFos clients and the
   cFos MQTT bridge send either. ``set_cm_vars`` takes its variables from the JSON body when there
@@ -158,7 +158,7 @@ class Api:
     # ---- variables ------------------------------------------------------------------------
     def set_cm_vars(self, principal: Principal) -> Response:
         clear, tmp = flag("clear"), flag("tmp")
-        if tmp and not principal.may(Scope.ADMIN):  # SPEC §2 lists tmp=1 among the admin calls
+        if tmp and not principal.may(Scope.ADMIN):  # docs/api.md lists tmp=1 among the admin calls
             raise ApiError(403, "tmp=1 needs the 'admin' function, which this "
                                 f"{self.listener} client does not have (smgw.functions)")
         items = vars_to_set(request.get_data(cache=True), clear=clear)

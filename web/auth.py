@@ -1,7 +1,7 @@
 """Who may call the API, and what: HTTP basic auth on the LAN, client certificates on the SMGW.
 
 Owns the ``Authenticator`` protocol the app calls once per request, its two implementations and
-the per-address throttle of failed logins (SPEC §1.4, §1.6, §2; issue #3 item 3):
+the per-address throttle of failed logins (docs/api.md):
 
 - ``BasicAuth`` (LAN): the admin user and its password, given in the config as plain text or as a
   werkzeug hash (``hash_password`` makes one for ``gridcharge hash-password``). User name and

@@ -1,9 +1,9 @@
-"""``get_dev_info``: the published ``Status`` in the shape and units of the cFos call (SPEC §2).
+"""``get_dev_info``: the published ``Status`` in the shape and units of the cFos call (docs/api.md).
 
 Pure: a ``Status`` in, a JSON-ready dict out. Units are cFos units: currents in mA (integers),
 power in W, energy in Wh, voltage in V, times in ms or s as named.
 
-Decisions the spec left open (also in README's API section):
+Decisions where the cFos documentation is silent (also in docs/api.md):
 
 - ``params.max_total_current`` (mA) is the per-phase current the main fuse leaves for the
   chargers this cycle: the lowest of the three phases of ``Status.headroom_a`` (fuse minus the
@@ -16,7 +16,7 @@ Decisions the spec left open (also in README's API section):
 - ``name`` is the device id (the config has no display names), ``dev_type`` is ``evse_<model>``,
   ``meter_<model>`` or ``input_<model>``, ``model`` is the profile name.
 - ``last_set_charging_cur`` is -1 before the first write (the cFos convention).
-- Extras of ours, beside those SPEC §2 lists: params ``power_headroom_w``, ``grid_power_w``,
+- Extras of ours, beside those docs/api.md lists: params ``power_headroom_w``, ``grid_power_w``,
   ``limiting``, ``faults``, ``failed_cycles``, ``time`` (unix, as cFos); per device ``age_s``
   (seconds since the last good reading); per charger ``used_phases`` (cFos bitmask L1=1 L2=2
   L3=4), ``override_cur`` (mA or null) and ``assigned_cur`` (mA, what the allocation decided),

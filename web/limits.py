@@ -1,6 +1,6 @@
 """How much each HTTP listener may take: deadlines, connection caps, workers and sizes.
 
-The numbers and why (the README's "Listener limits" has the operator's view):
+The numbers and why (docs/api.md, "Listener limits", has the operator's view):
 
 - Every phase of a connection has a deadline for the *whole* phase, not per received byte, so a
   client trickling one byte a second cannot hold a connection longer than a silent one: the TLS

@@ -1,6 +1,6 @@
-"""Load allocation: how much current each charger may draw this cycle (SPEC §5, §6).
+"""Load allocation: how much current each charger may draw this cycle (docs/load-management.md).
 
-This module owns the pure function :func:`allocate` (ARCHITECTURE.md: "allocate() is pure"): it
+This module owns the pure function :func:`allocate` (docs/architecture.md: "allocate() is pure"): it
 gets one immutable snapshot of the site and the chargers, the previous cycle's memory and the time,
 and returns one command per charger, each with the reason it got what it got, plus the memory for
 the next cycle. No I/O, no clock reads, no logging, no randomness: the same input gives the same
@@ -36,8 +36,8 @@ How a cycle is decided
    if a 1-phase charger on a lighter phase was lowered below its draw (it then relieves an
    imbalance by less than its measured draw, which the imbalance bounds counted on).
 
-Choices the brief left open (documented here, tested in tests/unit/test_allocation.py)
-=======================================================================================
+Choices made here (tested in tests/unit/test_allocation.py)
+===========================================================
 * Offline chargers get command 0 (the loop does not write to them) with reason "offline: reserving
   ..." and the loop's reason for the current it reserves (``ChargerInput.reserved_a``, worked out
   in controller/allocation/assumed_draw.py). Their memory keeps the pause timer; on return the measured draw

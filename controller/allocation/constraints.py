@@ -1,4 +1,4 @@
-"""Site limits as linear constraints on the chargers' commands (SPEC §5; step 1 of allocate()).
+"""Site limits as linear constraints on the chargers' commands (docs/load-management.md; step 1 of allocate()).
 
 This module owns turning one :class:`SiteInput` snapshot and the chargers into
 :class:`SiteConstraints`: a list of named bounds ``sum of coefficient_i x x_i <= bound`` on the

@@ -44,7 +44,7 @@ class ChargerInput:
     phases: int  # 1 or 3
     phase: int = 0  # 0, 1, 2 = L1, L2, L3: the site phase of a 1-phase charger (ignored for 3)
     min_current_a: float = 6.0  # IEC 61851
-    max_current_a: float  # in force this cycle (the loop substitutes the §3 fail-safe value)
+    max_current_a: float  # in force this cycle (the loop substitutes the configured fail-safe value)
     max_reason: str | None = None  # set when the loop substituted, e.g. "max formula error: ..."
     priority: int = 0  # higher first
     online: bool  # read OK and fresh

@@ -1,4 +1,4 @@
-"""The configuration file (SPEC §4): the entry points that read, validate and warn.
+"""The configuration file (docs/configuration.md): the entry points that read, validate and warn.
 
 ``load_config()`` reads ``/etc/gridcharge/config.yaml``, ``parse_config()`` validates a dict, and
 ``config_warnings()`` lists what is odd but usable: what only the target machine has (serial

@@ -1,4 +1,4 @@
-"""The configuration's schema (SPEC §4): field types, frozen section models and ``Config``.
+"""The configuration's schema (docs/configuration.md): field types, frozen section models and ``Config``.
 
 This module owns what one field or one section may hold: strict types (``5`` is a number, ``"5"``
 and ``true`` are not), ranges, host names, listen addresses, formula strings checked by
@@ -49,7 +49,7 @@ HOSTNAME_RE = re.compile(rf"(?=.{{1,253}}$){_LABEL}(?:\.{_LABEL})*")
 IEC_MIN_CURRENT_A = 6.0  # IEC 61851-1: the lowest current a pilot signal can offer
 #: The most ``max_variables`` may allow. Every variable is evaluated every cycle: 5000 typical
 #: formulas take ~41 ms per cycle on the development machine and a Pi is several times slower,
-#: so more would eat into a 1 s cycle (``tests/bench/bench_variables.py``, README).
+#: so more would eat into a 1 s cycle (``tests/bench/bench_variables.py``, docs/performance.md).
 MAX_VARIABLES_LIMIT = 5000
 MAX_CURRENT_A = 80.0  # IEC 61851-1 AC charging tops out at 80 A
 
@@ -120,7 +120,7 @@ Listen = Annotated[str, Strict(), AfterValidator(_listen)]
 
 
 def _formula_value(value: Any, *, allow_bool: bool, non_negative: bool) -> Any:
-    """A number or a formula string, checked by ``controller.formulas`` (SPEC §3).
+    """A number or a formula string, checked by ``controller.formulas`` (docs/configuration.md).
 
     Kept as given: the control loop compiles it once at start. FormulaError is a ValueError, so
     pydantic reports it at the field's path.
@@ -163,7 +163,7 @@ FormulaLike = Union[float, str]
 LimitFormula = Annotated[FormulaLike, PlainValidator(_limit, json_schema_input_type=FormulaLike)]
 ConditionLike = Union[bool, float, str]
 ConditionFormula = Annotated[ConditionLike, PlainValidator(_condition, json_schema_input_type=ConditionLike)]
-VariableValue = ConditionFormula  # SPEC §2: a variable is a number, a boolean or a formula
+VariableValue = ConditionFormula  # docs/api.md: a variable is a number, a boolean or a formula
 
 
 MaxVariables = Annotated[int, Strict(), Field(ge=1, le=MAX_VARIABLES_LIMIT)]
@@ -177,7 +177,7 @@ class _Strict(BaseModel):
 
 
 class Site(_Strict):
-    """The grid connection and the control loop's timing (SPEC §4, §5, §6)."""
+    """The grid connection and the control loop's timing (docs/configuration.md, docs/load-management.md)."""
 
     voltage_v: Num = Field(230.0, ge=100, le=260)
     main_fuse_a: Num = Field(gt=0, le=4000)
@@ -233,7 +233,7 @@ SmgwFunction = Literal["vars", "status", "admin", "ocpp"]
 
 
 class Smgw(_Listener):
-    """The smart meter gateway's CLS channel: HTTPS with a client certificate (SPEC §1.4)."""
+    """The smart meter gateway's CLS channel: HTTPS with a client certificate (docs/api.md)."""
 
     listen: Listen = "0.0.0.0:8443"
     cert: AbsPath
@@ -459,7 +459,7 @@ InputConfig = Annotated[
 
 
 class Rule(_Strict):
-    """A charging rule (SPEC §5): while ``when`` holds, cap the chargers it names."""
+    """A charging rule (docs/load-management.md): while ``when`` holds, cap the chargers it names."""
 
     name: Annotated[str, Strict(), Field(min_length=1, max_length=100)]
     chargers: tuple[Text, ...] | None = None  # None: all chargers

@@ -1,6 +1,6 @@
 """cFos syntax: the tokenizer that turns a formula as the user wrote it into Python text.
 
-Owns the first stage of a formula's life (SPEC §3): cFos operators (``c ? a : b``, ``&&``,
+Owns the first stage of a formula's life (docs/configuration.md): cFos operators (``c ? a : b``, ``&&``,
 ``||``, ``!``, ``^``) are translated to Python so that formulas written for the cFos Charging
 Manager work unchanged, and characters the language never uses (quotes, ``;``, ``=``) are
 rejected before Python's parser sees them. Numbers are written with the ASCII digits 0-9 only:

@@ -1,6 +1,6 @@
 """Formula compiler: the allow-list check and the one-time compilation of a formula.
 
-Owns the second stage of a formula's life (SPEC §3), run at set/config time:
+Owns the second stage of a formula's life (docs/configuration.md), run at set/config time:
 
 1. **Parse** the Python text that ``cfos_syntax`` translated, with errors mapped back to the
    column the user typed.
@@ -351,7 +351,7 @@ def validate_formula(text: FormulaText) -> None:
 
 
 def check_name(name: str, reserved: Collection[str] = ()) -> None:
-    """Raise FormulaError unless ``name`` may name a variable (SPEC §3)."""
+    """Raise FormulaError unless ``name`` may name a variable (docs/configuration.md)."""
     if not isinstance(name, str) or not NAME_RE.fullmatch(name):
         raise FormulaError(f"invalid name {name!r}: a letter or '_', then up to 63 letters, "
                            "digits or '_'")

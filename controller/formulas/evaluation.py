@@ -1,4 +1,4 @@
-"""Evaluate every formula of one cycle, in dependency order, with the §3 fail-safe rules.
+"""Evaluate every formula of one cycle, in dependency order, with the fail-safe rules of docs/configuration.md#formulas.
 
 Variables first (each one's value becomes a symbol for the next), then the leaves that read
 them: the site limits, each charger's maximum and each rule's condition and value. A formula

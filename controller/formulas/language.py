@@ -1,7 +1,7 @@
 """Formulas: the small expression language of variables, site limits, charger maxima and rules.
 
 This is the language's public face (import everything from here) and owns its last stages;
-a formula's whole life (SPEC §3) is:
+a formula's whole life (docs/configuration.md) is:
 
 1. **Translate** cFos operators (``c ? a : b``, ``&&``, ``||``, ``!``, ``^``) to Python:
    ``controller.formulas.cfos_syntax``.
@@ -19,7 +19,7 @@ CI-class machine: ~1 µs for a constant, 6-25 µs for a typical formula, 50-70 �
 reads 10 symbols, under 1 ms for the largest allowed (a Pi 4 is about 5-10x slower);
 ``tests/unit/test_formulas.py::test_evaluation_cost`` prints the figures (``pytest -s``).
 
-Decisions (documented because the brief left them to this module):
+Decisions made in this module (documented so that they are not re-decided by accident):
 
 - Device tuples (``M1.current_a``) may be indexed with a constant 0, 1 or 2
   (``M1.current_a[0]`` is L1), or passed whole as the only argument of ``min``/``max``

@@ -3,7 +3,7 @@
 Device values are flat names with a dot (``M1.power_w``), exactly as ``Formula.names`` reports
 them. A device without a fresh reading maps its values to None, so every formula that reads one
 fails and takes its fail-safe value; only ``X.online`` always has a value. An input maps to 1 when
-active, 0 when not, None when unreadable (a broken wire restricts, SPEC §3).
+active, 0 when not, None when unreadable (a broken wire restricts, docs/configuration.md).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ DEVICE_VALUES: dict[str, tuple[str, ...]] = {
 
 
 def time_symbols(now: datetime) -> dict[str, Any]:
-    """``weekday`` is 0 for Monday … 6 for Sunday (Python's convention, documented in the README)."""
+    """``weekday`` is 0 for Monday … 6 for Sunday (Python's convention, documented in docs/configuration.md)."""
     return {"hour": now.hour, "minute": now.minute, "weekday": now.weekday()}
 
 

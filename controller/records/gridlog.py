@@ -1,4 +1,4 @@
-"""The grid signal log (SPEC §1 item 7): every grid signal and every change of a limit in force,
+"""The grid signal log (docs/api.md): every grid signal and every change of a limit in force,
 with time, source, old and new value and the grid power at that moment, kept at least two years
 (§14a EnWG wants this record).
 

@@ -1,4 +1,4 @@
-"""Saving the variables in the state directory and restoring them at start (SPEC §2).
+"""Saving the variables in the state directory and restoring them at start (docs/api.md).
 
 This module owns ``state_dir/variables.json``:
 
@@ -19,7 +19,7 @@ This module owns ``state_dir/variables.json``:
   ``controller.formulas.compiler.MAX_ABS_NUMBER`` set after such a value could be saved, is dropped
   with a ``log.error`` and the rest of the file is used: throwing away every saved grid signal
   for one out-of-range value would be worse.
-- **Config values and ``clear=1``.** SPEC: "``variables:`` in the config gives the starting value
+- **Config values and ``clear=1``.** The rules (docs/api.md): "``variables:`` in the config gives the starting value
   of a variable that has no saved value" and "``clear=1`` deletes every variable, those from the
   config included". A config variable missing from the file is therefore ambiguous: deleted by a
   ``clear=1``, or added to the config after the file was saved? The ``deleted`` list settles it:

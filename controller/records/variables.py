@@ -1,7 +1,7 @@
 """The variable store: named numbers and formulas shared by the control loop and the web threads.
 
 The web threads (``set_cm_vars``) change variables; the control loop reads them once per cycle.
-They meet here (SPEC §2, §3):
+They meet here (docs/api.md, docs/configuration.md):
 
 - A change is all-or-nothing: every name, every formula and the dependency order of the *resulting*
   set are checked before anything changes, so a bad POST answers 400 and leaves the old set.
@@ -97,7 +97,7 @@ def same_exprs(a: Mapping[str, Expr], b: Mapping[str, Expr]) -> bool:
 
 def normalize_expr(expr: object) -> Expr:
     """The stored form of an ``expr``: numbers and bools as they are, a string that is a number
-    as that number (SPEC §2: ``val=123`` -> ``"expr": 123``), any other string as a formula.
+    as that number (docs/api.md: ``val=123`` -> ``"expr": 123``), any other string as a formula.
 
     Raises FormulaError for NaN/Infinity, for numbers beyond ±``MAX_ABS_NUMBER`` (1e15) and for
     values that are neither numbers nor strings.
@@ -297,7 +297,7 @@ def evaluate_variables(
     Returns the (value, error) of each variable, and ``symbols`` extended with the variables'
     values for the formulas evaluated after them (site limits, charger maxima, rules): a failed
     variable is a ``NoValue`` naming its error, a variable that is ``None`` ("no limit") is
-    ``NO_LIMIT``, so that readers fail, resp. see None, as SPEC §3 wants.
+    ``NO_LIMIT``, so that readers fail, resp. see None, as docs/configuration.md wants.
     """
     results: dict[str, Result] = {}
     extended = dict(symbols)

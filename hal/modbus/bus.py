@@ -68,7 +68,7 @@ def rtu_t35_s(baudrate: int, parity: str = "N", stopbits: int = 1, bytesize: int
 
 
 def rtu_frame_bytes(function_code: int, count: int) -> tuple[int, int]:
-    """(request bytes, response bytes) of an RTU transaction (devices.md §A.5).
+    """(request bytes, response bytes) of an RTU transaction (docs/devices.md, RTU timing).
 
     ``count`` is registers for FC03/04/16, bits for FC01/02/15, ignored for FC05/06.
     """

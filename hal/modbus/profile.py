@@ -1,6 +1,6 @@
 """Device profiles: the packaged profile files and the strict YAML loader; the public face.
 
-ARCHITECTURE.md "Devices are data": every supported model is one YAML file under
+docs/architecture.md "Devices are data": every supported model is one YAML file under
 ``hal/modbus/profiles/``. This module owns that catalogue (:data:`PROFILE_NAMES`) and
 :func:`load_profile`, which reads a file (refusing duplicate keys, which PyYAML would silently
 drop) and validates it. The work is split into one job per module:

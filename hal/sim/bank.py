@@ -41,7 +41,7 @@ ILLEGAL_ADDRESS = 2
 ILLEGAL_VALUE = 3
 
 #: Setup registers whose value is a plain number but which mean something to the simulated box.
-#: Only real quirks live here (ARCHITECTURE.md "code only for real quirks").
+#: Only real quirks live here (docs/architecture.md "code only for real quirks").
 _STANDBY_REGISTERS: dict[str, int] = {"heidelberg": 258}
 _HEIDELBERG_STANDBY_OFF = 4
 #: Values some profiles declare that are a vendor's encoding of a physics value.

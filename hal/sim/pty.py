@@ -1,7 +1,7 @@
 """A serial null-modem cable in pure Python: two pseudo-terminals joined back to back.
 
 RTU tests and the demo need a serial line with a device path at *both* ends (pymodbus opens a
-path), and CI should not need socat (libraries.md §2). One ``openpty()`` is not enough: its
+path), and CI should not need socat. One ``openpty()`` is not enough: its
 master end has no path. So two pty pairs are opened and a thread copies bytes between the two
 master ends; ``port_a`` and ``port_b`` are the slave paths, one for the client, one for the
 server. Note: a Linux pty refuses even/odd parity, so RTU over this cable runs 8N1.

@@ -1,7 +1,7 @@
 """A whole simulated site on real Modbus servers: grid meter, wallboxes, ripple-control contacts.
 
 This module owns the wiring of the simulator: which simulated device sits on which server, unit
-and link, and the configuration a controller needs to reach them (``config_dict()``, SPEC §4).
+and link, and the configuration a controller needs to reach them (``config_dict()``, docs/configuration.md).
 The physics is ``hal.sim.physics``; the registers are ``hal.sim.bank``; the servers are
 ``hal.modbus.server``. Used by the integration tests, the benchmarks and ``gridcharge demo``.
 
@@ -61,7 +61,7 @@ SHARED_TCP_BUS = "sim_tcp"
 RTU_BAUDRATE = 19200
 #: The RS485 line's timing: 19200 baud, 11 bits a character (8E1, as a Heidelberg needs).
 RS485_LINE = LineTiming(RTU_BAUDRATE, 11)
-#: A device's own time to answer on RS485 (devices.md A.5: typically 5-50 ms).
+#: A device's own time to answer on RS485 (docs/devices.md, RTU timing: typically 5-50 ms).
 RS485_LATENCY_S = 0.01
 
 
@@ -78,7 +78,7 @@ class ModelBehaviour:
 #: Heidelberg: no watchdog until configured (register 257), any request keeps it alive.
 #: Alfen: validity time 60 s set in its UI, only a rewrite of 1210 counts, safe current 6 A.
 #: cFos Power Brain: fail_safe_duration 8083 (default 300 s) after loss of Modbus traffic, then
-#: fail_safe_current 8085 (0 = stop) (cfos.md 1.3). ABB Terra AC: no watchdog found.
+#: fail_safe_current 8085 (0 = stop) (docs/devices.md). ABB Terra AC: no watchdog found.
 MODEL_BEHAVIOUR: dict[str, ModelBehaviour] = {
     "heidelberg": ModelBehaviour(16.0, KeepaliveOn.ANY, 0.0, 0.0),
     "alfen": ModelBehaviour(32.0, KeepaliveOn.WRITE, 60.0, 6.0),
@@ -437,7 +437,7 @@ class SimulatedSite:
                               port=self._tcp_ports[self._server_key(device)])
 
     def config_dict(self, *, timeout_s: float = 0.3) -> dict[str, Any]:
-        """The ``buses``/``meters``/``chargers``/``inputs`` sections of a config (SPEC §4)."""
+        """The ``buses``/``meters``/``chargers``/``inputs`` sections of a config (docs/configuration.md)."""
         with self._lock:
             if self._servers is None:
                 raise RuntimeError("the simulated site is not started")
@@ -468,7 +468,7 @@ class SimulatedSite:
             buses[SHARED_TCP_BUS] = {"type": "tcp", "host": address.host, "port": address.port,
                                      "timeout_s": timeout_s}
             return {"bus": SHARED_TCP_BUS, "unit": device.unit}
-        if device.kind is Kind.INPUT:  # inputs always name a bus (SPEC §4 shows no host form)
+        if device.kind is Kind.INPUT:  # inputs always name a bus (docs/configuration.md shows no host form)
             bus = f"sim_{device.id.lower()}"
             buses[bus] = {"type": "tcp", "host": address.host, "port": address.port, "timeout_s": timeout_s}
             return {"bus": bus, "unit": device.unit}

@@ -1,4 +1,4 @@
-"""Benchmark: the cFos-compatible HTTP API under load while the control loop runs (issue #3, SPEC §8).
+"""Benchmark: the cFos-compatible HTTP API under load while the control loop runs (docs/performance.md).
 
 Site: the one of ``bench_reaction.py``: 1 SDM630 grid meter + N Alfen wallboxes (default 20),
 each its own Modbus TCP server in a child process (``common.SimProcess``), every box with a
@@ -41,7 +41,7 @@ password in constant time (~1 µs). ``--auth hash`` configures a werkzeug scrypt
 ``first_request_ms``); every later request with the same credentials hits
 ``web.auth.BasicAuth``'s cache (an HMAC-SHA256 and a compare, ~9 µs).
 
-Targets (issue #3): ≥ 500 requests/s, jitter p99 ≤ 50 ms, set → all limits p95 ≤ 0.3 s. A
+Targets: ≥ 500 requests/s, jitter p99 ≤ 50 ms, set → all limits p95 ≤ 0.3 s. A
 figure that misses its target is reported ``MISSED``; the script exits 1 only when the run broke
 (an HTTP error or non-200 answer, a wrong limit, a failed cycle, a box that never got its limit).
 

@@ -1,4 +1,4 @@
-"""Benchmark: CPU cost of the control loop (SPEC §8 "Cost").
+"""Benchmark: CPU cost of the control loop (docs/performance.md "Cost").
 
 Two sites, each at ``cycle_s = 1.0``:
 

@@ -1,4 +1,4 @@
-"""Benchmark: resident memory of ``gridcharge run`` (SPEC §8: ≤ 80 MB).
+"""Benchmark: resident memory of ``gridcharge run`` (docs/performance.md: ≤ 80 MB).
 
 For each site (the typical home, and 1 meter + N TCP wallboxes, default 100) a simulated site is
 started in a child process, a config file is generated from it, and the real command
@@ -6,7 +6,7 @@ started in a child process, a config file is generated from it, and the real com
 (default 10) its ``VmRSS`` (resident now) and ``VmHWM`` (peak resident) are read from
 ``/proc/PID/status``; the simulator is asked how many wallboxes got a limit (proof that the
 controller was working, not just importing); then SIGTERM, and the exit code must be 0 with every
-box left at no more than its fail-safe current (SPEC §4a).
+box left at no more than its fail-safe current (docs/load-management.md).
 
 Run: ``.venv/bin/python tests/bench/bench_memory.py [--chargers 100] [--wait-s 10]``.
 Prints a table, then one JSON line with the figures. Exits 1 when a run did not work (exit code,

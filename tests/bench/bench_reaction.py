@@ -1,4 +1,4 @@
-"""Benchmark: reaction time from a variable change to new limits on every wallbox (SPEC §8).
+"""Benchmark: reaction time from a variable change to new limits on every wallbox (docs/performance.md).
 
 Site: 1 SDM630 grid meter + N Alfen wallboxes (default 20), each its own Modbus TCP server in a
 child process, each with a 3-phase 16 A car. ``chargers_limit_w = 230000 * AVAIL / 100``: at

@@ -1,4 +1,4 @@
-"""Benchmark: RS485 use per cycle, 1 SDM630 + 2 Heidelberg on one line at 19200 8E1 (SPEC §8).
+"""Benchmark: RS485 use per cycle, 1 SDM630 + 2 Heidelberg on one line at 19200 8E1 (docs/performance.md).
 
 A pseudo-terminal refuses parity, so the line is served through the ``rtu-over-tcp`` bus kind
 (an RS485-to-Ethernet gateway in transparent mode: RTU frames over TCP) configured with

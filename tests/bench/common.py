@@ -6,7 +6,7 @@ memory and reaction. Simulated wallboxes are Modbus *servers* with physics behin
 same process they would share the GIL and the CPU clock with the controller and inflate every
 figure. So this file is also a script: ``python tests/bench/common.py serve --spec JSON`` starts a
 :class:`hal.sim.site.SimulatedSite`, prints one JSON line ``{"config": ...}`` (the
-``buses``/``meters``/``chargers`` sections for a controller, SPEC §4) and then answers one JSON
+``buses``/``meters``/``chargers`` sections for a controller, docs/configuration.md) and then answers one JSON
 line per command line on stdin (the control channel, see :func:`serve`):
 
 - ``limits``: every simulated box's last written limit and its count of limit writes;

@@ -1,7 +1,7 @@
 """A small test PKI made with ``cryptography``: the certificates the SMGW TLS tests need.
 
 Owns nothing of the product: it makes, in a temporary directory, what an electrician and a grid
-operator would bring (libraries.md §5): a CA that signs the SMGW client certificates and our
+operator would bring: a CA that signs the SMGW client certificates and our
 server certificate, a server leaf for 127.0.0.1/localhost, a second server leaf (the "new" pair
 of an upload), client leaves, a rogue CA with its own client, and the broken material every
 validation rule of ``web.tls_checks`` must reject (expired, not yet valid, a key that does not

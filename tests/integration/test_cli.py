@@ -152,7 +152,7 @@ def test_run_stops_on_sigterm_leaving_failsafe_currents(tmp_path: Path, sim: Sim
         proc.kill()
     assert proc.returncode == 0, err
     assert "fail-safe currents written" in err
-    failsafe = 6.0  # the default fail-safe current of a charger (see README)
+    failsafe = 6.0  # the default fail-safe current of a charger (see docs/configuration.md)
     for cid in ("E1", "E2"):
         assert sim.wallbox(cid).values()["limit_written_a"] <= failsafe + 0.01, (cid, err[-3000:])
 

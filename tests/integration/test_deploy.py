@@ -400,7 +400,7 @@ def usb_serial_chain(tty: str, vid: str, pid: str, port: str, serial: str | None
     return [SysDev(tty, "tty"), port_dev, *tail], [port_dev, *tail]
 
 
-ADAPTERS = [  # (vendor, product, driver, serial) from the brief: FTDI, CH340/CH341, CP210x
+ADAPTERS = [  # (vendor, product, driver, serial) the common USB-RS485 chips: FTDI, CH340/CH341, CP210x
     *[("0403", pid, "ftdi_sio", "A10K1234") for pid in ("6001", "6010", "6011", "6014", "6015")],
     ("1a86", "7523", "ch341", None), ("1a86", "5523", "ch341", None),
     ("10c4", "ea60", "cp210x", "0001"),
@@ -832,7 +832,7 @@ def test_never_installs_a_known_password(tmp_path: Path) -> None:
     """A template without the expected password line must stop the installer, not ship a config
     whose password is written in this repository."""
     checkout = tmp_path / "checkout"
-    for part in ("deploy", "udev"):
+    for part in ("deploy", "udev", "docs"):
         shutil.copytree(REPO / part, checkout / part)
     for name in ("setup.cfg", "README.md"):
         shutil.copy(REPO / name, checkout / name)
@@ -946,7 +946,7 @@ def test_full_install_builds_a_working_venv(full_install: tuple[Path, subprocess
     assert check.returncode == 0, check.stdout + check.stderr
     assert "config OK" in check.stdout and "smgw" not in check.stdout
     assert check_password_hash(config_hash(config), installed_password(res))
-    assert (root / "opt/gridcharge/README.md").is_file()
+    assert (root / "opt/gridcharge/README.md").is_file() and (root / "opt/gridcharge/docs/install.md").is_file()
     assert (root / "opt/gridcharge/config.example.yaml").read_bytes() == EXAMPLE.read_bytes()
     assert os.readlink(root / "usr/local/bin/gridcharge") == VENV_COMMAND and gridcharge.is_file()
 

@@ -20,7 +20,7 @@ examples set it to 0, so the fuse and imbalance promises hold in that state too.
 
 Known limit, kept out of the examples: a 3-phase box with a car that charges on one phase
 (the allocation counts it on all three phases, which is safe for the fuse but not for the
-imbalance; see the README's load management section).
+imbalance; see docs/load-management.md).
 """
 
 from __future__ import annotations

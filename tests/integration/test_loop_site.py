@@ -143,7 +143,7 @@ def test_charger_max_formula_error_takes_the_failsafe_value(sim: SimulatedSite, 
     avail = next(v for v in status.variables if v.name == "AVAIL")
     assert avail.value is None and avail.error
     e1 = status.charger("E1")
-    assert e1.max_current_a == e1.min_current_a  # charging: its minimum (SPEC §3)
+    assert e1.max_current_a == e1.min_current_a  # charging: its minimum (docs/configuration.md)
     assert any(e.where == "chargers.E1.max_current_a" for e in status.formula_errors)
     sim.unplug("E1")
     status = cycles(service, clock, 2)[-1]

@@ -1,4 +1,4 @@
-"""Restart test with real processes: SIGKILL in the middle of a burst of sets (SPEC §2).
+"""Restart test with real processes: SIGKILL in the middle of a burst of sets (docs/api.md).
 
 A child process runs what the service runs at start (``VariableFile.load``,
 ``initial_variables``, ``VariableStore``, ``VariableSaver`` with its default 1 s interval) on a

@@ -414,7 +414,7 @@ def test_demo_site_serves(clock: FakeClock, caplog: pytest.LogCaptureFixture) ->
 
 
 def test_config_dict_is_a_valid_controller_config(site: SimulatedSite) -> None:
-    """The generated sections pass the controller's own validation (SPEC §4)."""
+    """The generated sections pass the controller's own validation (docs/configuration.md)."""
     config_module = pytest.importorskip("controller.config")
     data = {**site.config_dict(), "site": {"main_fuse_a": 35, "grid_meter": "M1"}, "state_dir": "/tmp/gridcharge-sim"}
     config = config_module.parse_config(data)

@@ -1,7 +1,7 @@
 """The SMGW channel end to end: real listeners (``web.server.WebServers``), real TLS with
 certificates made in the test (``pki``), real clients (``requests``, ``ssl`` sockets).
 
-What is proven here (issue #3 items 3 and 4, SPEC §1.4):
+What is proven here (docs/api.md):
 - the TLS layer refuses a client without a certificate, one from another CA, an expired one,
   and a plain-HTTP client; a client with a certificate from ``smgw.client_ca`` needs no password;
 - ``smgw.functions`` scopes: ``[vars]`` may read and set variables, not read the status nor

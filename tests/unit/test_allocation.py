@@ -1,4 +1,4 @@
-"""Table and scenario tests for controller.allocation (SPEC §5, §6).
+"""Table and scenario tests for controller.allocation (docs/load-management.md).
 
 Each table row is one situation an electrician would check, with the expected current and a part
 of the expected reason. Scenario tests run several cycles with a small car model to show the

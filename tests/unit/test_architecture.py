@@ -1,4 +1,4 @@
-"""The dependency direction of ARCHITECTURE.md, kept by a test that scans the imports.
+"""The dependency direction of docs/architecture.md, kept by a test that scans the imports.
 
 web → controller → hal; hal imports neither; web never imports hal; pymodbus (whose API moves
 between 3.x releases) is imported only inside hal/modbus/, the Modbus driver.

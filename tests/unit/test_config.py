@@ -1,4 +1,4 @@
-"""Tests of controller/config/: the SPEC §4 example passes; every class of mistake is reported
+"""Tests of controller/config/: the docs/configuration.md example passes; every class of mistake is reported
 with its exact path; all mistakes of a file are reported together; YAML 1.1 traps are errors."""
 
 from __future__ import annotations
@@ -36,10 +36,10 @@ from controller.config import (
 
 DATA = Path(__file__).parent / "data"
 REPO = Path(__file__).resolve().parents[2]
-SPEC_EXAMPLE = DATA / "spec_example.yaml"
+FULL_EXAMPLE = DATA / "full_example.yaml"
 DEPLOY_EXAMPLE = REPO / "deploy" / "config.example.yaml"
-SPEC_TEXT = SPEC_EXAMPLE.read_text(encoding="utf-8")
-BASE: dict[str, Any] = yaml.safe_load(SPEC_TEXT)
+FULL_TEXT = FULL_EXAMPLE.read_text(encoding="utf-8")
+BASE: dict[str, Any] = yaml.safe_load(FULL_TEXT)
 
 CUSTOM_METER_PROFILE = {
     "model": "my_meter",
@@ -53,7 +53,7 @@ CUSTOM_METER_PROFILE = {
 
 
 def changed(*edits: tuple[str, Any]) -> dict[str, Any]:
-    """A deep copy of the SPEC example with ``("a.b.c", value)`` edits; value DELETE removes."""
+    """A deep copy of the full example with ``("a.b.c", value)`` edits; value DELETE removes."""
     data = copy.deepcopy(BASE)
     for path, value in edits:
         data = _edited(data, path, value)
@@ -93,15 +93,15 @@ def yaml_errors(tmp_path: Path, text: str) -> list[str]:
 
 
 def spec_text_with(old: str, new: str) -> str:
-    assert SPEC_TEXT.count(old) == 1, old
-    return SPEC_TEXT.replace(old, new)
+    assert FULL_TEXT.count(old) == 1, old
+    return FULL_TEXT.replace(old, new)
 
 
 # --------------------------------------------------------------------------- the examples pass
 
 
-def test_spec_example_loads_without_errors() -> None:
-    cfg = load_config(SPEC_EXAMPLE)
+def test_full_example_loads_without_errors() -> None:
+    cfg = load_config(FULL_EXAMPLE)
     assert isinstance(cfg, Config)
     assert cfg.site.main_fuse_a == 35
     assert cfg.site.grid_limit_w == "55000 * AVAIL / 100"
@@ -166,7 +166,7 @@ def test_unbalanced_limit_can_be_switched_off() -> None:
 
 
 def test_config_is_frozen() -> None:
-    cfg = load_config(SPEC_EXAMPLE)
+    cfg = load_config(FULL_EXAMPLE)
     with pytest.raises(Exception):
         cfg.site.main_fuse_a = 63  # type: ignore[misc]
 
@@ -350,7 +350,7 @@ def test_werkzeug_password_hashes_are_accepted(method: str) -> None:
 
 
 def test_password_is_not_in_the_repr() -> None:
-    assert "1234abcd" not in repr(load_config(SPEC_EXAMPLE))
+    assert "1234abcd" not in repr(load_config(FULL_EXAMPLE))
 
 
 # --------------------------------------------------------------------------- inline profiles
@@ -369,7 +369,7 @@ def test_inline_profile_of_the_wrong_kind() -> None:
 
 
 def test_input_index_beyond_the_module() -> None:
-    count = device_profile(load_config(SPEC_EXAMPLE).inputs["RSE2"]).inputs.count  # type: ignore[arg-type,union-attr]
+    count = device_profile(load_config(FULL_EXAMPLE).inputs["RSE2"]).inputs.count  # type: ignore[arg-type,union-attr]
     errors = errors_of(changed(("inputs.RSE2.discrete_input", count)))
     assert errors == [f"inputs.RSE2.discrete_input: {count} is beyond the {count} inputs of 'modbus_io' (counted from 0)"]
 
@@ -474,10 +474,10 @@ def test_duplicate_yaml_keys_are_errors(tmp_path: Path) -> None:
 
 
 def test_yaml_anchors_and_merge_keys_work(tmp_path: Path) -> None:
-    text = SPEC_TEXT.replace("chargers:\n", "x-box: &box {model: alfen, bus: garage}\nchargers:\n", 1)
+    text = FULL_TEXT.replace("chargers:\n", "x-box: &box {model: alfen, bus: garage}\nchargers:\n", 1)
     errors = yaml_errors(tmp_path, text)
     assert errors == ["x-box: unknown key (allowed: site, state_dir, grid_log, http, smgw, buses, meters, chargers, inputs, variables, rules, max_variables)"]
-    text = SPEC_TEXT.replace("  E3: {", "  E4: {<<: {model: alfen, bus: garage}, unit: 2}\n  E3: {")
+    text = FULL_TEXT.replace("  E3: {", "  E4: {<<: {model: alfen, bus: garage}, unit: 2}\n  E3: {")
     assert load_config(_write(tmp_path, text)).chargers["E4"].model == "alfen"
 
 
@@ -514,7 +514,7 @@ def test_python_tags_are_refused(tmp_path: Path) -> None:
 
 
 def test_buses_and_devices_on_them() -> None:
-    cfg = load_config(SPEC_EXAMPLE)
+    cfg = load_config(FULL_EXAMPLE)
     implicit = implicit_buses(cfg)
     assert list(implicit) == ["tcp:192.168.1.51:502"]
     bus = implicit["tcp:192.168.1.51:502"]
@@ -553,7 +553,7 @@ def test_json_schema_for_the_web_ui() -> None:
 
 
 def test_warnings_for_what_this_machine_lacks(tmp_path: Path) -> None:
-    cfg = load_config(SPEC_EXAMPLE)
+    cfg = load_config(FULL_EXAMPLE)
     warnings = config_warnings(cfg, gpiochip_glob=str(tmp_path / "gpiochip*"))
     assert "buses.rs485.port: /dev/gridcharge-rs485-0 does not exist on this machine" in warnings
     assert "smgw.cert: /etc/gridcharge/tls/cm.pem does not exist on this machine" in warnings
@@ -794,7 +794,7 @@ def test_failsafe_currents_above_the_fuse_together_are_a_warning() -> None:
 
 
 def test_the_examples_have_no_plausibility_messages() -> None:
-    for example in (SPEC_EXAMPLE, DEPLOY_EXAMPLE):
+    for example in (FULL_EXAMPLE, DEPLOY_EXAMPLE):
         cfg = load_config(example)
         machine = ("does not exist on this machine", "not writable", "no GPIO chip")
         assert [w for w in config_warnings(cfg) if not any(m in w for m in machine)] == [], example

@@ -91,7 +91,7 @@ def test_translation(cfos: str, python: str) -> None:
     ("2^3^2", 512),
     ("max(RSE1 ? 1 : 2, RSE2 ? 3 : 4)", 3),
     ("AVAIL != 50 ? 1 : 0", 0),
-    # cFos documented examples that fit our symbols (cfos.md §2)
+    # cFos documented examples that fit our symbols
     ("55000 * AVAIL / 100", 27500),
     ("RSE1 ? 4200 : 11000", 11000),
     ("hour >= 8 ? 8 : 0", 8),

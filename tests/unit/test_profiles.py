@@ -36,7 +36,7 @@ KINDS = {
     "heidelberg": Kind.CHARGER, "alfen": Kind.CHARGER, "abb_terra_ac": Kind.CHARGER,
     "cfos_powerbrain": Kind.CHARGER, "modbus_io": Kind.INPUT,
 }  # fmt: skip
-#: Reads per cycle: the bus budget each model costs (devices.md A.5).
+#: Reads per cycle: the bus budget each model costs (docs/devices.md, RTU timing).
 BLOCK_COUNTS = {
     "sdm630": 2, "sdm72": 4, "sdm120": 2, "abb_b23": 2, "heidelberg": 1, "alfen": 2,
     "abb_terra_ac": 1, "cfos_powerbrain": 2, "modbus_io": 0,

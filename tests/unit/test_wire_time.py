@@ -1,4 +1,4 @@
-"""RTU frame sizes and wire time against the tables of devices.md §A.5 (pure arithmetic)."""
+"""RTU frame sizes and wire time against the table in docs/devices.md ("Modbus RTU timing") (pure arithmetic)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ def read_ms(registers: int, baudrate: int, parity: str) -> float:
     return 1000 * rtu_wire_time_s(*rtu_frame_bytes(3, registers), baudrate, parity)
 
 
-# devices.md §A.5, "Transaction time" table: (baud, parity, char ms, t3.5 ms, 2 regs, 30 regs, 80 regs)
+# docs/devices.md, "Modbus RTU timing", transaction-time table: (baud, parity, char ms, t3.5 ms, 2 regs, 30 regs, 80 regs)
 TABLE = [
     (9600, "N", 1.042, 3.646, 25.0, 83.3, 187.5),
     (9600, "E", 1.146, 4.010, 27.5, 91.7, 206.3),
