@@ -31,6 +31,8 @@ Decisions where the cFos documentation is silent (also in docs/api.md):
   offset that arrived as a space is accepted), ``format=json`` (default) or ``csv``, ``limit``
   1..10000 (default 10000; JSON says ``truncated: true`` when more events matched).
   CSV cells that a spreadsheet would run as a formula (``= + - @`` and no number) get a ``'``.
+  It first waits up to ``FLUSH_BEFORE_QUERY_S`` for queued rows, so a change made just before
+  is in the answer.
 - ``set_cm_vars`` answers ``"saved": false`` besides the ``get_cm_vars`` body while saving the
   variables fails (a full or read-only card): the values act, but a restart would lose them
   unless saving recovers (it is retried every second). The key is absent while saving works.
@@ -83,6 +85,7 @@ log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 64 * 1024
 DRAIN_LIMIT_BYTES = 1024 * 1024  # an oversized body up to this is read and dropped before the 413
+FLUSH_BEFORE_QUERY_S = 2.0  # get_grid_log waits this long at most for queued rows to be written
 
 
 def _saving_works() -> bool:
@@ -194,6 +197,10 @@ class Api:
         limit = parse_limit(one("limit"))
         if self.ctx.grid_log is None:
             raise bad_request("the grid signal log is not enabled on this controller")
+        try:  # read your own writes: a change made just before is in the answer
+            self.ctx.grid_log.flush(FLUSH_BEFORE_QUERY_S)
+        except TimeoutError:
+            log.warning("get_grid_log: the grid log writer is behind; answering without its queue")
         try:
             events = self.ctx.grid_log.query(from_ts, to_ts, limit=limit + 1)
         except GridLogUnavailable as exc:
