@@ -29,9 +29,13 @@ The schema in brief (every key not listed is an error; see ``hal/modbus/profiles
       by_value: {codes: [RAW], value: NAME, min: N, then: LETTER, else: LETTER}   # optional
     limit: {address, type, scale, word_order, write: single|multiple, pause: [WRITE], resume: [WRITE]}
     keepalive_s: seconds | null      # chargers: rewrite the limit at least this often
-    fallback: {timeout_s: seconds | watchdog_s, fed_by: any_request | limit_write}
+    fallback: {timeout_s: seconds | watchdog_s, fed_by: any_request | limit_write,
+               factory_timeout_s: seconds, failsafe_current_a: amperes}
                                      # chargers: when the box leaves its limit for its fail-safe
-                                     # current on its own; watchdog_s = the one setup writes
+                                     # current on its own; watchdog_s = the one setup writes.
+                                     # factory_*: the box as it ships, before any setup (only
+                                     # with watchdog_s; 0 = no watchdog), and the current it
+                                     # then falls back to (0 = stop, else 6..80): simulator facts
     setup: [WRITE]                   # chargers, once at start; value may be watchdog_s,
                                      # watchdog_ms or failsafe_current; flash: true = read first
     inputs: {table: discrete|coil, count, active_low}   # input modules
@@ -52,6 +56,7 @@ from typing import Any
 from hal.modbus import codec
 from hal.modbus.profile_types import (
     SETUP_SYMBOLS,
+    FactoryFallback,
     Kind,
     InputSpec,
     LimitSpec,
@@ -75,7 +80,7 @@ _TOP_KEYS = frozenset({
     "state", "limit", "keepalive_s", "setup", "fallback", "inputs", "phases", "max_current_a",
 })  # fmt: skip
 _CHARGER_ONLY = ("state", "limit", "keepalive_s", "setup", "fallback", "max_current_a")
-_FALLBACK_KEYS = frozenset({"timeout_s", "fed_by"})
+_FALLBACK_KEYS = frozenset({"timeout_s", "fed_by", "factory_timeout_s", "failsafe_current_a"})
 _FED_BY = ("any_request", "limit_write")
 _VALUE_KEYS = frozenset({
     "table", "address", "type", "scale", "offset", "word_order", "invalid", "range", "mask",
@@ -179,12 +184,14 @@ class _Parser:
         keepalive = self.number(data, "keepalive_s", "", None, gt=0)
         max_current = self.number(data, "max_current_a", "", None, lo=_IEC_MIN_A, hi=_IEC_MAX_A)
         setup = self.writes(data.get("setup"), "setup", word_order, setup=True)
+        fallback, factory_fallback = self.fallback(data.get("fallback"), setup, max_current)
         return {
             "state": self.state(data["state"], state_spec, values) if "state" in data else None,
             "limit": self.limit(data["limit"], word_order) if "limit" in data else None,
             "setup": setup,
             "keepalive_s": float(keepalive) if keepalive is not None else None,
-            "fallback": self.fallback(data.get("fallback"), setup),
+            "fallback": fallback,
+            "factory_fallback": factory_fallback,
             "max_current_a": float(max_current) if max_current is not None else None,
         }
 
@@ -411,26 +418,48 @@ class _Parser:
         order = self.choice(data, "word_order", path, codec.WORD_ORDERS, word_order)
         return address, type_name, scale, order, self.single(data, path, type_name)
 
-    def fallback(self, data: Any, setup: Sequence[WriteSpec]) -> Fallback | None:
-        """The box's own fall-back; ``timeout_s: watchdog_s`` needs a setup write that sets it."""
+    def fallback(
+        self, data: Any, setup: Sequence[WriteSpec], max_current_a: float | None
+    ) -> tuple[Fallback | None, FactoryFallback | None]:
+        """The box's own fall-back, and the same as the box ships from the factory.
+
+        ``timeout_s: watchdog_s`` needs a setup write that sets it; until that setup the box runs
+        on ``factory_timeout_s`` (default 0: no watchdog, as a fresh Heidelberg). A fixed
+        ``timeout_s`` is the factory's already, so ``factory_timeout_s`` beside it would be a
+        second, contradicting fact and is refused. ``failsafe_current_a`` (default 0: the box
+        stops) is what the box offers when its own watchdog expires before any setup changed it.
+        """
+        path = "fallback"
         if data is None:
-            return None
-        if not self.keys(data, "fallback", _FALLBACK_KEYS, required=("timeout_s", "fed_by")):
-            return None
-        fed_by = self.choice(data, "fed_by", "fallback", _FED_BY, _MISSING)
-        timeout = data["timeout_s"]
-        if timeout == "watchdog_s":
+            return None, None
+        if not self.keys(data, path, _FALLBACK_KEYS, required=("timeout_s", "fed_by")):
+            return None, None
+        before = len(self.errors)
+        fed_by = self.choice(data, "fed_by", path, _FED_BY, _MISSING)
+        factory_timeout_s = self.number(data, "factory_timeout_s", path, 0.0, lo=0, hi=86400)
+        failsafe_a = self.number(data, "failsafe_current_a", path, 0.0, lo=0, hi=_IEC_MAX_A)
+        timeout_s: float | None = None
+        if data["timeout_s"] == "watchdog_s":
             if not any(spec.value in ("watchdog_s", "watchdog_ms") for spec in setup):
-                self.err("fallback.timeout_s", "watchdog_s needs a setup write of watchdog_s or watchdog_ms")
-            timeout_s = None
+                self.err(f"{path}.timeout_s", "watchdog_s needs a setup write of watchdog_s or watchdog_ms")
         else:
-            timeout_s = self.number(data, "timeout_s", "fallback", None, gt=0, hi=86400)
-            if timeout_s is None:
-                return None
-        if fed_by is None:
-            return None
-        return Fallback(timeout_s=None if timeout_s is None else float(timeout_s),
-                        fed_by_any_request=fed_by == "any_request")
+            timeout_s = self.number(data, "timeout_s", path, None, gt=0, hi=86400)
+            factory_timeout_s = timeout_s
+            if "factory_timeout_s" in data:
+                self.err(f"{path}.factory_timeout_s",
+                         "only beside timeout_s: watchdog_s (a fixed timeout_s is the factory's already)")
+        if failsafe_a is not None and 0 < failsafe_a < _IEC_MIN_A:
+            self.err(f"{path}.failsafe_current_a",
+                     f"{failsafe_a} A: 0 (the box stops) or {_IEC_MIN_A}..{_IEC_MAX_A} A (IEC 61851)")
+        elif failsafe_a is not None and max_current_a is not None and failsafe_a > max_current_a:
+            self.err(f"{path}.failsafe_current_a", f"{failsafe_a} A is above max_current_a ({max_current_a} A)")
+        if len(self.errors) > before or factory_timeout_s is None or failsafe_a is None:
+            return None, None
+        return (
+            Fallback(timeout_s=None if timeout_s is None else float(timeout_s),
+                     fed_by_any_request=fed_by == "any_request"),
+            FactoryFallback(timeout_s=float(factory_timeout_s), failsafe_current_a=float(failsafe_a)),
+        )
 
     def writes(self, data: Any, path: str, word_order: str, *, setup: bool) -> tuple[WriteSpec, ...]:
         if data is None:

@@ -305,6 +305,22 @@ class LimitSpec:
 
 
 @dataclass(frozen=True)
+class FactoryFallback:
+    """A charger's own fall-back as it leaves the factory, before any setup write reaches it.
+
+    Facts for the simulators: a simulated box must behave as a real one does before a controller
+    has talked to it, so that a test of "gridcharge never configured this box" means something.
+    ``timeout_s``: the watchdog the box starts with (0: none, e.g. a Heidelberg's register 257
+    is 0 = off until written); ``failsafe_current_a``: what it offers once that watchdog has
+    expired (0: it stops). The controller never uses these: it assumes a fall-back only from
+    ``Profile.fallback`` and its own setup.
+    """
+
+    timeout_s: float = 0.0
+    failsafe_current_a: float = 0.0
+
+
+@dataclass(frozen=True)
 class InputSpec:
     """A digital-input module: which table holds the inputs, how many, default polarity."""
 
@@ -329,6 +345,8 @@ class Profile:
     setup: tuple[WriteSpec, ...] = ()
     keepalive_s: float | None = None
     fallback: Fallback | None = None
+    #: The fall-back as the box ships (None: the profile knows of none); for the simulators.
+    factory_fallback: FactoryFallback | None = None
     inputs: InputSpec | None = None
     link: LinkDefaults = LinkDefaults()
     #: Facts the config check compares a device's entry with: ``phases`` 1 or 3 when the model

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from hal.modbus.server import LineTiming, ModbusServer, ServerLoop
-from hal.modbus.profile import Kind, load_profile
+from hal.modbus.profile import Kind, Profile, load_profile
 from hal.sim.bank import ProfileBank
 from hal.sim.physics import (
     DEFAULT_VOLTAGE_V,
@@ -65,26 +65,40 @@ RS485_LINE = LineTiming(RTU_BAUDRATE, 11)
 RS485_LATENCY_S = 0.01
 
 
+#: The most a simulated box accepts when its profile states no ``max_current_a``: the Alfen, ABB
+#: Terra AC and cFos boxes come in 16 A and 32 A variants, so their profiles leave it out and the
+#: simulator builds the 16 A (11 kW) one. A scenario with a 32 A box says so in its spec.
+DEFAULT_MAX_CURRENT_A = 16.0
+
+
 @dataclass(frozen=True)
 class ModelBehaviour:
-    """How a wallbox model behaves beyond its registers (devices.md "Watchdog / fail-safe summary")."""
+    """How a wallbox model behaves beyond its registers, as it leaves the factory.
 
-    max_current_a: float = 16.0
+    Derived from the profile's facts only (:meth:`of`), so a new model needs no simulator edit:
+    ``max_current_a`` from ``max_current_a``; the watchdog is fed by any request when the
+    profile's ``fallback.fed_by`` is ``any_request`` (Heidelberg, cFos), else only by a write of
+    the limit (Alfen's validity time; also a box with no known watchdog, where it never expires);
+    the factory watchdog and fail-safe current from ``fallback.factory_timeout_s`` (or a fixed
+    ``timeout_s``) and ``fallback.failsafe_current_a``. The controller's setup writes may change
+    the last two, as on a real box.
+    """
+
+    max_current_a: float = DEFAULT_MAX_CURRENT_A
     keepalive_on: KeepaliveOn = KeepaliveOn.WRITE
-    watchdog_timeout_s: float = 0.0  # factory setting; the controller's setup may change it
+    watchdog_timeout_s: float = 0.0  # 0: no watchdog
     failsafe_current_a: float = 0.0
 
-
-#: Heidelberg: no watchdog until configured (register 257), any request keeps it alive.
-#: Alfen: validity time 60 s set in its UI, only a rewrite of 1210 counts, safe current 6 A.
-#: cFos Power Brain: fail_safe_duration 8083 (default 300 s) after loss of Modbus traffic, then
-#: fail_safe_current 8085 (0 = stop) (docs/devices.md). ABB Terra AC: no watchdog found.
-MODEL_BEHAVIOUR: dict[str, ModelBehaviour] = {
-    "heidelberg": ModelBehaviour(16.0, KeepaliveOn.ANY, 0.0, 0.0),
-    "alfen": ModelBehaviour(32.0, KeepaliveOn.WRITE, 60.0, 6.0),
-    "abb_terra_ac": ModelBehaviour(32.0),
-    "cfos_powerbrain": ModelBehaviour(16.0, KeepaliveOn.ANY, 300.0, 0.0),
-}
+    @classmethod
+    def of(cls, profile: Profile) -> ModelBehaviour:
+        """The behaviour a charger ``profile`` describes; defaults where it states nothing."""
+        fallback, factory = profile.fallback, profile.factory_fallback
+        return cls(
+            max_current_a=_pick(profile.max_current_a, DEFAULT_MAX_CURRENT_A),
+            keepalive_on=KeepaliveOn.ANY if fallback is not None and fallback.fed_by_any_request else KeepaliveOn.WRITE,
+            watchdog_timeout_s=factory.timeout_s if factory is not None else 0.0,
+            failsafe_current_a=factory.failsafe_current_a if factory is not None else 0.0,
+        )
 
 
 @dataclass(frozen=True)
@@ -100,7 +114,7 @@ class SimMeterSpec:
 
 @dataclass(frozen=True)
 class SimChargerSpec:
-    """One wallbox. ``None`` fields take the model's behaviour (:data:`MODEL_BEHAVIOUR`)."""
+    """One wallbox. ``None`` fields take the model's behaviour (:meth:`ModelBehaviour.of` its profile)."""
 
     id: str
     model: str
@@ -218,7 +232,7 @@ class SimulatedSite:
 
     def _add_charger(self, spec: SimChargerSpec) -> None:
         profile = self._profile(spec.model, Kind.CHARGER)
-        behaviour = MODEL_BEHAVIOUR.get(spec.model, ModelBehaviour())
+        behaviour = ModelBehaviour.of(profile)
         config = WallboxConfig(
             phases=spec.phases,
             phase=spec.phase,
@@ -251,7 +265,7 @@ class SimulatedSite:
         self._register(_Device(spec.id, Kind.INPUT, spec.model, spec.link, 0, bank, spec), spec.unit)
 
     @staticmethod
-    def _profile(model: str, kind: Kind) -> Any:
+    def _profile(model: str, kind: Kind) -> Profile:
         profile = load_profile(model)
         if profile.kind != kind:
             raise ValueError(f"{model} is a {profile.kind.value}, not a {kind.value}")
@@ -494,15 +508,16 @@ def _pick(value: Any, default: Any) -> Any:
 def demo_site(clock: Clock | None = None) -> SimulatedSite:
     """The site of ``gridcharge demo``: a typical home on one RS485 line plus a TCP wallbox.
 
-    SDM630 grid meter, a Heidelberg on the RS485 line (unit 2) with a car plugged in, an Alfen on
-    Modbus TCP with a car, and a ripple-control contact RSE1 on an I/O module (unit 5). House load
+    SDM630 grid meter, a Heidelberg on the RS485 line (unit 2) with a car plugged in, a 32 A Alfen
+    on Modbus TCP with a car, and a ripple-control contact RSE1 on an I/O module (unit 5). House load
     about 2.3 kW, unbalanced.
     """
     return SimulatedSite(
         meter=SimMeterSpec("M1", "sdm630", "rtu", unit=1),
         chargers=[
             SimChargerSpec("E1", "heidelberg", "rtu", unit=2, car=SimCar(max_current_a=16)),
-            SimChargerSpec("E2", "alfen", "tcp", car=SimCar(max_current_a=16, phases=1, follow_delay_s=1.0)),
+            SimChargerSpec("E2", "alfen", "tcp", max_current_a=32.0,
+                           car=SimCar(max_current_a=16, phases=1, follow_delay_s=1.0)),
         ],
         input_modules=[SimInputModuleSpec("IO1", "modbus_io", "rtu", unit=5, inputs=("RSE1",))],
         base_load_a=(4.0, 2.5, 3.5),
@@ -511,8 +526,8 @@ def demo_site(clock: Clock | None = None) -> SimulatedSite:
 
 
 __all__ = [
+    "DEFAULT_MAX_CURRENT_A",
     "LINKS",
-    "MODEL_BEHAVIOUR",
     "ModelBehaviour",
     "SimAddress",
     "SimChargerSpec",

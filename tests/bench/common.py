@@ -83,7 +83,7 @@ def home_site() -> dict[str, Any]:
         "meter": {"id": "M1", "model": "sdm630", "link": "rtu", "unit": 1},
         "chargers": [
             {"id": "E1", "model": "heidelberg", "link": "rtu", "unit": 2, "car": car_spec()},
-            {"id": "E2", "model": "alfen", "link": "tcp", "car": car_spec(16.0, 1)},
+            {"id": "E2", "model": "alfen", "link": "tcp", "max_current_a": 32.0, "car": car_spec(16.0, 1)},
         ],
         "base_load_a": [4.0, 2.5, 3.5],
         "tcp_layout": "per_device",

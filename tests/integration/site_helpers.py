@@ -30,7 +30,7 @@ def home_site(**kw: Any) -> SimulatedSite:
         meter=SimMeterSpec("M1", "sdm630", "tcp", unit=1),
         chargers=[
             SimChargerSpec("E1", "heidelberg", "tcp", unit=2, car=SimCar(max_current_a=16)),
-            SimChargerSpec("E2", "alfen", "tcp", unit=1, car=SimCar(max_current_a=16)),
+            SimChargerSpec("E2", "alfen", "tcp", unit=1, max_current_a=32.0, car=SimCar(max_current_a=16)),
         ],
         input_modules=[SimInputModuleSpec("IO1", "modbus_io", "tcp", unit=5, inputs=("RSE1",))],
         base_load_a=kw.pop("base_load_a", (10.0, 5.0, 5.0)),

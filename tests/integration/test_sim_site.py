@@ -18,9 +18,10 @@ from hal.modbus.devices import ModbusInput, ProfileCharger, ProfileMeter
 from hal.modbus.bus import BusSpec, ModbusBus
 from hal.modbus.profile import PROFILE_NAMES, Kind, load_profile
 from hal.sim.bank import ProfileBank
-from hal.sim.physics import SimCar, SimContact, SimSite, SimWallbox, WallboxConfig
+from hal.sim.physics import KeepaliveOn, SimCar, SimContact, SimSite, SimWallbox, WallboxConfig
 from hal.sim.site import (
-    MODEL_BEHAVIOUR,
+    DEFAULT_MAX_CURRENT_A,
+    ModelBehaviour,
     SimChargerSpec,
     SimInputModuleSpec,
     SimMeterSpec,
@@ -210,6 +211,42 @@ def test_heidelberg_any_request_keeps_watchdog_alive(clock: FakeClock) -> None:
     assert box.values()["limit_a"] == pytest.approx(6.0)  # the box applies its fail-safe current
 
 
+@pytest.mark.parametrize("model", CHARGERS)
+def test_simulated_box_takes_its_behaviour_from_the_profile(model: str, clock: FakeClock) -> None:
+    """No table per model in the simulator: max current, keep-alive and factory fall-back are facts."""
+    profile = load_profile(model)
+    box = SimulatedSite(meter=None, chargers=[SimChargerSpec("E1", model)], clock=clock).wallbox("E1")
+    factory = profile.factory_fallback
+    assert box.config.max_current_a == (profile.max_current_a or DEFAULT_MAX_CURRENT_A)
+    any_request = profile.fallback is not None and profile.fallback.fed_by_any_request
+    assert box.config.keepalive_on.value == ("any" if any_request else "write")
+    values = box.values()
+    assert values["watchdog_timeout_s"] == (factory.timeout_s if factory else 0.0)
+    assert values["failsafe_current_a"] == (factory.failsafe_current_a if factory else 0.0)
+    assert ModelBehaviour.of(profile) == ModelBehaviour(box.config.max_current_a, box.config.keepalive_on,
+                                                        values["watchdog_timeout_s"], values["failsafe_current_a"])
+
+
+def test_spec_overrides_the_profile_behaviour(clock: FakeClock) -> None:
+    spec = SimChargerSpec("E1", "alfen", max_current_a=32.0, watchdog_timeout_s=0.0, failsafe_current_a=0.0,
+                          keepalive_on=KeepaliveOn.ANY)
+    box = SimulatedSite(meter=None, chargers=[spec], clock=clock).wallbox("E1")
+    assert (box.config.max_current_a, box.config.keepalive_on) == (32.0, KeepaliveOn.ANY)
+    assert (box.values()["watchdog_timeout_s"], box.values()["failsafe_current_a"]) == (0.0, 0.0)
+
+
+def test_cfos_factory_watchdog_runs_before_any_setup(clock: FakeClock) -> None:
+    """fail_safe_duration 300 s as shipped, fed by any request; fail_safe_current 0 stops the box."""
+    site = SimulatedSite(meter=None, chargers=[SimChargerSpec("E1", "cfos_powerbrain", car=SimCar())], clock=clock)
+    bank = site.bank("E1")
+    clock.advance(299.0)
+    bank.read(Table.HOLDING, 8092, 1)  # a read feeds it
+    clock.advance(299.0)
+    assert site.wallbox("E1").values()["limit_a"] == pytest.approx(16.0)
+    clock.advance(1.0)
+    assert site.wallbox("E1").values()["limit_a"] == pytest.approx(0.0)
+
+
 def test_abb_state_uses_socket_lock(clock: FakeClock) -> None:
     site, box, charger = charger_rig("abb_terra_ac", clock)
     bank = charger.bus.banks[1]  # type: ignore[attr-defined]
@@ -241,7 +278,8 @@ def site(clock: FakeClock) -> Iterator[SimulatedSite]:
         meter=SimMeterSpec("M1", "sdm630", "rtu"),
         chargers=[
             SimChargerSpec("E1", "heidelberg", "rtu", car=SimCar(max_current_a=16)),
-            SimChargerSpec("E2", "alfen", "tcp", phases=1, phase="L2", car=SimCar(max_current_a=32, phases=1)),
+            SimChargerSpec("E2", "alfen", "tcp", phases=1, phase="L2", max_current_a=32.0,
+                           car=SimCar(max_current_a=32, phases=1)),
         ],
         input_modules=[SimInputModuleSpec("IO1", "modbus_io", "rtu", inputs=("RSE1", "RSE2"))],
         base_load_a=(2.0, 3.0, 4.0),
@@ -348,7 +386,7 @@ def test_config_dict(site: SimulatedSite) -> None:
                                         "min_current_a": 6, "max_current_a": 16.0}
     e2 = config["chargers"]["E2"]
     assert e2["host"] == "127.0.0.1" and e2["port"] == site.address("E2").port and e2["unit"] == 1
-    assert e2["phases"] == 1 and e2["phase"] == "L2" and e2["max_current_a"] == MODEL_BEHAVIOUR["alfen"].max_current_a
+    assert e2["phases"] == 1 and e2["phase"] == "L2" and e2["max_current_a"] == 32.0
     assert config["inputs"] == {"RSE1": {"bus": "sim_rtu", "unit": 3, "discrete_input": 0},
                                 "RSE2": {"bus": "sim_rtu", "unit": 3, "discrete_input": 1}}
 
@@ -359,7 +397,7 @@ def test_shared_tcp_and_gateway_layouts(clock: FakeClock) -> None:
         chargers=[
             SimChargerSpec("E1", "heidelberg", "rtu-over-tcp", car=SimCar()),
             SimChargerSpec("E2", "cfos_powerbrain", "tcp", car=SimCar()),
-            SimChargerSpec("E3", "abb_terra_ac", "tcp", car=SimCar()),
+            SimChargerSpec("E3", "abb_terra_ac", "tcp", max_current_a=32.0, car=SimCar()),
         ],
         input_modules=[SimInputModuleSpec("IO1", link="tcp")],
         voltage_v=V,

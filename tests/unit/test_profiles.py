@@ -17,6 +17,7 @@ from hal.modbus.profile import (
     METER_VALUES,
     PROFILE_NAMES,
     Block,
+    FactoryFallback,
     InvalidValue,
     Kind,
     LimitSpec,
@@ -234,6 +235,31 @@ ERRORS = [
     (METER, "max_current_a", 16, "max_current_a: only chargers have 'max_current_a'"),
     (CHARGER, "max_current_a", 5, "max_current_a: 5 is outside 6..80"),
     (CHARGER, "max_current_a", "16", "max_current_a: '16' is not a number"),
+    # the box's own fall-back, and the same as it ships (facts for the simulators)
+    (CHARGER, "fallback", {"timeout_s": 60}, "fallback.fed_by: required"),
+    (CHARGER, "fallback", {"timeout_s": 60, "fed_by": "any_read"}, "fallback.fed_by: 'any_read' is not one of"),
+    (CHARGER, "fallback", {"timeout_s": 0, "fed_by": "limit_write"}, "fallback.timeout_s: 0 must be greater than 0"),
+    (CHARGER, "fallback", {"timeout_s": "watchdog", "fed_by": "limit_write"}, "fallback.timeout_s: 'watchdog' is not a number"),
+    (CHARGER, "fallback", {"timeout_s": 60, "fed_by": "limit_write", "factory_timeout": 60}, "fallback.factory_timeout: unknown key"),
+    (CHARGER, "fallback", {"timeout_s": 60, "fed_by": "limit_write", "factory_timeout_s": 60},
+     "fallback.factory_timeout_s: only beside timeout_s: watchdog_s"),
+    (CHARGER, "fallback", {"timeout_s": "watchdog_s", "fed_by": "any_request", "factory_timeout_s": -1},
+     "fallback.factory_timeout_s: -1 is outside 0..86400"),
+    (CHARGER, "fallback", {"timeout_s": "watchdog_s", "fed_by": "any_request", "factory_timeout_s": "300"},
+     "fallback.factory_timeout_s: '300' is not a number"),
+    (CHARGER, "fallback", {"timeout_s": "watchdog_s", "fed_by": "any_request", "factory_timeout_s": None},
+     "fallback.factory_timeout_s: None is not a number"),
+    (CHARGER, "fallback", {"timeout_s": 60, "fed_by": "limit_write", "failsafe_current_a": 3},
+     "fallback.failsafe_current_a: 3 A: 0 (the box stops) or 6..80 A"),
+    (CHARGER, "fallback", {"timeout_s": 60, "fed_by": "limit_write", "failsafe_current_a": 81},
+     "fallback.failsafe_current_a: 81 is outside 0..80"),
+    (CHARGER, "fallback", {"timeout_s": 60, "fed_by": "limit_write", "failsafe_current_a": True},
+     "fallback.failsafe_current_a: True is not a number"),
+    (_with(CHARGER, "max_current_a", 16), "fallback", {"timeout_s": 60, "fed_by": "limit_write", "failsafe_current_a": 20},
+     "fallback.failsafe_current_a: 20 A is above max_current_a (16 A)"),
+    (_with(CHARGER, "setup", []), "fallback", {"timeout_s": "watchdog_s", "fed_by": "any_request"},
+     "fallback.timeout_s: watchdog_s needs a setup write"),
+    (METER, "fallback", {"timeout_s": 60, "fed_by": "limit_write"}, "fallback: only chargers have 'fallback'"),
 ]
 
 
@@ -258,6 +284,35 @@ def test_profile_facts_for_the_config_check() -> None:
     with pytest.raises(ProfileError) as info:
         parse_profile({"kind": "input", "inputs": {"count": 8}, "phases": 1})
     assert info.value.errors == ["phases: only meters and chargers have 'phases'"]
+
+
+@pytest.mark.parametrize(
+    ("fallback", "factory"),
+    [
+        (None, None),  # no fall-back known (ABB Terra AC)
+        ({"timeout_s": "watchdog_s", "fed_by": "any_request"}, FactoryFallback(0.0, 0.0)),  # defaults: none, stop
+        ({"timeout_s": "watchdog_s", "fed_by": "any_request", "factory_timeout_s": 300, "failsafe_current_a": 0},
+         FactoryFallback(300.0, 0.0)),  # cFos: 300 s as shipped
+        ({"timeout_s": 60, "fed_by": "limit_write", "failsafe_current_a": 6}, FactoryFallback(60.0, 6.0)),  # Alfen
+    ],
+)
+def test_factory_fallback_facts(fallback: dict[str, Any] | None, factory: FactoryFallback | None) -> None:
+    """A fixed timeout_s is the factory's; a watchdog_s box runs on factory_timeout_s until its setup."""
+    data = CHARGER if fallback is None else _with(CHARGER, "fallback", fallback)
+    prof = parse_profile(data)
+    assert prof.factory_fallback == factory
+    assert (prof.fallback is None) == (factory is None)
+
+
+def test_packaged_factory_fallbacks() -> None:
+    """The facts the simulator builds its boxes from (see hal/sim/site.py)."""
+    facts = {name: load_profile(name).factory_fallback for name in ("heidelberg", "alfen", "cfos_powerbrain", "abb_terra_ac")}
+    assert facts == {
+        "heidelberg": FactoryFallback(timeout_s=0.0, failsafe_current_a=0.0),  # 257 = 0: watchdog off
+        "alfen": FactoryFallback(timeout_s=60.0, failsafe_current_a=6.0),  # validity time, safe current
+        "cfos_powerbrain": FactoryFallback(timeout_s=300.0, failsafe_current_a=0.0),  # fail_safe_duration
+        "abb_terra_ac": None,  # no watchdog known
+    }
 
 
 def test_input_module_needs_its_inputs() -> None:
