@@ -16,6 +16,7 @@ demo: $(BIN)/.installed
 	$(BIN)/gridcharge demo
 
 test: $(BIN)/.installed
+	$(BIN)/mypy
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 bench: $(BIN)/.installed

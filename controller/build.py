@@ -11,24 +11,27 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Union
 
 from controller import modbus_wiring
-from controller.config import GpioInputConfig, Loadpoint, ModbusChargerConfig
+from controller.config import Config, GpioInputConfig, InputConfig, Loadpoint, ModbusChargerConfig
 from controller.hardware import BuildContext, DeviceHandle, Hardware
 from hal.gpio import GpioInput
+from hal.types import Charger, Input, Meter
 
 log = logging.getLogger(__name__)
 
-ChargerBuilder = Callable[[BuildContext, str, Any], DeviceHandle]
+#: A driver's charger builder; it gets the entry of the config class it registered for.
+ChargerBuilder = Callable[[BuildContext, str, Any], DeviceHandle[Charger]]
+AnyHandle = Union[DeviceHandle[Meter], DeviceHandle[Charger], DeviceHandle[Input]]
 
 #: The builder of each charger entry type. ``controller/drivers.py`` adds other protocols'.
 CHARGER_BUILDERS: dict[type[Loadpoint], ChargerBuilder] = {ModbusChargerConfig: modbus_wiring.build_charger}
 
 
-def _charger(ctx: BuildContext, dev_id: str, cc: Loadpoint) -> DeviceHandle:
+def _charger(ctx: BuildContext, dev_id: str, cc: Loadpoint) -> DeviceHandle[Charger]:
     for cls in type(cc).__mro__:
-        builder = CHARGER_BUILDERS.get(cls)  # type: ignore[arg-type]
+        builder = CHARGER_BUILDERS.get(cls)
         if builder is not None:
             handle = builder(ctx, dev_id, cc)
             if handle.group is None:
@@ -37,7 +40,7 @@ def _charger(ctx: BuildContext, dev_id: str, cc: Loadpoint) -> DeviceHandle:
     raise ValueError(f"chargers.{dev_id}: no driver builds a {type(cc).__name__}")
 
 
-def _input(ctx: BuildContext, dev_id: str, in_cfg: Any) -> DeviceHandle:
+def _input(ctx: BuildContext, dev_id: str, in_cfg: InputConfig) -> DeviceHandle[Input]:
     if not isinstance(in_cfg, GpioInputConfig):
         return modbus_wiring.build_input(ctx, dev_id, in_cfg)
     pin = GpioInput(dev_id, in_cfg.gpio, pull_up=in_cfg.pull_up, active_low=in_cfg.active_low,
@@ -47,7 +50,7 @@ def _input(ctx: BuildContext, dev_id: str, in_cfg: Any) -> DeviceHandle:
     return DeviceHandle(dev_id, "input", "gpio", f"GPIO{in_cfg.gpio}", None, pin)
 
 
-def build_hardware(cfg: Any, *, on_event: Callable[[str], None] | None = None,
+def build_hardware(cfg: Config, *, on_event: Callable[[str], None] | None = None,
                    pin_factory: Any = None) -> Hardware:
     """Create every link and device of ``cfg``; nothing is contacted yet.
 
@@ -67,7 +70,7 @@ class UnknownDevice(KeyError):
     """``build_device`` was asked for an id the config does not have."""
 
 
-def build_device(cfg: Any, dev_id: str) -> tuple[Hardware, DeviceHandle]:
+def build_device(cfg: Config, dev_id: str) -> tuple[Hardware, AnyHandle]:
     """Only ``dev_id`` and the link it is on, for one read (``gridcharge read``).
 
     Nothing else of the site is built: no other bus is opened and no GPIO pin is claimed, so
@@ -77,11 +80,12 @@ def build_device(cfg: Any, dev_id: str) -> tuple[Hardware, DeviceHandle]:
     """
     ctx = BuildContext(cfg, Hardware(), one_shot=True)
     if dev_id in cfg.meters:
-        handle = ctx.hw.meters[dev_id] = modbus_wiring.build_meter(ctx, dev_id, cfg.meters[dev_id])
-    elif dev_id in cfg.chargers:
-        handle = ctx.hw.chargers[dev_id] = _charger(ctx, dev_id, cfg.chargers[dev_id])
-    elif dev_id in cfg.inputs:
-        handle = ctx.hw.inputs[dev_id] = _input(ctx, dev_id, cfg.inputs[dev_id])
-    else:
-        raise UnknownDevice(dev_id)
-    return ctx.hw, handle
+        meter = ctx.hw.meters[dev_id] = modbus_wiring.build_meter(ctx, dev_id, cfg.meters[dev_id])
+        return ctx.hw, meter
+    if dev_id in cfg.chargers:
+        charger = ctx.hw.chargers[dev_id] = _charger(ctx, dev_id, cfg.chargers[dev_id])
+        return ctx.hw, charger
+    if dev_id in cfg.inputs:
+        contact = ctx.hw.inputs[dev_id] = _input(ctx, dev_id, cfg.inputs[dev_id])
+        return ctx.hw, contact
+    raise UnknownDevice(dev_id)

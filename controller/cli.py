@@ -22,7 +22,10 @@ import logging
 import signal
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from controller.config import Config
 
 DEFAULT_CONFIG = "/etc/gridcharge/config.yaml"
 EXIT_OK, EXIT_CONFIG, EXIT_USAGE, EXIT_DEVICE, EXIT_STATE, EXIT_FAILED = 0, 1, 2, 3, 4, 5
@@ -87,7 +90,7 @@ def _setup_logging(level: str) -> None:
     logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
 
 
-def _load(path: str) -> Any:
+def _load(path: str) -> Config | None:
     """Load and validate a config, or print every error with its path and return None."""
     from controller.config import ConfigError, load_config
 
@@ -118,7 +121,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def describe(cfg: Any) -> str:
+def describe(cfg: Config) -> str:
     """What would run, in a few lines an installer can check against the wiring."""
     from controller.config import GpioInputConfig
 

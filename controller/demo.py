@@ -28,7 +28,7 @@ from typing import Any, TextIO
 from rich.console import Group, RenderableType
 from rich.text import Text
 
-from controller.config import Http, parse_config
+from controller.config import Config, Http, parse_config
 from controller.commands.live_screen import LiveScreen, console_for
 from controller.service import Service
 from controller.status import Status
@@ -90,7 +90,7 @@ SCENARIO: tuple[Step, ...] = (
 )
 
 
-def demo_config(site: SimulatedSite, state_dir: str) -> Any:
+def demo_config(site: SimulatedSite, state_dir: str) -> Config:
     data = site.config_dict()
     data.update(site=DEMO_SITE, variables=DEMO_VARIABLES, rules=DEMO_RULES, state_dir=state_dir)
     return parse_config(data, source="demo")

@@ -11,13 +11,19 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from hal.types import Link
+from hal.types import Charger, Input, Link, Meter
+
+if TYPE_CHECKING:
+    from controller.config import Config
+
+#: The protocol of the device behind a handle: ``Meter``, ``Charger`` or ``Input``.
+D = TypeVar("D", Meter, Charger, Input, covariant=False)
 
 
 @dataclass
-class DeviceHandle:
+class DeviceHandle(Generic[D]):
     id: str
     kind: str  # "meter" | "charger" | "input"
     model: str
@@ -25,20 +31,20 @@ class DeviceHandle:
     #: The worker group that does this device's I/O: a bus, or a group of the driver's own. Every
     #: charger has one; None (only local inputs such as GPIO) = read on the loop thread.
     group: str | None
-    device: Any  # hal.types.Meter | Charger | Input, by ``kind``
+    device: D  # hal.types.Meter | Charger | Input, by ``kind``
 
 
 @dataclass
 class Hardware:
-    meters: dict[str, DeviceHandle] = field(default_factory=dict)
-    chargers: dict[str, DeviceHandle] = field(default_factory=dict)
-    inputs: dict[str, DeviceHandle] = field(default_factory=dict)
+    meters: dict[str, DeviceHandle[Meter]] = field(default_factory=dict)
+    chargers: dict[str, DeviceHandle[Charger]] = field(default_factory=dict)
+    inputs: dict[str, DeviceHandle[Input]] = field(default_factory=dict)
     #: Every channel the drivers opened (Modbus buses, ...): reported each cycle, closed on stop.
     links: dict[str, Link] = field(default_factory=dict)
     #: Anything else to release on stop (GPIO pins).
     closers: list[Callable[[], None]] = field(default_factory=list)
 
-    def all(self) -> list[DeviceHandle]:
+    def all(self) -> list[DeviceHandle[Meter] | DeviceHandle[Charger] | DeviceHandle[Input]]:
         return [*self.meters.values(), *self.chargers.values(), *self.inputs.values()]
 
     def groups(self) -> list[str]:
@@ -56,7 +62,7 @@ class Hardware:
 class BuildContext:
     """What a driver gets to build its devices for one config."""
 
-    cfg: Any  # controller.config.Config
+    cfg: Config
     hw: Hardware
     #: Pushed news of a device (a GPIO edge; a message a box sends): wakes the control loop.
     on_event: Callable[[str], None] | None = None

@@ -39,7 +39,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from controller import cycle_inputs
 from controller.allocation import AllocationState, Settings, acknowledge, allocate
@@ -55,6 +55,9 @@ from controller.tracking import DeviceTracker, FaultLog
 from controller.writer import LimitWriter, Observed, WriteReport
 from hal.executor import GroupExecutor
 from hal.types import ChargerReading, IecState, MeterReading
+
+if TYPE_CHECKING:
+    from controller.config import Config
 
 log = logging.getLogger(__name__)
 TICK_TOLERANCE_S = 0.005  # a timed wait may return a hair early: that is still the tick
@@ -79,7 +82,7 @@ _KEEP: Any = object()  # update_override: leave this part of the override as it 
 class ControlLoop:
     def __init__(
         self,
-        cfg: Any,
+        cfg: Config,
         hardware: Hardware,
         store: VariableStore,
         *,
@@ -236,7 +239,9 @@ class ControlLoop:
         commands = {cid: cmd.current_a for cid, cmd in alloc.commands.items()}
         observed = {cid: Observed(c.online, c.draw_a if c.online else 0.0, self.trackers[cid].read_seq)
                     for cid, c in chargers.items()}
-        meter_seq = self.trackers[self.site.grid_meter].read_seq if site.grid_current_a is not None else None
+        grid_meter = self.site.grid_meter
+        meter_seq = (self.trackers[grid_meter].read_seq
+                     if grid_meter is not None and site.grid_current_a is not None else None)
         self._report = self.writer.write(now, commands, observed, meter_seq, site.grid_current_a,
                                          hold_increases=PROMPT_HELD if prompt else None, interrupt=self._signal)
         self._alloc_state = acknowledge(alloc.state, {cid: self.writer.written_a(cid) for cid in chargers})

@@ -7,26 +7,35 @@ the others; the devices on one RS485 line share its bus and its worker.
 
 from __future__ import annotations
 
-from typing import Any
-
-from controller.config import ModbusChargerConfig, ModbusDeviceConfig, ModbusInputConfig, all_buses, device_profile
+from controller.config import (
+    BusConfig,
+    MeterConfig,
+    ModbusChargerConfig,
+    ModbusDeviceConfig,
+    ModbusInputConfig,
+    RtuBus,
+    RtuOverTcpBus,
+    all_buses,
+    device_profile,
+)
 from controller.hardware import BuildContext, DeviceHandle
 from hal.modbus.bus import BusSpec, ModbusBus
 from hal.modbus.devices import ModbusInput, ProfileCharger, ProfileMeter
 from hal.modbus.profile import load_profile
 from hal.modbus.types import RequestPolicy, Table
+from hal.types import Charger, Input, Meter
 
 
-def bus_spec(name: str, bus_cfg: Any) -> BusSpec:
-    kind = bus_cfg.type
-    common = dict(name=name, kind=kind, timeout_s=bus_cfg.timeout_s, retries=bus_cfg.retries)
-    if kind == "rtu":
-        return BusSpec(port=bus_cfg.port, baudrate=bus_cfg.baudrate, parity=bus_cfg.parity,
-                       stopbits=bus_cfg.stopbits, **common)
-    if kind == "rtu-over-tcp":
-        return BusSpec(host=bus_cfg.host, tcp_port=bus_cfg.port, baudrate=bus_cfg.baudrate,
-                       parity=bus_cfg.parity, stopbits=bus_cfg.stopbits, **common)
-    return BusSpec(host=bus_cfg.host, tcp_port=bus_cfg.port, **common)
+def bus_spec(name: str, bus_cfg: BusConfig) -> BusSpec:
+    if isinstance(bus_cfg, RtuBus):
+        return BusSpec(name=name, kind="rtu", port=bus_cfg.port, baudrate=bus_cfg.baudrate, parity=bus_cfg.parity,
+                       stopbits=bus_cfg.stopbits, timeout_s=bus_cfg.timeout_s, retries=bus_cfg.retries)
+    if isinstance(bus_cfg, RtuOverTcpBus):
+        return BusSpec(name=name, kind="rtu-over-tcp", host=bus_cfg.host, tcp_port=bus_cfg.port,
+                       baudrate=bus_cfg.baudrate, parity=bus_cfg.parity, stopbits=bus_cfg.stopbits,
+                       timeout_s=bus_cfg.timeout_s, retries=bus_cfg.retries)
+    return BusSpec(name=name, kind="tcp", host=bus_cfg.host, tcp_port=bus_cfg.port,
+                   timeout_s=bus_cfg.timeout_s, retries=bus_cfg.retries)
 
 
 class _Buses:
@@ -36,7 +45,7 @@ class _Buses:
         self.ctx = ctx
         self.configs = all_buses(ctx.cfg)  # declared ones plus the implicit tcp:HOST:PORT ones
 
-    def bus_for(self, dev_cfg: ModbusDeviceConfig) -> tuple[str, ModbusBus, Any]:
+    def bus_for(self, dev_cfg: ModbusDeviceConfig) -> tuple[str, ModbusBus, BusConfig]:
         """The bus a device talks on, and the bus's config."""
         name = dev_cfg.bus_name
         bus_cfg = self.configs[name]
@@ -46,7 +55,7 @@ class _Buses:
         return name, bus, bus_cfg
 
     @staticmethod
-    def policy(dev_cfg: ModbusDeviceConfig, profile_policy: RequestPolicy, bus_cfg: Any) -> RequestPolicy:
+    def policy(dev_cfg: ModbusDeviceConfig, profile_policy: RequestPolicy, bus_cfg: BusConfig) -> RequestPolicy:
         """The device's own timeout and gap where given, else the bus's timeout and retries and
         the profile's gap (a device need, e.g. the SDM630's 60 ms)."""
         gap = profile_policy.gap_s if dev_cfg.gap_s is None else dev_cfg.gap_s
@@ -60,25 +69,23 @@ def _buses(ctx: BuildContext) -> _Buses:
     return buses
 
 
-def _profile_device(ctx: BuildContext, kind: str, dev_id: str, dev_cfg: Any) -> DeviceHandle:
+def build_meter(ctx: BuildContext, dev_id: str, dev_cfg: MeterConfig) -> DeviceHandle[Meter]:
     buses = _buses(ctx)
-    profile = device_profile(dev_cfg, f"{kind}s.{dev_id}")
+    profile = device_profile(dev_cfg, f"meters.{dev_id}")
     group, bus, bus_cfg = buses.bus_for(dev_cfg)
-    policy = buses.policy(dev_cfg, profile.request, bus_cfg)
-    cls = ProfileMeter if kind == "meter" else ProfileCharger
-    device = cls(dev_id, profile, bus, dev_cfg.unit, policy)
-    return DeviceHandle(dev_id, kind, profile.model, f"{group} unit {dev_cfg.unit}", group, device)
+    device = ProfileMeter(dev_id, profile, bus, dev_cfg.unit, buses.policy(dev_cfg, profile.request, bus_cfg))
+    return DeviceHandle(dev_id, "meter", profile.model, f"{group} unit {dev_cfg.unit}", group, device)
 
 
-def build_meter(ctx: BuildContext, dev_id: str, dev_cfg: Any) -> DeviceHandle:
-    return _profile_device(ctx, "meter", dev_id, dev_cfg)
+def build_charger(ctx: BuildContext, dev_id: str, dev_cfg: ModbusChargerConfig) -> DeviceHandle[Charger]:
+    buses = _buses(ctx)
+    profile = device_profile(dev_cfg, f"chargers.{dev_id}")
+    group, bus, bus_cfg = buses.bus_for(dev_cfg)
+    device = ProfileCharger(dev_id, profile, bus, dev_cfg.unit, buses.policy(dev_cfg, profile.request, bus_cfg))
+    return DeviceHandle(dev_id, "charger", profile.model, f"{group} unit {dev_cfg.unit}", group, device)
 
 
-def build_charger(ctx: BuildContext, dev_id: str, dev_cfg: ModbusChargerConfig) -> DeviceHandle:
-    return _profile_device(ctx, "charger", dev_id, dev_cfg)
-
-
-def build_input(ctx: BuildContext, dev_id: str, in_cfg: ModbusInputConfig) -> DeviceHandle:
+def build_input(ctx: BuildContext, dev_id: str, in_cfg: ModbusInputConfig) -> DeviceHandle[Input]:
     buses = _buses(ctx)
     group, bus, bus_cfg = buses.bus_for(in_cfg)
     table, index = Table(in_cfg.table), in_cfg.index

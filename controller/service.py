@@ -24,7 +24,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from controller.build import build_hardware
 from controller.hardware import Hardware
@@ -37,6 +37,9 @@ from controller.records.statedir import GRID_LOG_FILE, check_writable, one_line
 from controller.status import Status
 from controller.records.variables import VariableStore
 
+if TYPE_CHECKING:
+    from controller.config import Config
+
 log = logging.getLogger(__name__)
 
 
@@ -47,7 +50,7 @@ class StartError(Exception):
 class Service:
     """One controller. Raises StartError when the state directory cannot be used (see above)."""
 
-    def __init__(self, cfg: Any, *, clock: Clock | None = None, pin_factory: Any = None) -> None:
+    def __init__(self, cfg: Config, *, clock: Clock | None = None, pin_factory: Any = None) -> None:
         self.cfg = cfg
         self.state_dir = Path(cfg.state_dir)
         self.variable_file = VariableFile(self.state_dir)
@@ -68,7 +71,7 @@ class Service:
             self.grid_log.close()
             raise
 
-    def _build(self, cfg: Any, saved: SavedVariables | None, clock: Clock | None,
+    def _build(self, cfg: Config, saved: SavedVariables | None, clock: Clock | None,
                pin_factory: Any) -> None:
         reserved = cfg.device_ids  # a variable may not take a device's or an input's name
         initial = initial_variables(dict(cfg.variables), saved, reserved=reserved)

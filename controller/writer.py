@@ -24,13 +24,16 @@ import logging
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from controller.hardware import Hardware
 from controller.clock import Clock
 from controller.tracking import DeviceTracker
 from controller.write_plan import BoxState, Write, plan_writes
 from hal.executor import GroupExecutor
+
+if TYPE_CHECKING:
+    from controller.config import Config
 
 log = logging.getLogger(__name__)
 JobKey = str | tuple[str, str]  # a charger's limit write, or (charger, "setup")
@@ -78,7 +81,7 @@ class Landed:
 
 
 class LimitWriter:
-    def __init__(self, cfg: Any, hw: Hardware, executor: GroupExecutor,
+    def __init__(self, cfg: Config, hw: Hardware, executor: GroupExecutor,
                  trackers: Mapping[str, DeviceTracker[Any]], clock: Clock,
                  sequence: Callable[[], int] | None = None) -> None:
         self.cfg = cfg

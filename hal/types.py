@@ -91,6 +91,9 @@ class CommError(DeviceError):
 class DeviceAnswerError(DeviceError):
     """The device answered, but with a Modbus exception or a value no device can show."""
 
+    #: The protocol's error code to answer with, where one applies (a Modbus exception code).
+    code: int | None = None
+
 
 @dataclass(frozen=True)
 class MeterReading:

@@ -116,7 +116,7 @@ def _model_at(parent: Loc, data: Mapping[str, Any]) -> type[BaseModel] | None:
     if section == "chargers":
         return charger_model(raw)
     if section == "buses":
-        return BUS_MODELS.get(raw.get("type"))  # type: ignore[arg-type]
+        return BUS_MODELS.get(str(raw.get("type")))
     if section == "inputs":
         return GpioInputConfig if input_kind(raw) == "gpio" else ModbusInputConfig
     return None

@@ -175,8 +175,10 @@ def _salvage(model: type[BaseModel], raw: Any, path: Loc, broken: set[Loc]) -> A
         if None in keys:  # the entry as a whole is wrong, not one of its fields
             return None
         for key in keys:
+            if not isinstance(key, str):
+                return None  # an index into a list, not a field: the entry as a whole is wrong
             broken.add(path + (key,))
-            info = model.model_fields.get(key) if isinstance(key, str) else None
+            info = model.model_fields.get(key)
             if info is None or not info.is_required():
                 if key not in data:
                     return None  # nothing left to drop: give up rather than loop

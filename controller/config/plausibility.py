@@ -86,9 +86,9 @@ def _fixed_serial_settings(parts: Parts) -> Iterator[Problem]:
             if not parts.whole(("buses", device.bus)) or (isinstance(bus, RtuBus) and _pseudo_terminal(bus.port)):
                 continue
             profile = _profile(parts, path, device)
-            link = profile.link if profile is not None else None
-            if link is None or not link.fixed:
+            if profile is None or profile.link is None or not profile.link.fixed:
                 continue
+            link = profile.link
             if (bus.baudrate, bus.parity, bus.stopbits) != (link.baudrate, link.parity, link.stopbits):
                 yield Problem(path + ("bus",), (
                     f"'{profile.model}' speaks only {link.serial_text()} (fixed on the box), but bus "
@@ -101,9 +101,10 @@ def _currents(parts: Parts, path: Loc, charger: Loadpoint, profile: profiles.Pro
     model_max = profile.max_current_a if profile is not None else None
     site = parts.site
     fuse = site.main_fuse_a if site is not None and parts.intact(("site",), "main_fuse_a") else None
-    maximum = charger.max_current_a
-    if not isinstance(maximum, (int, float)) or not parts.intact(path, "max_current_a") or maximum > MAX_CURRENT_A:
-        maximum = None  # a formula (known only at run time), or beyond IEC 61851 (its own error)
+    configured = charger.max_current_a
+    maximum: float | None = None  # a formula (known only at run time), or beyond IEC 61851 (its own error)
+    if isinstance(configured, (int, float)) and parts.intact(path, "max_current_a") and configured <= MAX_CURRENT_A:
+        maximum = float(configured)
     minimum = charger.min_current_a if parts.intact(path, "min_current_a") else None
     failsafe = charger.failsafe_current_a if parts.intact(path, "failsafe_current_a") else None
     if model_max is not None and profile is not None:

@@ -74,7 +74,7 @@ class Lookup(NamedTuple):
 
     synthetic: str  # name in the compiled tree, e.g. "M1.current_a[0]"
     symbol: str  # key in symbols, e.g. "M1.current_a"
-    index: int | None  # phase index into a tuple value
+    phase_index: int | None  # index into a tuple value (L1 = 0)
     tuple_ok: bool  # the name only appears as the sole argument of min()/max()
 
 
@@ -313,6 +313,8 @@ def _constant_of(body: ast.expr) -> float | bool | None:
         return None
     if isinstance(body.value, bool):
         return body.value
+    if not isinstance(body.value, (int, float)):
+        return None
     return sign * float(body.value)
 
 

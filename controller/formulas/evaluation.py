@@ -10,11 +10,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from controller.formulas import Evaluator, Formula, compile_formula
 from controller.status import FormulaStatus, VariableStatus
 from controller.records.variables import VariableSet, evaluate_variables
+
+if TYPE_CHECKING:
+    from controller.config import Config
 
 Result = tuple[Any, str | None]
 
@@ -59,7 +62,7 @@ def _maybe(text: Any) -> Formula | None:
     return None if text is None else compile_formula(text)
 
 
-def compile_limits(cfg: Any) -> LimitFormulas:
+def compile_limits(cfg: Config) -> LimitFormulas:
     """Compile the site, charger and rule formulas of a validated config."""
     rules = tuple(
         RuleFormulas(

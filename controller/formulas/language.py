@@ -215,16 +215,16 @@ def _resolve(lookup: Lookup, symbols: Mapping[str, object]) -> tuple[object, str
     if value is NO_LIMIT:
         return None, None
     if isinstance(value, (tuple, list)):
-        if lookup.index is not None:
-            if lookup.index >= len(value):
+        if lookup.phase_index is not None:
+            if lookup.phase_index >= len(value):
                 return None, f"{lookup.synthetic}: no such phase"
-            value = value[lookup.index]
+            value = value[lookup.phase_index]
         elif lookup.tuple_ok:
             return _scalar_tuple(lookup.symbol, value)
         else:
             return None, (f"{lookup.symbol} is per phase: use {lookup.symbol}[0] .. [2] "
                           f"or min()/max() of it")
-    elif lookup.index is not None:
+    elif lookup.phase_index is not None:
         return None, f"{lookup.symbol} is not per phase: it cannot be indexed"
     return _scalar(lookup.synthetic, value)
 

@@ -24,12 +24,15 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from controller.records import gridlog_file
 from controller.records.backup_manifest import MANIFEST_NAME, Entry, Manifest, Role, destinations
 from controller.records.statedir import fsync_dir
 from controller.version import version
+
+if TYPE_CHECKING:
+    from controller.config import Config
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +73,7 @@ def snapshot_grid_log(source: Path, target: Path) -> None:
         src.close()
 
 
-def _collect(cfg: Any, config_path: Path, work: Path) -> tuple[dict[Role, tuple[Path, Path]], list[str]]:
+def _collect(cfg: Config, config_path: Path, work: Path) -> tuple[dict[Role, tuple[Path, Path]], list[str]]:
     """Copy every file of the backup into ``work`` first, so that what is hashed is what is
     archived even if the service replaces a file meanwhile. Returns role → (where it came from,
     its copy), and one line for each file the config names that is absent."""
@@ -103,7 +106,7 @@ def _add(tar: tarfile.TarFile, name: str, data: bytes | Path, mode: int, mtime: 
         tar.addfile(info, f)
 
 
-def create_backup(cfg: Any, config_path: Path, out: Path, *, clock: Any = time.time) -> BackupResult:
+def create_backup(cfg: Config, config_path: Path, out: Path, *, clock: Any = time.time) -> BackupResult:
     """Write the backup of ``cfg`` (read from ``config_path``) to ``out``. Raises OSError or
     sqlite3.Error; ``out`` is then untouched."""
     out = out.absolute()

@@ -29,9 +29,12 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from controller.records.statedir import GRID_LOG_FILE, TLS_CERT_FILE, TLS_DIR, TLS_KEY_FILE, VARIABLES_FILE
+
+if TYPE_CHECKING:
+    from controller.config import Config
 
 FORMAT = "gridcharge-backup"
 FORMAT_VERSION = 1
@@ -74,7 +77,7 @@ ARCHIVE_NAMES: Mapping[Role, str] = {
 STATE_ROLES = (Role.VARIABLES, Role.GRID_LOG, Role.UPLOAD_CERT, Role.UPLOAD_KEY)
 
 
-def destinations(cfg: Any, config_path: Path) -> dict[Role, Path]:
+def destinations(cfg: Config, config_path: Path) -> dict[Role, Path]:
     """Where each role lives for the config ``cfg`` read from ``config_path``."""
     state_dir = Path(cfg.state_dir)
     places = {

@@ -136,7 +136,7 @@ class BusStats:
 def device_answer_error(message: str, code: int = ExcCodes.ILLEGAL_ADDRESS) -> DeviceAnswerError:
     """A DeviceAnswerError carrying a Modbus exception ``code`` (bank side: what to answer)."""
     exc = DeviceAnswerError(message)
-    exc.code = int(code)  # type: ignore[attr-defined]
+    exc.code = int(code)
     return exc
 
 

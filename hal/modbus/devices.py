@@ -111,9 +111,10 @@ class _ProfileDevice:
         if not any(name in self.profile.values for name in names):
             return None
         phases = [values.get(name, 0.0) if name in self.profile.values else 0.0 for name in names]
-        if any(p is None or isinstance(p, str) for p in phases):
+        numbers = [float(p) for p in phases if isinstance(p, (int, float))]
+        if len(numbers) != 3:
             return None
-        return (float(phases[0]), float(phases[1]), float(phases[2]))  # type: ignore[arg-type]
+        return (numbers[0], numbers[1], numbers[2])
 
     def _write(self, address: int, words: Sequence[int], single: bool) -> None:
         self.bus.write(address, list(words), self.unit, self.policy, single=single)

@@ -134,7 +134,7 @@ class _Parser:
         parts: dict[str, Any] = {}
         if kind is not None:
             parts = self.kind_parts(data, kind, values, word_order)
-        about = {
+        about: dict[str, Any] = {
             "model": self.text(data, "model", "", "custom"),
             "manufacturer": self.text(data, "manufacturer", "", ""),
             "description": self.text(data, "description", "", ""),

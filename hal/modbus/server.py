@@ -168,7 +168,7 @@ async def _sleep(seconds: float) -> None:
 def _exc_code(exc: Exception, unit: int) -> ExcCodes:
     if isinstance(exc, DeviceAnswerError):
         try:
-            return ExcCodes(getattr(exc, "code", ExcCodes.ILLEGAL_ADDRESS))
+            return ExcCodes(ExcCodes.ILLEGAL_ADDRESS if exc.code is None else exc.code)
         except ValueError:
             return ExcCodes.DEVICE_FAILURE
     log.warning("simulated unit %d failed: %r", unit, exc)

@@ -209,7 +209,7 @@ class ProfileBank:
         limit = self.profile.limit
         in_range = limit is not None and limit.address < end and limit.address + limit.count > address
         if limit is not None and in_range and "limit_written_a" in values:
-            limit_a = float(values["limit_written_a"])  # type: ignore[arg-type]
+            limit_a = _number(values, "limit_written_a")
             result[limit.address] = _words_or_zero(lambda: limit.words_for(limit_a), limit.count)
         return result
 
@@ -218,9 +218,9 @@ class ProfileBank:
         box = self.source if isinstance(self.source, SimWallbox) else None
         if box is not None and isinstance(spec.value, str):
             quantity = {
-                "watchdog_s": float(values["watchdog_timeout_s"]),  # type: ignore[arg-type]
-                "watchdog_ms": float(values["watchdog_timeout_s"]) * 1000.0,  # type: ignore[arg-type]
-                "failsafe_current": float(values["failsafe_current_a"]),  # type: ignore[arg-type]
+                "watchdog_s": _number(values, "watchdog_timeout_s"),
+                "watchdog_ms": _number(values, "watchdog_timeout_s") * 1000.0,
+                "failsafe_current": _number(values, "failsafe_current_a"),
             }[spec.value]
             return _words_or_zero(lambda: scale_to_words(quantity, spec.type, spec.scale, spec.word_order), count)
         if box is not None and self._is_pause_register(spec.address):
@@ -355,3 +355,11 @@ def _words_or_zero(make: Callable[[], list[int]], count: int) -> list[int]:
         return make()
     except (codec.CodecError, ValueError, OverflowError):
         return [0] * count
+
+
+def _number(values: Mapping[str, object], name: str) -> float:
+    """A numeric quantity of the simulated box (its values are typed loosely as ``object``)."""
+    value = values[name]
+    if not isinstance(value, (int, float)):
+        raise TypeError(f"{name} is {value!r}, not a number")
+    return float(value)

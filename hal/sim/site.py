@@ -205,8 +205,8 @@ class SimulatedSite:
     ) -> None:
         if tcp_layout not in ("per_device", "shared"):
             raise ValueError(f"tcp_layout must be per_device or shared, not {tcp_layout!r}")
-        kwargs = {"clock": clock} if clock is not None else {}
-        self.physics = SimSite(base_load_a=base_load_a, voltage_v=voltage_v, **kwargs)
+        self.physics = (SimSite(base_load_a=base_load_a, voltage_v=voltage_v) if clock is None
+                        else SimSite(base_load_a=base_load_a, voltage_v=voltage_v, clock=clock))
         self.tcp_layout = tcp_layout
         self.host = host
         self.contacts: dict[str, SimContact] = {}
