@@ -118,8 +118,13 @@ def load_golden(model: str) -> Golden:
             f"{source} is missing: every profile in hal/modbus/profiles/ needs a golden fixture "
             "written by hand from the vendor's register table (see tests/unit/golden/README.md)"
         )
+    return parse_golden_text(path.read_text(encoding="utf-8"), model, source)
+
+
+def parse_golden_text(text: str, model: str, source: str) -> Golden:
+    """A fixture from its YAML text; duplicate keys fail as in a profile (PyYAML keeps the last)."""
     try:
-        data = yaml.load(path.read_text(encoding="utf-8"), Loader=profile_mod._UniqueKeyLoader)  # noqa: S506
+        data = yaml.load(text, Loader=profile_mod._UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as exc:
         raise FixtureError(f"{source}: YAML: {exc}") from exc
     return parse_golden(data, model, source)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import pytest
@@ -29,6 +29,7 @@ from golden_fixture import (
     fixture_path,
     load_golden,
     parse_golden,
+    parse_golden_text,
 )
 from hal.modbus.devices import ModbusInput, ProfileCharger, ProfileMeter, device_for
 from hal.modbus.profile import PROFILE_NAMES, Kind, load_profile, parse_profile
@@ -196,7 +197,10 @@ def _raw(model: str) -> dict[str, Any]:
     return yaml.safe_load(fixture_path(model).read_text(encoding="utf-8"))
 
 
-def _edited(model: str, edit: Any) -> dict[str, Any]:
+Edit = Callable[[dict[str, Any]], Any]
+
+
+def _edited(model: str, edit: Edit) -> dict[str, Any]:
     data = copy.deepcopy(_raw(model))
     edit(data)
     return data
@@ -230,19 +234,16 @@ FIXTURE_ERRORS = [
 
 
 @pytest.mark.parametrize(("model", "edit", "message"), FIXTURE_ERRORS)
-def test_fixture_typos_fail(model: str, edit: Any, message: str) -> None:
+def test_fixture_typos_fail(model: str, edit: Edit, message: str) -> None:
     with pytest.raises(FixtureError) as info:
         parse_golden(_edited(model, edit), model, f"tests/unit/golden/{model}.yaml")
     assert message in str(info.value), str(info.value)
 
 
-def test_fixture_duplicate_keys_fail(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    import golden_fixture
-
-    (tmp_path / "twice.yaml").write_text("kind: meter\nunit: 1\nunit: 2\n", encoding="utf-8")
-    monkeypatch.setattr(golden_fixture, "GOLDEN_DIR", tmp_path)
+def test_fixture_duplicate_keys_fail() -> None:
+    text = fixture_path("sdm72").read_text(encoding="utf-8") + "unit: 4\n"
     with pytest.raises(FixtureError, match="duplicate key 'unit'"):
-        golden_fixture.load_golden.__wrapped__("twice")
+        parse_golden_text(text, "sdm72", "tests/unit/golden/sdm72.yaml")
 
 
 # ==============================================================================================
