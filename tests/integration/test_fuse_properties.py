@@ -36,6 +36,7 @@ from site_helpers import make_config
 
 from controller.clock import FakeClock
 from controller.service import Service
+from hal.modbus.profile import PROFILE_NAMES, Kind, load_profile
 from hal.sim.physics import SimCar
 from hal.sim.site import SimChargerSpec, SimMeterSpec, SimulatedSite
 
@@ -43,7 +44,8 @@ CYCLE_S = 0.5
 CYCLES = 16
 EXAMPLES = int(os.environ.get("GRIDCHARGE_PROPERTY_EXAMPLES", "6"))
 LATENCIES_S = (0.0, 0.0, 0.01, 0.05, 0.3)  # 0.3 s: beyond the read deadline (0.35 s with the line)
-MODELS = {"heidelberg": "rtu", "alfen": "tcp", "abb_terra_ac": "tcp", "cfos_powerbrain": "tcp"}
+#: Every packaged charger model, on the link its profile says it speaks.
+MODELS = {name: load_profile(name).link.protocol for name in PROFILE_NAMES if load_profile(name).kind is Kind.CHARGER}
 
 
 @dataclass(frozen=True)

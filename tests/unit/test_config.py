@@ -33,6 +33,7 @@ from controller.config import (
     parse_config,
     split_listen,
 )
+from hal.modbus.profile import PROFILE_NAMES
 
 DATA = Path(__file__).parent / "data"
 REPO = Path(__file__).resolve().parents[2]
@@ -250,7 +251,7 @@ CASES: list[tuple[str, list[tuple[str, Any]], list[tuple[str, str]]]] = [
     ("rtu unit 250 through a gateway", [("buses.shed.host", "192.168.1.60"), ("chargers.E2.bus", "shed"), ("chargers.E2.unit", 250)],
      [("chargers.E2.unit", "1..247 on an RS485 bus")]),
     ("unknown model", [("chargers.E1.model", "heidelburg")], [("chargers.E1.model", "unknown model 'heidelburg' (did you mean 'heidelberg'?)")]),
-    ("unknown model, no guess", [("meters.M1.model", "xyz")], [("meters.M1.model", "known: abb_b23, abb_terra_ac")]),
+    ("unknown model, no guess", [("meters.M1.model", "xyz")], [("meters.M1.model", "known: " + ", ".join(PROFILE_NAMES))]),
     ("charger profile for a meter", [("meters.M1.model", "heidelberg")], [("meters.M1.model", "'heidelberg' is a charger profile, but a meter is needed here")]),
     ("meter profile for a charger", [("chargers.E2.model", "sdm630")], [("chargers.E2.model", "'sdm630' is a meter profile, but a charger is needed here")]),
     ("meter profile for an input", [("inputs.RSE2.model", "sdm630")], [("inputs.RSE2.model", "'sdm630' is a meter profile, but an input is needed here")]),

@@ -31,18 +31,7 @@ from hal.modbus.profile import (
 )
 from hal.types import IecState
 from hal.modbus.types import Table
-
-KINDS = {
-    "sdm630": Kind.METER, "sdm72": Kind.METER, "sdm120": Kind.METER, "abb_b23": Kind.METER,
-    "heidelberg": Kind.CHARGER, "alfen": Kind.CHARGER, "abb_terra_ac": Kind.CHARGER,
-    "cfos_powerbrain": Kind.CHARGER, "modbus_io": Kind.INPUT,
-}  # fmt: skip
-#: Reads per cycle: the bus budget each model costs (docs/devices.md, RTU timing).
-BLOCK_COUNTS = {
-    "sdm630": 2, "sdm72": 4, "sdm120": 2, "abb_b23": 2, "heidelberg": 1, "alfen": 2,
-    "abb_terra_ac": 1, "cfos_powerbrain": 2, "modbus_io": 0,
-}  # fmt: skip
-EXTRA_VALUE_NAMES = {"socket_lock"}  # ABB Terra: decides state code 5
+from golden_fixture import load_golden
 
 
 # -- contract: every packaged profile ------------------------------------------------------------
@@ -51,18 +40,20 @@ EXTRA_VALUE_NAMES = {"socket_lock"}  # ABB Terra: decides state code 5
 def test_profile_names_match_the_files() -> None:
     files = {p.name for p in resources.files("hal.modbus").joinpath("profiles").iterdir() if p.name.endswith(".yaml")}
     assert {f"{name}.yaml" for name in PROFILE_NAMES} == files
-    assert set(PROFILE_NAMES) == set(KINDS)
 
 
 @pytest.mark.parametrize("name", PROFILE_NAMES)
 def test_every_profile_loads_and_keeps_the_contract(name: str) -> None:
     prof = load_profile(name)
     assert prof.model == name
-    assert prof.kind is KINDS[name] and prof.kind == KINDS[name].value
+    kind = load_golden(name).kind  # the kind the golden fixture states from the vendor's document
+    assert prof.kind is kind and prof.kind == kind.value
     assert prof.source == f"hal/modbus/profiles/{name}.yaml"
     assert prof.manufacturer and prof.description
     known = {Kind.METER: METER_VALUES, Kind.CHARGER: CHARGER_VALUES, Kind.INPUT: ()}[prof.kind]
-    assert set(prof.values) <= set(known) | EXTRA_VALUE_NAMES
+    # A value outside the kind's names is only there to decide a state code (ABB Terra's socket lock).
+    deciding = {prof.state.by_value.value} if prof.state is not None and prof.state.by_value is not None else set()
+    assert set(prof.values) <= set(known) | deciding
     if prof.kind is Kind.METER:
         assert prof.values["power_w"].required
     if prof.kind is Kind.CHARGER:
@@ -78,7 +69,12 @@ def test_every_profile_loads_and_keeps_the_contract(name: str) -> None:
 @pytest.mark.parametrize("name", PROFILE_NAMES)
 def test_blocks_cover_every_value_once_within_limits(name: str) -> None:
     prof = load_profile(name)
-    assert len(prof.blocks) == BLOCK_COUNTS[name]
+    golden = load_golden(name)
+    if prof.kind is Kind.INPUT:  # contacts are read one by one at the config's index: no blocks
+        assert prof.blocks == () and prof.inputs is not None
+        assert all((r.table, r.count) == (prof.inputs.table, 1) for r in golden.reads)
+    else:  # the reads per cycle (the bus budget the model costs) are the fixture's, in order
+        assert [(b.table, b.address, b.count) for b in prof.blocks] == [(r.table, r.address, r.count) for r in golden.reads]
     carried = [n for block in prof.blocks for n in block.values]
     assert sorted(carried) == sorted(prof.values)
     for block in prof.blocks:
