@@ -1,4 +1,5 @@
-"""The loop's sense of time, injectable so that tests move time instead of sleeping.
+"""The loop's sense of time, injectable so that tests move time instead of sleeping (the
+test suite's ``FakeClock`` in ``tests/fake_clock.py`` serves this protocol).
 
 Two kinds of time: a monotonic clock for cycles, staleness and pauses (never jumps when NTP
 corrects the wall clock), and the local wall clock for the formula symbols ``hour``, ``minute``
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Protocol
 
 
@@ -39,34 +40,3 @@ class SystemClock:
     def wait(self, event: threading.Event, timeout_s: float) -> bool:
         return event.wait(max(0.0, timeout_s))
 
-
-class FakeClock:
-    """A clock for tests: time only moves when told to, or when the loop waits on it.
-
-    ``wait`` returns at once: if the event is set it returns True without moving time, else it
-    advances time by ``timeout_s`` as if the wait had run out.
-    """
-
-    def __init__(self, start_s: float = 1000.0, wall: datetime | None = None) -> None:
-        self._t = start_s
-        self._wall0 = wall or datetime(2026, 1, 5, 12, 0, 0)  # a Monday at noon
-        self._start = start_s
-        self._lock = threading.Lock()
-
-    def monotonic(self) -> float:
-        with self._lock:
-            return self._t
-
-    def now(self) -> datetime:
-        with self._lock:
-            return self._wall0 + timedelta(seconds=self._t - self._start)
-
-    def advance(self, seconds: float) -> None:
-        with self._lock:
-            self._t += seconds
-
-    def wait(self, event: threading.Event, timeout_s: float) -> bool:
-        if event.is_set():
-            return True
-        self.advance(max(0.0, timeout_s))
-        return False

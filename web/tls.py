@@ -39,7 +39,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
 from controller.config.schema import Smgw
-from controller.records.statedir import TLS_CERT_FILE, TLS_DIR, TLS_KEY_FILE
+from controller.records.statedir import TLS_CERT_FILE, TLS_DIR, TLS_KEY_FILE, fsync_dir
 from web.tls_checks import (
     CheckedUpload,
     TlsError,
@@ -77,14 +77,6 @@ class _Pair:
 def _no_password() -> bytes:
     """``load_cert_chain`` would otherwise ask for a passphrase on the terminal of a daemon."""
     raise TlsError("the private key is encrypted; a key without a passphrase is needed")
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _write_private(path: Path, data: bytes) -> None:
@@ -252,9 +244,9 @@ class TlsStore:
             raise
         # From here a crash leaves a state _find_pair() resolves (module docstring).
         os.replace(tmp_key, final.key_path)
-        _fsync_dir(self._dir)
+        fsync_dir(self._dir)
         os.replace(tmp_cert, final.cert_path)
-        _fsync_dir(self._dir)
+        fsync_dir(self._dir)
 
     def _find_pair(self) -> _Pair:
         """At start: the uploaded pair when it is usable (after finishing an interrupted
@@ -270,7 +262,7 @@ class TlsStore:
         if problem and tmp_cert.exists() and not _pair_problem(tmp_cert, upload.key_path):
             try:
                 os.replace(tmp_cert, upload.cert_path)
-                _fsync_dir(self._dir)
+                fsync_dir(self._dir)
                 log.warning("finished an interrupted TLS certificate install in %s", self._dir)
                 problem = None
             except OSError as exc:

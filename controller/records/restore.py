@@ -57,7 +57,7 @@ from controller.records.backup_manifest import (
     destinations,
     parse_manifest,
 )
-from controller.records.statedir import GRID_LOG_FILE, fsync_dir, one_line, set_aside
+from controller.records.statedir import GRID_LOG_FILE, fsync_dir, one_line, put_back, set_aside
 
 log = logging.getLogger(__name__)
 
@@ -373,11 +373,7 @@ def _undo(step: _Step) -> None:
             os.replace(step.dest, step.temp)
         if step.kept_as is not None:
             sidecars = gridlog_file.SIDECARS if step.role is Role.GRID_LOG else ()
-            for suffix in sidecars:
-                side = step.kept_as.with_name(step.kept_as.name + suffix)
-                if side.exists():
-                    os.rename(side, step.dest.with_name(step.dest.name + suffix))
-            os.rename(step.kept_as, step.dest)
+            put_back(step.kept_as, step.dest, sidecars=sidecars)
     except OSError as exc:
         log.error("restore: could not undo %s (%s); the previous file is %s", step.dest, one_line(exc),
                   step.kept_as)

@@ -4,7 +4,8 @@ durable, and a file that cannot be used is renamed aside, never deleted.
 The variables file (``controller.records.persistence``) and the grid log (``controller.records.gridlog_file``)
 both keep an unusable file under a new name and start afresh, so that the service keeps
 controlling the site while the old content stays on the card for whoever investigates (the grid
-log is a §14a EnWG record). ``set_aside`` is the one place that does this rename.
+log is a §14a EnWG record). ``set_aside`` is the one place that does this rename (and
+``put_back`` the one that undoes it); both sync the directory, so the new names survive a power cut.
 """
 
 from __future__ import annotations
@@ -94,14 +95,26 @@ def set_aside(path: Path, *, label: str = "corrupt", sidecars: Sequence[str] = (
     while target.exists() or any(target.with_name(target.name + s).exists() for s in sidecars):
         target = path.with_name(f"{base}-{n}")
         n += 1
-    for suffix in sidecars:
-        side = path.with_name(path.name + suffix)
-        if side.exists():
-            os.rename(side, target.with_name(target.name + suffix))
-    os.rename(path, target)
-    fsync_dir(path.parent)
+    _rename_with_sidecars(path, target, sidecars)
     return target
 
 
+def put_back(kept: Path, path: Path, *, sidecars: Sequence[str] = ()) -> None:
+    """Undo ``set_aside``: rename ``kept`` (and its ``sidecars``) back to ``path`` and sync the
+    directory. For an all-or-nothing change that failed after setting a file aside (``restore``).
+    Raises OSError."""
+    _rename_with_sidecars(kept, path, sidecars)
+
+
+def _rename_with_sidecars(source: Path, target: Path, sidecars: Sequence[str]) -> None:
+    """Sidecars first, then the file, then one directory sync for all the renames."""
+    for suffix in sidecars:
+        side = source.with_name(source.name + suffix)
+        if side.exists():
+            os.rename(side, target.with_name(target.name + suffix))
+    os.rename(source, target)
+    fsync_dir(source.parent)
+
+
 __all__ = ["GRID_LOG_FILE", "PROBE_NAME", "TLS_CERT_FILE", "TLS_DIR", "TLS_KEY_FILE", "VARIABLES_FILE",
-           "StateDirError", "check_writable", "fsync_dir", "one_line", "set_aside", "utc_text"]
+           "StateDirError", "check_writable", "fsync_dir", "one_line", "put_back", "set_aside", "utc_text"]

@@ -1,9 +1,9 @@
-"""Device profiles: the packaged profile files and the strict YAML loader; the public face.
+"""Device profiles: the packaged profile files and how they are read; the public face.
 
 docs/architecture.md "Devices are data": every supported model is one YAML file under
 ``hal/modbus/profiles/``. This module owns that catalogue (:data:`PROFILE_NAMES`) and
-:func:`load_profile`, which reads a file (refusing duplicate keys, which PyYAML would silently
-drop) and validates it. The work is split into one job per module:
+:func:`load_profile`, which reads a file as strictly as the config (``hal.strict_yaml``: duplicate
+keys and YAML 1.1 guesses are errors) and validates it. The work is split into one job per module:
 
 - ``hal.profile_types``: the frozen values a validated profile is made of (:class:`Profile`,
   :class:`ValueSpec`, ...), their register arithmetic and :func:`pack_blocks`;
@@ -20,9 +20,6 @@ from __future__ import annotations
 
 from functools import lru_cache
 from importlib import resources
-from typing import Any
-
-import yaml
 
 from hal.modbus.profile_schema import parse_profile
 from hal.modbus.profile_types import (
@@ -46,6 +43,7 @@ from hal.modbus.profile_types import (
     pack_blocks,
     scale_to_words,
 )
+from hal.strict_yaml import YamlSyntaxError, read_strict_yaml
 
 __all__ = [
     "CHARGER_VALUES",
@@ -69,6 +67,7 @@ __all__ = [
     "load_profile",
     "pack_blocks",
     "parse_profile",
+    "profile_from_yaml",
     "scale_to_words",
 ]
 
@@ -79,35 +78,26 @@ PROFILE_NAMES: tuple[str, ...] = tuple(sorted(
     entry.name.removesuffix(".yaml") for entry in _PROFILES.iterdir() if entry.name.endswith(".yaml")))
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """``yaml.safe_load`` that refuses duplicate keys (PyYAML keeps the last one silently)."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        seen: set[Any] = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            if not isinstance(key, (str, int, float)):
-                continue  # an unhashable key is reported by the schema check
-            if key in seen:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"duplicate key {key!r}", key_node.start_mark
-                )
-            seen.add(key)
-        return super().construct_mapping(node, deep=deep)
-
-
 @lru_cache(maxsize=None)
 def load_profile(name: str) -> Profile:
     """The packaged profile ``name`` (one of :data:`PROFILE_NAMES`), validated; cached."""
     if name not in PROFILE_NAMES:
         raise ProfileError([f"unknown profile {name!r} (known: {', '.join(PROFILE_NAMES)})"])
     source = f"hal/modbus/profiles/{name}.yaml"
-    text = _PROFILES.joinpath(f"{name}.yaml").read_text(encoding="utf-8")
-    try:
-        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
-    except yaml.YAMLError as exc:
-        raise ProfileError([f"YAML: {exc}"], source) from exc
-    profile = parse_profile(data, source)
+    profile = profile_from_yaml(_PROFILES.joinpath(f"{name}.yaml").read_text(encoding="utf-8"), source)
     if profile.model != name:
         raise ProfileError([f"model: {profile.model!r} must equal the file name {name!r}"], source)
     return profile
+
+
+def profile_from_yaml(text: str, source: str) -> Profile:
+    """A profile from its YAML text, read as strictly as the config (``hal.strict_yaml``: no
+    duplicate keys, no YAML 1.1 guesses such as ``010`` for 8), then validated. Raises
+    ProfileError with every YAML problem, or with the schema's."""
+    try:
+        read = read_strict_yaml(text)
+    except YamlSyntaxError as exc:
+        raise ProfileError([f"YAML: {exc}"], source) from None
+    if read.problems:
+        raise ProfileError([p.render(top="profile") for p in read.problems], source)
+    return parse_profile(read.data, source)

@@ -6,9 +6,9 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from fake_clock import FakeClock
 from site_helpers import home_site, make_config
 
-from controller.clock import FakeClock
 from controller.service import Service
 from hal.sim.site import SimulatedSite
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import tempfile
 from typing import Any
 
-from controller.clock import FakeClock
+from fake_clock import FakeClock
+
 from controller.config import parse_config
 from controller.service import Service
 from hal.sim.physics import SimCar

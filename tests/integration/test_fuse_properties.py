@@ -29,12 +29,12 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+from fake_clock import FakeClock
 from grid_watch import GridWatch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from site_helpers import make_config
 
-from controller.clock import FakeClock
 from controller.service import Service
 from hal.modbus.profile import PROFILE_NAMES, Kind, load_profile
 from hal.sim.physics import SimCar

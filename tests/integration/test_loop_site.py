@@ -11,8 +11,8 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from fake_clock import FakeClock
 
-from controller.clock import FakeClock
 from controller.service import Service
 from hal.sim.site import SimulatedSite
 from site_helpers import cycles, make_config

@@ -1,7 +1,7 @@
 """ModbusBus against real pymodbus servers: TCP on loopback, RTU over a pty null modem, RTU over TCP.
 
-Only wall-clock waits are faked (``FakeTime``: real time plus skipped sleeps), so backoff is
-skipped by moving the clock and the inter-request gap is measured from the recorded sleeps.
+Only waits are faked (a ``FakeClock`` on which real time flows, plus what ``sleep`` skipped), so
+backoff is skipped by moving the clock and the inter-request gap is measured from the recorded sleeps.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from fake_clock import FakeClock
 
 from hal.modbus.bus import BusSpec, ModbusBus, rtu_frame_bytes, rtu_wire_time_s
 from hal.modbus.server import ModbusServer, ServerLoop, device_answer_error
@@ -51,24 +52,6 @@ class MemoryBank:
         self.tables[table][address:address + len(values)] = values
 
 
-class FakeTime:
-    """Real monotonic time plus what ``sleep`` and ``advance`` skipped; records the sleeps."""
-
-    def __init__(self) -> None:
-        self.skipped_s = 0.0
-        self.sleeps: list[float] = []
-
-    def clock(self) -> float:
-        return time.monotonic() + self.skipped_s
-
-    def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.skipped_s += seconds
-
-    def advance(self, seconds: float) -> None:
-        self.skipped_s += seconds
-
-
 @pytest.fixture
 def banks() -> dict[int, MemoryBank]:
     return {1: MemoryBank(base=100), 2: MemoryBank(base=200)}
@@ -82,14 +65,14 @@ def tcp_server(banks: dict[int, MemoryBank]) -> Iterator[ModbusServer]:
 
 
 @pytest.fixture
-def fake_time() -> FakeTime:
-    return FakeTime()
+def fake_time() -> FakeClock:
+    return FakeClock(real_time=True)
 
 
 @pytest.fixture
-def tcp_bus(tcp_server: ModbusServer, fake_time: FakeTime) -> Iterator[ModbusBus]:
+def tcp_bus(tcp_server: ModbusServer, fake_time: FakeClock) -> Iterator[ModbusBus]:
     bus = ModbusBus(BusSpec("tcp1", "tcp", host="127.0.0.1", tcp_port=int(tcp_server.port)),
-                    clock=fake_time.clock, sleep=fake_time.sleep)
+                    clock=fake_time.monotonic, sleep=fake_time.sleep)
     yield bus
     bus.close()
 
@@ -181,7 +164,7 @@ def test_silent_and_unknown_units_time_out(tcp_server: ModbusServer, tcp_bus: Mo
 
 
 def test_server_stop_backoff_and_recovery(tcp_server: ModbusServer, tcp_bus: ModbusBus,
-                                          fake_time: FakeTime, caplog: pytest.LogCaptureFixture) -> None:
+                                          fake_time: FakeClock, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="hal.modbus.bus")
     assert tcp_bus.read(Table.HOLDING, 0, 1, 1, FAST) == [100]
     tcp_server.stop()
@@ -212,9 +195,9 @@ def test_server_stop_backoff_and_recovery(tcp_server: ModbusServer, tcp_bus: Mod
     ]
 
 
-def test_backoff_is_capped(fake_time: FakeTime) -> None:
+def test_backoff_is_capped(fake_time: FakeClock) -> None:
     bus = ModbusBus(BusSpec("gone", "tcp", host="127.0.0.1", tcp_port=_closed_port()),
-                    clock=fake_time.clock, sleep=fake_time.sleep)
+                    clock=fake_time.monotonic, sleep=fake_time.sleep)
     waits = []
     for _ in range(10):
         with pytest.raises(CommError) as info:
@@ -276,11 +259,11 @@ def test_many_servers_share_one_loop() -> None:
 
 
 # ------------------------------------------------------------------------------------------ RTU
-def test_rtu_two_units_wire_time_and_gap(null_modem: PtyNullModem, fake_time: FakeTime) -> None:
+def test_rtu_two_units_wire_time_and_gap(null_modem: PtyNullModem, fake_time: FakeClock) -> None:
     banks = {3: MemoryBank(base=300), 4: MemoryBank(base=400)}
     with ModbusServer.rtu(banks, null_modem.port_b, baudrate=19200):
         bus = ModbusBus(BusSpec("rs485", "rtu", port=null_modem.port_a, baudrate=19200),
-                        clock=fake_time.clock, sleep=fake_time.sleep)
+                        clock=fake_time.monotonic, sleep=fake_time.sleep)
         policy = RequestPolicy(timeout_s=0.5, gap_s=0.05)
         steps = [
             (4, 30, lambda: bus.read(Table.INPUT, 0, 30, 3, policy) == list(range(300, 330))),
@@ -321,13 +304,13 @@ def test_rtu_silent_unit_does_not_disturb_the_other(null_modem: PtyNullModem) ->
         bus.close()
 
 
-def test_serial_port_missing_then_plugged_in(tmp_path: Path, fake_time: FakeTime,
+def test_serial_port_missing_then_plugged_in(tmp_path: Path, fake_time: FakeClock,
                                              caplog: pytest.LogCaptureFixture) -> None:
     """An adapter unplugged and plugged back (same stable name, new pty behind it) is picked up."""
     caplog.set_level(logging.INFO, logger="hal.modbus.bus")
     link = tmp_path / "ttyUSB-stable"
     bus = ModbusBus(BusSpec("usb", "rtu", port=str(link), baudrate=19200),
-                    clock=fake_time.clock, sleep=fake_time.sleep)
+                    clock=fake_time.monotonic, sleep=fake_time.sleep)
     with pytest.raises(CommError, match="cannot open"):
         bus.read(Table.HOLDING, 0, 1, 1, FAST)
     for generation in range(2):  # plug in, use, unplug; twice

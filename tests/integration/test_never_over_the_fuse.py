@@ -13,10 +13,10 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from fake_clock import FakeClock
 from grid_watch import GridWatch
 from site_helpers import cycles, make_config
 
-from controller.clock import FakeClock
 from controller.service import Service
 from hal.sim.physics import SimCar
 from hal.sim.site import SimChargerSpec, SimMeterSpec, SimulatedSite

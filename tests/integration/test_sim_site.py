@@ -13,6 +13,7 @@ import logging
 from collections.abc import Iterator
 
 import pytest
+from fake_clock import FakeClock
 
 from hal.modbus.devices import ModbusInput, ProfileCharger, ProfileMeter
 from hal.modbus.bus import BusSpec, ModbusBus
@@ -35,17 +36,6 @@ V = (230.0, 230.0, 230.0)
 FAST = RequestPolicy(timeout_s=0.3)
 CHARGERS = [n for n in PROFILE_NAMES if load_profile(n).kind is Kind.CHARGER]
 METERS = [n for n in PROFILE_NAMES if load_profile(n).kind is Kind.METER]
-
-
-class FakeClock:
-    def __init__(self, t_s: float = 1000.0) -> None:
-        self.t_s = t_s
-
-    def __call__(self) -> float:
-        return self.t_s
-
-    def advance(self, dt_s: float) -> None:
-        self.t_s += dt_s
 
 
 class DirectBus:

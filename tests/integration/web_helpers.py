@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import requests
+from fake_clock import FakeClock
 from site_helpers import home_site, make_config
 
-from controller.clock import FakeClock
 from controller.config.schema import Http, Smgw
 from controller.service import Service
 from hal.sim.site import SimulatedSite

@@ -6,6 +6,7 @@ import base64
 from typing import Any
 
 import pytest
+from fake_clock import FakeClock
 
 from controller.config.schema import Http
 from web import auth as auth_module
@@ -23,14 +24,6 @@ from web.errors import ApiError
 
 PASSWORD = "s3cret-pass"
 CLIENT = "192.168.1.5"
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.t = 1000.0
-
-    def __call__(self) -> float:
-        return self.t
 
 
 def header(user: str, password: str) -> dict[str, str]:
@@ -172,7 +165,7 @@ def retry_after(throttle: Throttle, client: str = CLIENT) -> int | None:
 
 
 def test_lockout_starts_after_five_failures_and_doubles_up_to_a_minute() -> None:
-    clock = Clock()
+    clock = FakeClock()
     throttle = Throttle(clock=clock)
     fail(throttle, 4)
     assert retry_after(throttle) is None
@@ -180,20 +173,20 @@ def test_lockout_starts_after_five_failures_and_doubles_up_to_a_minute() -> None
     for lockout in expected:
         fail(throttle, 1)
         assert retry_after(throttle) == lockout
-        clock.t += lockout - 0.5
+        clock.advance(lockout - 0.5)
         assert retry_after(throttle) == 1  # half a second left: rounded up
-        clock.t += 0.5
+        clock.advance(0.5)
         assert retry_after(throttle) is None
 
 
 def test_success_resets_and_quiet_addresses_start_afresh() -> None:
-    clock = Clock()
+    clock = FakeClock()
     throttle = Throttle(clock=clock)
     fail(throttle, 4)
     throttle.success(CLIENT)
     fail(throttle, 4)
     assert retry_after(throttle) is None
-    clock.t += 901  # 15 minutes quiet: the count starts again
+    clock.advance(901)  # 15 minutes quiet: the count starts again
     fail(throttle, 4)
     assert retry_after(throttle) is None
     fail(throttle, 1)
@@ -201,7 +194,7 @@ def test_success_resets_and_quiet_addresses_start_afresh() -> None:
 
 
 def test_addresses_are_throttled_separately_and_ipv6_per_64() -> None:
-    throttle = Throttle(clock=Clock())
+    throttle = Throttle(clock=FakeClock())
     fail(throttle, 5, "10.0.0.1")
     assert retry_after(throttle, "10.0.0.1") == 1
     assert retry_after(throttle, "10.0.0.2") is None
@@ -213,7 +206,7 @@ def test_addresses_are_throttled_separately_and_ipv6_per_64() -> None:
 
 
 def test_memory_is_bounded() -> None:
-    throttle = Throttle(clock=Clock(), max_clients=3)
+    throttle = Throttle(clock=FakeClock(), max_clients=3)
     for i in range(10):
         throttle.failure(f"10.0.0.{i}")
     assert len(throttle) == 3
@@ -222,14 +215,14 @@ def test_memory_is_bounded() -> None:
 
 
 def test_basic_auth_answers_429_during_a_lockout_even_with_the_right_password() -> None:
-    clock = Clock()
+    clock = FakeClock()
     auth = BasicAuth("admin", password=PASSWORD, throttle=Throttle(clock=clock))
     for _ in range(5):
         assert refused(auth, header("admin", "guess")).status == 401
     error = refused(auth, header("admin", PASSWORD))
     assert error.status == 429 and error.headers["Retry-After"] == "1"
     assert auth.authenticate(header("admin", PASSWORD), "10.9.9.9").name == "admin"  # others unaffected
-    clock.t += 1
+    clock.advance(1)
     assert auth.authenticate(header("admin", PASSWORD), CLIENT).name == "admin"
     assert len(auth.throttle) == 0
 

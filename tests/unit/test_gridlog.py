@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from fake_clock import FakeClock
 
 from controller.records import gridlog
 from controller.records.gridlog import DAY_S, RETENTION_S, GridEvent, GridLog, GridSignalRecorder
@@ -27,27 +28,13 @@ from hal.types import InputReading
 T0 = 1_767_225_600.0  # 2026-01-01T00:00:00Z
 
 
-class FakeTime:
-    def __init__(self, t: float = T0) -> None:
-        self.t = t
-        self._lock = threading.Lock()
-
-    def __call__(self) -> float:
-        with self._lock:
-            return self.t
-
-    def advance(self, seconds: float) -> None:
-        with self._lock:
-            self.t += seconds
+@pytest.fixture()
+def clock() -> FakeClock:
+    return FakeClock(T0)
 
 
 @pytest.fixture()
-def clock() -> FakeTime:
-    return FakeTime()
-
-
-@pytest.fixture()
-def make_log(tmp_path: Path, clock: FakeTime) -> Iterator[Callable[..., GridLog]]:
+def make_log(tmp_path: Path, clock: FakeClock) -> Iterator[Callable[..., GridLog]]:
     made: list[GridLog] = []
 
     def build(start: bool = True, **kwargs: object) -> GridLog:
@@ -155,7 +142,7 @@ def test_unknown_kind_is_refused(make_log: Callable[..., GridLog]) -> None:
         make_log().record("gossip", "x", None, 1, "api", None)
 
 
-def test_prune_on_start(make_log: Callable[..., GridLog], clock: FakeTime) -> None:
+def test_prune_on_start(make_log: Callable[..., GridLog], clock: FakeClock) -> None:
     first = make_log()
     for age_days in (800, 762, 760, 400, 1, 0):
         first.record("input", f"age{age_days}", None, True, "input", None, ts=T0 - age_days * DAY_S)
@@ -166,7 +153,7 @@ def test_prune_on_start(make_log: Callable[..., GridLog], clock: FakeTime) -> No
     assert [e.name for e in again.query()] == ["age760", "age400", "age1", "age0"]
 
 
-def test_prune_once_a_day(make_log: Callable[..., GridLog], clock: FakeTime) -> None:
+def test_prune_once_a_day(make_log: Callable[..., GridLog], clock: FakeClock) -> None:
     grid_log = make_log(retention_s=10 * DAY_S)
     grid_log.flush()  # the prune at start has run
     grid_log.record("input", "old", None, True, "input", None, ts=T0 - 11 * DAY_S)
@@ -347,7 +334,7 @@ def test_attach_records_the_variables_in_force(recorded: tuple[GridLog, Variable
 
 
 def test_variable_changes_with_source_and_latest_grid_power(
-        recorded: tuple[GridLog, VariableStore, FakeLoop], clock: FakeTime) -> None:
+        recorded: tuple[GridLog, VariableStore, FakeLoop], clock: FakeClock) -> None:
     grid_log, store, loop = recorded
     loop.publish(status(1, power=3500.0))
     clock.advance(5)

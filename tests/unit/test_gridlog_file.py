@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from fake_clock import FakeClock
 
 from controller.records import gridlog, gridlog_budget
 from controller.records.gridlog import DAY_S, GridLog, GridLogUnavailable
@@ -24,14 +25,6 @@ from controller.records.gridlog_file import GridLogFileError, inspect, used_byte
 
 T0 = 1_767_225_600.0  # 2026-01-01T00:00:00Z
 STAMP = "20260101T000000Z"
-
-
-class FakeTime:
-    def __init__(self, t: float = T0) -> None:
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
 
 
 @pytest.fixture()
@@ -44,7 +37,7 @@ def make_log(path: Path) -> Iterator[Callable[..., GridLog]]:
     made: list[GridLog] = []
 
     def build(start: bool = True, **kwargs: object) -> GridLog:
-        kwargs.setdefault("clock", FakeTime())
+        kwargs.setdefault("clock", FakeClock(T0))
         grid_log = GridLog(path, **kwargs)  # type: ignore[arg-type]
         if start:
             grid_log.start()
@@ -187,7 +180,7 @@ def test_a_file_that_cannot_be_written_is_not_set_aside(path: Path) -> None:
     database(path, "PRAGMA user_version=0")
     (path.parent / "gridlog.sqlite3-wal").mkdir()  # SQLite cannot open its WAL: a new file would fail too
     with pytest.raises(GridLogFileError, match="gridlog.sqlite3 cannot be used: "):
-        GridLog(path, clock=FakeTime()).open()
+        GridLog(path, clock=FakeClock(T0)).open()
     assert path.is_file() and not list(path.parent.glob("*.corrupt-*"))
 
 

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
+from fake_clock import FakeClock
 
 from controller.records import persistence
 from controller.records.persistence import (SavedVariables, VariableFile, VariableSaver,
@@ -24,14 +25,6 @@ T0 = 1_767_225_600.0  # 2026-01-01T00:00:00Z
 
 class Crash(BaseException):
     """A power cut at this point: nothing after it runs (not even ``except Exception``)."""
-
-
-class FakeTime:
-    def __init__(self, t: float = 1000.0) -> None:
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
 
 
 class SpyFile(VariableFile):
@@ -173,7 +166,7 @@ CORRUPT = [
 @pytest.mark.parametrize("content, why", [c[1:] for c in CORRUPT], ids=[c[0] for c in CORRUPT])
 def test_corrupt_file_is_kept_aside_loudly(tmp_path: Path, caplog: pytest.LogCaptureFixture,
                                            content: bytes, why: str) -> None:
-    file = VariableFile(tmp_path, clock=FakeTime(T0 + 3661.5))
+    file = VariableFile(tmp_path, clock=FakeClock(T0 + 3661.5))
     write(file.path, content)
     with caplog.at_level(logging.ERROR, logger="controller.records.persistence"):
         assert file.load() is None
@@ -202,7 +195,7 @@ def test_a_saved_number_beyond_1e15_drops_that_variable_only(tmp_path: Path, cap
 
 
 def test_two_corrupt_files_in_one_second_are_both_kept(tmp_path: Path) -> None:
-    file = VariableFile(tmp_path, clock=FakeTime(T0))
+    file = VariableFile(tmp_path, clock=FakeClock(T0))
     write(file.path, "first")
     file.load()
     write(file.path, "second")
@@ -212,7 +205,7 @@ def test_two_corrupt_files_in_one_second_are_both_kept(tmp_path: Path) -> None:
 
 
 def test_unreadable_file_is_kept_aside(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    file = VariableFile(tmp_path, clock=FakeTime(T0))
+    file = VariableFile(tmp_path, clock=FakeClock(T0))
     file.path.mkdir()  # exists, cannot be read as a file (permissions do not stop root)
     with caplog.at_level(logging.ERROR):
         assert file.load() is None
@@ -289,11 +282,11 @@ def test_initial_variables_logs_a_config_value_the_file_overrides(
 
 
 def make_saver(tmp_path: Path, config: Mapping[str, Expr] = CONFIG, *, interval_s: float = 1.0
-               ) -> tuple[VariableStore, VariableSaver, SpyFile, FakeTime]:
+               ) -> tuple[VariableStore, VariableSaver, SpyFile, FakeClock]:
     """What the service does at start: load, build the store, build the saver."""
     file = SpyFile(tmp_path)
     store = VariableStore(initial_variables(config, file.load()))
-    clock = FakeTime()
+    clock = FakeClock()
     saver = VariableSaver(file, store, min_interval_s=interval_s, clock=clock, wall_clock=lambda: T0)
     return store, saver, file, clock
 
@@ -310,10 +303,10 @@ def test_burst_of_100_sets_is_two_saves_and_the_last_holds_the_final_state(tmp_p
     for i in range(100):
         store.set_many([("AVAIL", i), ("LIM", f"55000 * AVAIL / 100 + {i}")], source="lan:1.2.3.4")
         saver.poll()
-        clock.t += 0.005  # the burst lasts 0.5 s
+        clock.advance(0.005)  # the burst lasts 0.5 s
     assert len(file.saved) == 1 and file.saved[0].generation == 1  # the leading edge, at once
     assert saver.poll() == pytest.approx(0.5)  # the trailing save is due 1 s after the first
-    clock.t = 1001.0  # the first save was at 1000.0
+    clock.advance(1001.0 - clock())  # the first save was at 1000.0
     assert saver.poll() == 0.0
     assert saver.poll() is None
     assert len(file.saved) == 2 and saver.saves == 2
@@ -329,7 +322,7 @@ def test_isolated_changes_are_saved_at_once(tmp_path: Path) -> None:
     for i in range(3):
         store.set_many([("AVAIL", i)])
         assert saver.poll() == 0.0
-        clock.t += 1.0
+        clock.advance(1.0)
     assert [s.generation for s in file.saved] == [1, 2, 3]
 
 
@@ -382,12 +375,12 @@ def test_failed_saves_are_logged_once_per_streak_and_retried(
         assert saver.poll() == 0.0
         assert saver.poll() == pytest.approx(1.0)  # still pending: retried after the interval
         for _ in range(3):
-            clock.t += 1.0
+            clock.advance(1.0)
             saver.poll()
         errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
         assert len(errors) == 1 and "No space left on device" in errors[0].getMessage()
         file.fail_with = None
-        clock.t += 1.0
+        clock.advance(1.0)
         assert saver.poll() == 0.0
     assert "works again after 4 failed attempt(s)" in caplog.text
     loaded = VariableFile(tmp_path).load()
@@ -406,7 +399,7 @@ def test_a_failing_save_is_visible_until_a_save_works(tmp_path: Path) -> None:
     assert line.startswith(f"state_dir: saving the variables to {file.path} fails since ")
     assert "Is a directory" in line and "not saved" in line
     file.tmp_path.rmdir()
-    clock.t += 1.0
+    clock.advance(1.0)
     assert saver.poll() == 0.0  # the pending save is retried and works
     assert not saver.failing and saver.faults() == ()
     loaded = VariableFile(tmp_path).load()
@@ -414,7 +407,7 @@ def test_a_failing_save_is_visible_until_a_save_works(tmp_path: Path) -> None:
 
 
 def test_a_corrupt_file_kept_aside_leaves_a_status_line(tmp_path: Path) -> None:
-    file = VariableFile(tmp_path, clock=FakeTime(T0))
+    file = VariableFile(tmp_path, clock=FakeClock(T0))
     write(file.path, "{")
     file.load()
     assert file.set_aside_note == ("state_dir: variables.json was unusable (not JSON: Expecting property "

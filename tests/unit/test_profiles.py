@@ -11,7 +11,6 @@ import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
-from hal.modbus import profile as profile_mod
 from hal.modbus.profile import (
     CHARGER_VALUES,
     METER_VALUES,
@@ -28,6 +27,7 @@ from hal.modbus.profile import (
     load_profile,
     pack_blocks,
     parse_profile,
+    profile_from_yaml,
 )
 from hal.types import IecState
 from hal.modbus.types import Table
@@ -107,8 +107,8 @@ def test_unknown_profile_name() -> None:
 
 
 def test_duplicate_yaml_keys_are_refused() -> None:
-    with pytest.raises(yaml.YAMLError, match="duplicate key 'power_w'"):
-        yaml.load("values:\n  power_w: 1\n  power_w: 2\n", Loader=profile_mod._UniqueKeyLoader)
+    with pytest.raises(ProfileError, match=r"values\.power_w: duplicate key \(line 3, first at line 2\)"):
+        profile_from_yaml("values:\n  power_w: 1\n  power_w: 2\n", "dup.yaml")
 
 
 # -- the validator ------------------------------------------------------------------------------

@@ -14,8 +14,8 @@ from collections.abc import Iterator
 from typing import Any, Literal
 
 import pytest
+from fake_clock import FakeClock
 
-from controller.clock import FakeClock
 from controller.config import ConfigError, Loadpoint, parse_config
 from controller.drivers import register_charger_driver, unregister_charger_driver
 from controller.hardware import BuildContext, DeviceHandle

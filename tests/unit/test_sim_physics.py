@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 
 import pytest
+from fake_clock import FakeClock
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -22,19 +23,6 @@ from hal.sim.physics import (
 from hal.types import IecState
 
 V = (230.0, 230.0, 230.0)
-
-
-class FakeClock:
-    """A clock the test moves by hand."""
-
-    def __init__(self, t_s: float = 1000.0) -> None:
-        self.t_s = t_s
-
-    def __call__(self) -> float:
-        return self.t_s
-
-    def advance(self, dt_s: float) -> None:
-        self.t_s += dt_s
 
 
 @pytest.fixture
