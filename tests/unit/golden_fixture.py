@@ -15,11 +15,9 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from hal.modbus import profile as profile_mod
 from hal.modbus.profile import Kind
 from hal.modbus.types import Table
+from hal.strict_yaml import YamlSyntaxError, read_strict_yaml
 from hal.types import IecState
 from memory_bus import MemoryBus, Read, Write
 
@@ -122,12 +120,15 @@ def load_golden(model: str) -> Golden:
 
 
 def parse_golden_text(text: str, model: str, source: str) -> Golden:
-    """A fixture from its YAML text; duplicate keys fail as in a profile (PyYAML keeps the last)."""
+    """A fixture from its YAML text, read as strictly as a profile (``hal.strict_yaml``: duplicate
+    keys and YAML 1.1 guesses fail)."""
     try:
-        data = yaml.load(text, Loader=profile_mod._UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
-    except yaml.YAMLError as exc:
+        read = read_strict_yaml(text)
+    except YamlSyntaxError as exc:
         raise FixtureError(f"{source}: YAML: {exc}") from exc
-    return parse_golden(data, model, source)
+    if read.problems:
+        raise FixtureError(f"{source}:\n  " + "\n  ".join(p.render(top="fixture") for p in read.problems))
+    return parse_golden(read.data, model, source)
 
 
 def parse_golden(data: Any, model: str, source: str) -> Golden:
