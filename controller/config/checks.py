@@ -2,10 +2,10 @@
 
 Ids are valid and unique, a device's bus exists, a model is a profile of the right kind, two
 devices do not share a unit on one bus, rules name real chargers, variables form no cycle; and,
-from their own modules, the names formulas read (``config_names``) and what the profiles' facts
-make implausible (``config_plausibility``). ``cross_problems`` runs them all.
+from their own modules, the names formulas read (``names``) and what the profiles' facts
+make implausible (``plausibility``). ``cross_problems`` runs them all.
 
-They run on whatever part of the config validated (``config_parts.Parts``), field by field, so a
+They run on whatever part of the config validated (``parts.Parts``), field by field, so a
 file with ten mistakes of different kinds gives ten messages in one run. A check that compares
 fields skips a field that did not validate (``Parts.intact``): its own error says enough.
 """

@@ -10,14 +10,15 @@ meter cabinet wants one run of ``gridcharge check-config`` to list everything.
 The work is split by stage; this module runs them in order and turns pydantic's errors into
 readable problems (unknown keys get a "did you mean"):
 
-- ``config_yaml``: the YAML reader that refuses YAML 1.1's silent guesses and duplicate keys;
-- ``config_schema``: field types, the frozen section models and ``Config``;
-- ``config_parts``: what validated, field by field, when the whole did not;
-- ``config_checks``: the checks that span sections, with ``config_names`` (every name a formula
-  reads exists) and ``config_plausibility`` (the profiles' facts);
-- ``config_problems``: ``Problem`` and ``ConfigError``, the one shape every stage reports in.
+- ``reader``: the YAML reader (``hal.strict_yaml``: it refuses YAML 1.1's silent guesses and
+  duplicate keys) turning its findings into problems;
+- ``schema``: field types, the frozen section models and ``Config``;
+- ``parts``: what validated, field by field, when the whole did not;
+- ``checks``: the checks that span sections, with ``names`` (every name a formula reads exists)
+  and ``plausibility`` (the profiles' facts);
+- ``problems``: ``Problem`` and ``ConfigError``, the one shape every stage reports in.
 
-Other modules import from here; the names re-exported below keep that import path stable.
+Other modules import from ``controller.config``, which re-exports the names below.
 Build a ``Config`` only through ``load_config()`` or ``parse_config()``: ``Config.model_validate()``
 alone checks each field but not the rules that span sections.
 """
@@ -247,7 +248,7 @@ def _machine_warnings(parts: Parts, gpiochip_glob: str) -> list[Problem]:
 def config_warnings(cfg: Config, *, gpiochip_glob: str = _GPIOCHIPS) -> list[str]:
     """What is odd but usable, sorted by path: missing serial ports, TLS files and GPIO chips on
     this machine, an unwritable state directory, no chargers, and the plausibility warnings
-    (``config_plausibility``)."""
+    (``plausibility``)."""
     parts = Parts.of(cfg)
     found = [p for p in cross_problems(parts) if p.warning] + _machine_warnings(parts, gpiochip_glob)
     return rendered(found)

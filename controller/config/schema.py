@@ -3,8 +3,8 @@
 This module owns what one field or one section may hold: strict types (``5`` is a number, ``"5"``
 and ``true`` are not), ranges, host names, listen addresses, formula strings checked by
 ``controller.formulas``, and the frozen pydantic models (``extra="forbid"``) that the rest of the
-code reads. It is separate from the YAML reader (``config_yaml``) and from the checks that span
-sections (``config_checks``) because it is the part every consumer of a config imports, and it
+code reads. It is separate from the YAML reader (``reader``) and from the checks that span
+sections (``checks``) because it is the part every consumer of a config imports, and it
 must stay readable as the one place that says what a config looks like.
 
 Build a ``Config`` only through ``controller.config.load_config()`` or ``parse_config()``:
@@ -329,7 +329,7 @@ class ModbusDeviceConfig(_Strict):
 
 
 class _ProfileDevice(ModbusDeviceConfig):
-    model: Text | None = None  # a name from hal.profile.PROFILE_NAMES ...
+    model: Text | None = None  # a name from hal.modbus.profile.PROFILE_NAMES ...
     profile: dict[Text, Any] | None = None  # ... or an inline custom profile (same schema)
 
 
@@ -433,7 +433,7 @@ class ModbusInputConfig(ModbusDeviceConfig):
 
     @property
     def table(self) -> str:
-        """``"coil"`` or ``"discrete"`` (hal.types.Table values)."""
+        """``"coil"`` or ``"discrete"`` (hal.modbus.types.Table values)."""
         return "coil" if self.coil is not None else "discrete"
 
     @property

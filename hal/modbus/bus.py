@@ -141,7 +141,7 @@ def device_answer_error(message: str, code: int = ExcCodes.ILLEGAL_ADDRESS) -> D
 
 
 class ModbusBus:
-    """One bus, one pymodbus sync client, one lock: implements ``hal.types.RegisterBus``.
+    """One bus, one pymodbus sync client, one lock: implements ``hal.modbus.types.RegisterBus``.
 
     pymodbus gets ``retries=0``; retries, gaps and timeouts are done here so that timing and
     statistics stay under control. Per-request timeouts work by setting ``timeout_connect`` on the

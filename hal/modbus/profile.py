@@ -5,9 +5,9 @@ docs/architecture.md "Devices are data": every supported model is one YAML file 
 :func:`load_profile`, which reads a file as strictly as the config (``hal.strict_yaml``: duplicate
 keys and YAML 1.1 guesses are errors) and validates it. The work is split into one job per module:
 
-- ``hal.profile_types``: the frozen values a validated profile is made of (:class:`Profile`,
+- ``hal.modbus.profile_types``: the frozen values a validated profile is made of (:class:`Profile`,
   :class:`ValueSpec`, ...), their register arithmetic and :func:`pack_blocks`;
-- ``hal.profile_schema``: the schema and its strict validator, :func:`parse_profile` (also used
+- ``hal.modbus.profile_schema``: the schema and its strict validator, :func:`parse_profile` (also used
   for a custom device declared inline in the config); the schema summary is there.
 
 Everything other modules use is importable from here, so ``from hal.modbus.profile import ...`` stays
@@ -73,7 +73,8 @@ __all__ = [
 
 _PROFILES = resources.files("hal.modbus").joinpath("profiles")
 #: Packaged profiles: the file names under ``hal/modbus/profiles/`` without ``.yaml``. Adding a
-#: model is adding a file (and its golden test): nothing else lists them.
+#: model is adding a file (and its golden fixture, ``tests/unit/golden/<model>.yaml``): nothing
+#: else lists them.
 PROFILE_NAMES: tuple[str, ...] = tuple(sorted(
     entry.name.removesuffix(".yaml") for entry in _PROFILES.iterdir() if entry.name.endswith(".yaml")))
 

@@ -3,10 +3,10 @@
 Owns the schema (which keys exist, their types and ranges, the rules between them) and its error
 messages. Every unknown key, misspelt type, overlapping register or write to a read-only table is
 an error that names its path, e.g. ``values.power_w.type: unknown type 'flaot32'``, and one run
-collects all of them. :func:`parse_profile` serves both the packaged YAML files (``hal.profile``
+collects all of them. :func:`parse_profile` serves both the packaged YAML files (``hal.modbus.profile``
 loads them) and a custom device declared inline in the config.
 
-Separate from the value types (``hal.profile_types``) because validation is only needed once, at
+Separate from the value types (``hal.modbus.profile_types``) because validation is only needed once, at
 load time, and is most of the code: the devices and simulators never touch it.
 
 The schema in brief (every key not listed is an error; see ``hal/modbus/profiles/heidelberg.yaml``)::
@@ -41,7 +41,7 @@ The schema in brief (every key not listed is an error; see ``hal/modbus/profiles
     inputs: {table: discrete|coil, count, active_low}   # input modules
     # WRITE = {address, type, value, scale, word_order, write, table: holding}
 
-Types: uint16 int16 uint32 int32 uint64 int64 float32 float64 string<N> bit (``hal.codec``).
+Types: uint16 int16 uint32 int32 uint64 int64 float32 float64 string<N> bit (``hal.modbus.codec``).
 Unquoted hex (``0x5B00``) is fine; YAML 1.1 floats need a signed exponent (``1.0e+12``).
 """
 

@@ -7,9 +7,9 @@ register arithmetic on them (``decode`` for the devices, ``encode`` for the simu
 reads as the device tolerates (``request.max_registers``, ``request.max_gap``), so a device costs
 one request per block per cycle on a slow RS485 line.
 
-Separate from the schema validator (``hal.profile_schema``) because the devices and simulators
+Separate from the schema validator (``hal.modbus.profile_schema``) because the devices and simulators
 work only with these values at run time and never with raw profile data. Import them from
-``hal.profile``, which re-exports everything here.
+``hal.modbus.profile``, which re-exports everything here.
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ Links, as in a real installation:
 - ``rtu``: one RS485 line over a :class:`~hal.sim.pty.PtyNullModem`, every RTU device a unit on
   it. A pseudo-terminal refuses parity, so the line runs 8N1 even for a Heidelberg (8E1 on a real
   bus); the configuration says so. A pseudo-terminal also moves bytes at once, so the server
-  adds the wire time of every frame at 19200 baud 8E1 (:class:`~hal.modbus_server.LineTiming`):
+  adds the wire time of every frame at 19200 baud 8E1 (:class:`~hal.modbus.server.LineTiming`):
   RS485 is slow, and a controller that forgets it shows up here.
 - ``rtu-over-tcp``: one RS485-to-Ethernet gateway in transparent mode (RTU frames over TCP), with
   the same RS485 wire time behind it.
