@@ -1,7 +1,8 @@
 """The dependency direction of docs/architecture.md, kept by a test that scans the imports.
 
 web → controller → hal; hal imports neither; web never imports hal; pymodbus (whose API moves
-between 3.x releases) is imported only inside hal/modbus/, the Modbus driver.
+between 3.x releases) is imported only inside hal/modbus/, the Modbus driver; the allocation
+sees only the generic hal.types.
 """
 
 from __future__ import annotations
@@ -38,3 +39,24 @@ def test_web_never_imports_hal() -> None:
 def test_pymodbus_is_imported_inside_the_modbus_driver_only() -> None:
     users = {p for pkg in ("hal", "controller", "web") for p, n in imports(pkg).items() if "pymodbus" in n}
     assert users and all(p.startswith("hal/modbus/") for p in users), users
+
+
+def full_imports(package: str) -> dict[str, set[str]]:
+    """Every absolute module each file of ``package`` imports, with its dotted path."""
+    found: dict[str, set[str]] = {}
+    for path in sorted((ROOT / package).rglob("*.py")):
+        names: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                names.update(alias.name for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                names.add(node.module)
+        found[str(path.relative_to(ROOT))] = names
+    return found
+
+
+def test_allocation_sees_only_the_generic_hal_types() -> None:
+    """The pure core works on any protocol's devices: no driver module, only ``hal.types``."""
+    bad = {p: {n for n in names if n.split(".")[0] == "hal" and n != "hal.types"}
+           for p, names in full_imports("controller/allocation").items()}
+    assert not {p: n for p, n in bad.items() if n}, bad
