@@ -17,7 +17,7 @@ from controller import modbus_wiring
 from controller.config import Config, GpioInputConfig, InputConfig, Loadpoint, ModbusChargerConfig
 from controller.hardware import BuildContext, DeviceHandle, Hardware
 from hal.gpio import GpioInput
-from hal.types import Charger, Input, Meter
+from hal.types import Charger, Input, Meter, SessionEvent
 
 log = logging.getLogger(__name__)
 
@@ -51,12 +51,15 @@ def _input(ctx: BuildContext, dev_id: str, in_cfg: InputConfig) -> DeviceHandle[
 
 
 def build_hardware(cfg: Config, *, on_event: Callable[[str], None] | None = None,
+                   on_session: Callable[[SessionEvent], None] | None = None,
                    pin_factory: Any = None) -> Hardware:
     """Create every link and device of ``cfg``; nothing is contacted yet.
 
     ``on_event(device_id)``: a device pushed news (a GPIO edge): the loop should run at once.
+    ``on_session(event)``: a box reported a session start or end itself (its handle says
+    ``reports_sessions``).
     """
-    ctx = BuildContext(cfg, Hardware(), on_event=on_event, pin_factory=pin_factory)
+    ctx = BuildContext(cfg, Hardware(), on_event=on_event, on_session=on_session, pin_factory=pin_factory)
     for dev_id, dev_cfg in cfg.meters.items():
         ctx.hw.meters[dev_id] = modbus_wiring.build_meter(ctx, dev_id, dev_cfg)
     for dev_id, cc in cfg.chargers.items():

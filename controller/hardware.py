@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from hal.types import Charger, Input, Link, Meter
+from hal.types import Charger, Input, Link, Meter, SessionEvent
 
 if TYPE_CHECKING:
     from controller.config import Config
@@ -32,6 +32,9 @@ class DeviceHandle(Generic[D]):
     #: charger has one; None (only local inputs such as GPIO) = read on the loop thread.
     group: str | None
     device: D  # hal.types.Meter | Charger | Input, by ``kind``
+    #: The box reports its own sessions (``hal.types.SessionEvent`` through
+    #: ``BuildContext.on_session``); otherwise the controller derives them from its readings.
+    reports_sessions: bool = False
 
 
 @dataclass
@@ -66,6 +69,8 @@ class BuildContext:
     hw: Hardware
     #: Pushed news of a device (a GPIO edge; a message a box sends): wakes the control loop.
     on_event: Callable[[str], None] | None = None
+    #: A box reported a session start or end itself (OCPP): recorded by the session log.
+    on_session: Callable[[SessionEvent], None] | None = None
     one_shot: bool = False  # ``gridcharge read``: links fail once with their reason, no backoff
     pin_factory: Any = None  # gpiozero's, for tests
     #: Per-driver state while building (the Modbus driver keeps its buses by name here).

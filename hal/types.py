@@ -120,6 +120,29 @@ class ChargerReading:
     raw_state: int | str | None = field(default=None, compare=False)
 
 
+class SessionEventKind(str, enum.Enum):
+    START = "start"
+    STOP = "stop"
+
+
+@dataclass(frozen=True)
+class SessionEvent:
+    """A charging session's start or end as a box reports it itself (OCPP Start/StopTransaction).
+
+    Boxes that report none (Modbus) get their sessions derived by the controller from the IEC
+    state and the energy register; a box that reports them is trusted for its own sessions
+    (``meter_wh`` is its energy register at that moment, in Wh).
+    """
+
+    charger_id: str
+    kind: SessionEventKind
+    ts: float  # unix seconds: the box's timestamp where it gave a plausible one, else receipt
+    meter_wh: float | None
+    id_tag: str | None = None
+    transaction_id: int | None = None
+    reason: str | None = None  # why it stopped, as the box says (OCPP: EVDisconnected, Local, ...)
+
+
 @dataclass(frozen=True)
 class Fallback:
     """What a wallbox does on its own when its controller falls silent.
