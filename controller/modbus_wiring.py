@@ -7,6 +7,8 @@ the others; the devices on one RS485 line share its bus and its worker.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 from controller.config import (
     BusConfig,
     MeterConfig,
@@ -21,7 +23,7 @@ from controller.config import (
 from controller.hardware import BuildContext, DeviceHandle
 from hal.modbus.bus import BusSpec, ModbusBus
 from hal.modbus.devices import ModbusInput, ProfileCharger, ProfileMeter
-from hal.modbus.profile import load_profile
+from hal.modbus.profile import Profile, load_profile
 from hal.modbus.types import RequestPolicy, Table
 from hal.types import Charger, Input, Meter
 
@@ -69,20 +71,32 @@ def _buses(ctx: BuildContext) -> _Buses:
     return buses
 
 
-def build_meter(ctx: BuildContext, dev_id: str, dev_cfg: MeterConfig) -> DeviceHandle[Meter]:
+class _Placed(NamedTuple):
+    """A profile device's place: its bus (also its worker group), profile and request policy."""
+
+    group: str
+    bus: ModbusBus
+    profile: Profile
+    policy: RequestPolicy
+
+
+def _place(ctx: BuildContext, dev_cfg: ModbusDeviceConfig, where: str) -> _Placed:
     buses = _buses(ctx)
-    profile = device_profile(dev_cfg, f"meters.{dev_id}")
+    profile = device_profile(dev_cfg, where)
     group, bus, bus_cfg = buses.bus_for(dev_cfg)
-    device = ProfileMeter(dev_id, profile, bus, dev_cfg.unit, buses.policy(dev_cfg, profile.request, bus_cfg))
-    return DeviceHandle(dev_id, "meter", profile.model, f"{group} unit {dev_cfg.unit}", group, device)
+    return _Placed(group, bus, profile, buses.policy(dev_cfg, profile.request, bus_cfg))
+
+
+def build_meter(ctx: BuildContext, dev_id: str, dev_cfg: MeterConfig) -> DeviceHandle[Meter]:
+    at = _place(ctx, dev_cfg, f"meters.{dev_id}")
+    device = ProfileMeter(dev_id, at.profile, at.bus, dev_cfg.unit, at.policy)
+    return DeviceHandle(dev_id, "meter", at.profile.model, f"{at.group} unit {dev_cfg.unit}", at.group, device)
 
 
 def build_charger(ctx: BuildContext, dev_id: str, dev_cfg: ModbusChargerConfig) -> DeviceHandle[Charger]:
-    buses = _buses(ctx)
-    profile = device_profile(dev_cfg, f"chargers.{dev_id}")
-    group, bus, bus_cfg = buses.bus_for(dev_cfg)
-    device = ProfileCharger(dev_id, profile, bus, dev_cfg.unit, buses.policy(dev_cfg, profile.request, bus_cfg))
-    return DeviceHandle(dev_id, "charger", profile.model, f"{group} unit {dev_cfg.unit}", group, device)
+    at = _place(ctx, dev_cfg, f"chargers.{dev_id}")
+    device = ProfileCharger(dev_id, at.profile, at.bus, dev_cfg.unit, at.policy)
+    return DeviceHandle(dev_id, "charger", at.profile.model, f"{at.group} unit {dev_cfg.unit}", at.group, device)
 
 
 def build_input(ctx: BuildContext, dev_id: str, in_cfg: ModbusInputConfig) -> DeviceHandle[Input]:

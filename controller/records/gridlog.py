@@ -473,12 +473,7 @@ class GridLog:
             self._damage_seen = True
             log.warning("grid log: %s, but quick_check finds %s sound; reconnecting", why, self.path)
             self._close_conn()
-            try:
-                self._reopen()
-            except GridLogFileError as exc:
-                self._failed(str(exc), 0)
-                return False
-            return True
+            return self._try_reopen()
         self._replaced_in_streak = True
         return self._replace(unusable or Unusable("corrupt", f"{why}, twice in a row"))
 
@@ -505,6 +500,10 @@ class GridLog:
                       unusable.label, unusable.why, one_line(exc))
             return False
         self._note_set_aside(kept)
+        return self._try_reopen()
+
+    def _try_reopen(self) -> bool:
+        """Open the file again; False (and a fault) when that fails."""
         try:
             self._reopen()
         except GridLogFileError as exc:
