@@ -26,14 +26,16 @@ controller/write_plan.py); a grid meter older than ``stale_s`` puts the chargers
 (controller/allocation/assumed_draw.py); a failed formula takes its fail-safe value; no exception escapes
 a cycle; on stop every charger is left at (at most) its fail-safe current.
 
-Every reading and every write that lands gets a number from one counter (``_next_seq``), so the
-writer can tell whether a reading was taken before or after a limit changed, whatever the clock.
+Every reading and every write that lands gets a number from one counter (``_next_seq``,
+controller/ordering.py), so the writer can tell whether a reading was taken before or after a
+limit changed, whatever the clock. A reading the box measured before it was fetched (its
+``measured_s``: pushed values such as OCPP MeterValues) takes the number current when it was
+measured.
 """
 
 from __future__ import annotations
 
 import functools
-import itertools
 import logging
 import threading
 import time
@@ -42,6 +44,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from controller import cycle_inputs
+from controller.ordering import Sequence
 from controller.allocation import AllocationState, Settings, acknowledge, allocate
 from controller.allocation.rules import Override
 from controller.clock import Clock, SystemClock
@@ -101,7 +104,7 @@ class ControlLoop:
         self.settings = Settings(increase_step_a=self.site.increase_step_a, min_pause_s=self.site.min_pause_s)
         self.trackers: dict[str, DeviceTracker[Any]] = {h.id: DeviceTracker(h.id) for h in hardware.all()}
         self._alloc_state = AllocationState(chargers={})
-        self._next_seq = itertools.count(1).__next__
+        self._next_seq = Sequence(self.clock.monotonic)
         self.writer = LimitWriter(cfg, hardware, self.executor, self.trackers, self.clock, self._next_seq)
         self._report = WriteReport()
         self._overrides: dict[str, Override] = {}  # the latest asked for (guarded by _lock)
@@ -280,7 +283,13 @@ class ControlLoop:
     def _sample(self, read: Callable[[], Any]) -> Sample:
         """Run one read, noting when it started: what it returns describes that moment or later."""
         seq, taken_s = self._next_seq(), self.clock.monotonic()
-        return Sample(seq, taken_s, read())
+        value = read()
+        measured_s = getattr(value, "measured_s", None)
+        if measured_s is not None:  # measured before this read: place it when it was measured
+            age_s = max(0.0, time.monotonic() - measured_s)  # on the box side's clock
+            taken_s = min(taken_s, self.clock.monotonic() - age_s)
+            seq = min(seq, self._next_seq.at(taken_s))
+        return Sample(seq, taken_s, value)
 
     def _read_all(self, now: float) -> None:
         jobs: dict[str, list[tuple[str, Callable[[], Any]]]] = {}

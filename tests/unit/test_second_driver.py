@@ -10,6 +10,7 @@ the allocation, the status and the formulas take it as they take a Modbus box.
 from __future__ import annotations
 
 import tempfile
+import time
 from collections.abc import Iterator
 from typing import Any, Literal
 
@@ -43,10 +44,15 @@ class MemoryCharger:
         self.id = id
         self.limit_a: float | None = None
         self.setups: list[tuple[float, float]] = []
+        #: > 0: the box pushes its values and the last ones were measured this long ago (real
+        #: seconds), as an OCPP box's MeterValues are.
+        self.lag_s = 0.0
 
     def read(self) -> ChargerReading:
         draw = min(self.limit_a or 0.0, 16.0)
-        return ChargerReading(IecState.C, (draw, draw, draw), power_w=3 * 230.0 * draw, energy_wh=0.0)
+        measured_s = time.monotonic() - self.lag_s if self.lag_s else None
+        return ChargerReading(IecState.C, (draw, draw, draw), power_w=3 * 230.0 * draw, energy_wh=0.0,
+                              measured_s=measured_s)
 
     def apply(self, current_a: float) -> None:
         self.limit_a = current_a
@@ -112,3 +118,35 @@ def test_without_the_driver_the_model_is_an_unknown_profile() -> None:
     with pytest.raises(ConfigError) as err:
         config(E1={"model": "memory", "slot": "a"})
     assert any(line.startswith("chargers.E1.model: unknown model 'memory'") for line in err.value.errors)
+
+
+def test_a_reading_measured_before_the_last_write_holds_the_next_increase(memory_driver: None) -> None:
+    """A box that pushes its values late (OCPP MeterValues) is not taken as having seen a limit
+    that landed after it measured: the next increase waits for a reading measured after it."""
+    cfg = parse_config({
+        "site": {"main_fuse_a": 32, "cycle_s": 1.0, "min_pause_s": 0, "increase_step_a": 16},
+        "state_dir": tempfile.mkdtemp(prefix="gc-second-driver-"),
+        "variables": {"CAP": 10},
+        "chargers": {"E1": {"model": "memory", "slot": "a", "max_current_a": "CAP"}},
+    })
+    service = Service(cfg, clock=(clock := FakeClock()))
+    box = BOXES["E1"]
+    try:
+        for _ in range(2):
+            service.loop.run_once()
+            clock.advance(1.0)
+        assert box.limit_a == 10.0
+        service.store.set_many([("CAP", 12)], source="test")
+        service.loop.run_once()  # 10 -> 12 lands now
+        clock.advance(1.0)
+        box.lag_s = 1.5  # the values the box pushes next were measured before that write landed
+        service.store.set_many([("CAP", 16)], source="test")
+        status = service.loop.run_once()
+        assert box.limit_a == 12.0
+        assert "waiting for readings taken after the last write (E1)" in str(status.charger("E1").reason)
+        clock.advance(1.0)
+        box.lag_s = 0.2  # a sample measured after the write landed arrives
+        service.loop.run_once()
+        assert box.limit_a == 16.0
+    finally:
+        service.close()
