@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from fake_clock import FakeClock
 
-from controller.records import gridlog
+from controller.records import record_writer
 from controller.records.gridlog import DAY_S, RETENTION_S, GridEvent, GridLog, GridSignalRecorder
 from controller.records.gridlog_file import GridLogFileError
 from controller.status import EMPTY_STATUS, DeviceStatus, Status
@@ -211,7 +211,7 @@ def test_full_queue_drops_loudly_and_leaves_a_gap_row(make_log: Callable[..., Gr
 def test_failed_insert_is_kept_retried_in_order_and_logged_once(
         make_log: Callable[..., GridLog], monkeypatch: pytest.MonkeyPatch,
         caplog: pytest.LogCaptureFixture) -> None:
-    monkeypatch.setattr(gridlog, "RETRY_MIN_S", 0.01)
+    monkeypatch.setattr(record_writer, "RETRY_MIN_S", 0.01)
     failures = [1, 2, 3]
     real_insert = GridLog._insert
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from fake_clock import FakeClock
 
-from controller.records import gridlog, gridlog_budget
+from controller.records import gridlog_budget, record_writer
 from controller.records.gridlog import DAY_S, GridLog, GridLogUnavailable
 from controller.records.gridlog_budget import TWO_YEARS_S
 from controller.records.gridlog_file import GridLogFileError, inspect, used_bytes
@@ -227,7 +227,7 @@ def test_the_writer_meeting_a_damaged_page_loses_no_row(make_log: Callable[..., 
 
 def test_a_file_damaged_again_and_again_is_set_aside_once_per_streak(
         make_log: Callable[..., GridLog], path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(gridlog, "RETRY_MIN_S", 0.01)
+    monkeypatch.setattr(record_writer, "RETRY_MIN_S", 0.01)
 
     def always_malformed(self: GridLog, conn: sqlite3.Connection, rows: list) -> None:
         raise sqlite3.DatabaseError("database disk image is malformed")
@@ -249,7 +249,7 @@ def test_a_file_damaged_again_and_again_is_set_aside_once_per_streak(
 
 def test_failing_writes_are_a_fault_until_one_works(make_log: Callable[..., GridLog], path: Path,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(gridlog, "RETRY_MIN_S", 0.01)
+    monkeypatch.setattr(record_writer, "RETRY_MIN_S", 0.01)
     failures = [1, 2]
     real_insert = GridLog._insert
 
