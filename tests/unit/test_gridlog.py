@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 from fake_clock import FakeClock
+from record_writers import writers
 
 from controller.records import record_writer
 from controller.records.gridlog import DAY_S, RETENTION_S, GridEvent, GridLog, GridSignalRecorder
@@ -35,19 +36,8 @@ def clock() -> FakeClock:
 
 @pytest.fixture()
 def make_log(tmp_path: Path, clock: FakeClock) -> Iterator[Callable[..., GridLog]]:
-    made: list[GridLog] = []
-
-    def build(start: bool = True, **kwargs: object) -> GridLog:
-        kwargs.setdefault("clock", clock)
-        grid_log = GridLog(tmp_path / "state" / "gridlog.sqlite3", **kwargs)  # type: ignore[arg-type]
-        if start:
-            grid_log.start()
-        made.append(grid_log)
-        return grid_log
-
-    yield build
-    for grid_log in made:
-        grid_log.stop()
+    with writers(GridLog, tmp_path / "state" / "gridlog.sqlite3", clock) as build:
+        yield build
 
 
 # --------------------------------------------------------------------------- GridLog

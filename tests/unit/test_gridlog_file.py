@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 from fake_clock import FakeClock
+from record_writers import writers
 
 from controller.records import gridlog_budget, record_writer
 from controller.records.gridlog import DAY_S, GridLog, GridLogUnavailable
@@ -34,19 +35,8 @@ def path(tmp_path: Path) -> Path:
 
 @pytest.fixture()
 def make_log(path: Path) -> Iterator[Callable[..., GridLog]]:
-    made: list[GridLog] = []
-
-    def build(start: bool = True, **kwargs: object) -> GridLog:
-        kwargs.setdefault("clock", FakeClock(T0))
-        grid_log = GridLog(path, **kwargs)  # type: ignore[arg-type]
-        if start:
-            grid_log.start()
-        made.append(grid_log)
-        return grid_log
-
-    yield build
-    for grid_log in made:
-        grid_log.stop()
+    with writers(GridLog, path, FakeClock(T0)) as build:
+        yield build
 
 
 def fill(grid_log: GridLog, n: int, *, ts: float = T0, name: str = "x" * 40) -> None:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from fake_clock import FakeClock
+from record_writers import writers
 
 from controller.records.record_writer import DAY_S
 from controller.records.session_recorder import SessionRecorder
@@ -35,19 +36,8 @@ def path(tmp_path: Path) -> Path:
 
 @pytest.fixture()
 def make_log(path: Path, clock: FakeClock) -> Iterator[Callable[..., SessionLog]]:
-    made: list[SessionLog] = []
-
-    def build(start: bool = True, **kwargs: object) -> SessionLog:
-        kwargs.setdefault("clock", clock)
-        sessions = SessionLog(path, **kwargs)  # type: ignore[arg-type]
-        if start:
-            sessions.start()
-        made.append(sessions)
-        return sessions
-
-    yield build
-    for sessions in made:
-        sessions.stop()
+    with writers(SessionLog, path, clock) as build:
+        yield build
 
 
 def session(sid: int, start: float | None, end: float | None = None, charger: str = "E1",
