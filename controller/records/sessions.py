@@ -12,10 +12,11 @@ The file, the queue and the writer thread are the grid log's (``RecordWriter``,
 foreign file is kept aside (``sessions.sqlite3.corrupt-<UTC>``) with a status fault and a new one
 started, a failing write is retried with a status fault, a full queue is logged and counted.
 
-**Retention, bounded.** Sessions are billing records and small (about 150 bytes a row): they are
+**Retention, bounded.** Sessions are billing records and small (about 130 bytes a row, measured
+by ``tests/unit/test_sessions.py::test_a_session_takes_about_130_bytes``): they are
 kept ``RETENTION_S`` (ten years, as long as bookkeeping records are kept in Germany) after their
-end, and at most ``MAX_ROWS`` (one million rows, roughly 150 MB: a busy charger's ten sessions a
-day for 270 years); beyond that the oldest ended sessions go first, with ``log.warning``. Open
+end, and at most ``MAX_ROWS`` (one million rows, about 130 MB: ten sessions a day on each of
+ten chargers for 27 years); beyond that the oldest ended sessions go first, with ``log.warning``. Open
 sessions are never pruned.
 """
 

@@ -17,6 +17,7 @@ from record_writers import writers
 from controller.records.record_writer import DAY_S
 from controller.records.session_recorder import SessionRecorder
 from controller.records.sessions import RETENTION_S, Session, SessionLog, SessionLogFileError
+from controller.records.sqlite_file import used_bytes
 from controller.status import EMPTY_STATUS, ChargerStatus, DeviceStatus, Status
 from controller.allocation.types import Reason, Why
 from hal.types import ChargerReading, IecState, SessionEvent, SessionEventKind
@@ -176,3 +177,22 @@ def test_recorder_continues_a_session_left_open(make_log: Callable[..., SessionL
     log.flush()
     (only,) = log.query()
     assert (only.start_ts, only.end_ts, only.energy_wh) == (T0, T0 + 51, 200.0)
+
+
+def test_a_session_takes_about_130_bytes(make_log: Callable[..., SessionLog], path: Path) -> None:
+    """The figure behind the retention bound (docs/sessions.md): 20,000 sessions with an idTag,
+    a transaction id and a stop reason, both indexes counted."""
+    log = make_log(max_queue=30_000)
+    for i in range(20_000):
+        start = T0 + i * 3600.123
+        log.save(Session(log.new_id(), f"E{i % 10}", start, start + 7000.456, 1203311.0 + i, 1221733.0 + i,
+                         18422.0, "register", id_tag="04A2B3C4D5E6F7", transaction_id=100_000 + i,
+                         stop_reason="EVDisconnected", updated_ts=start + 7000.456))
+    log.flush(30)
+    conn = sqlite3.connect(path)
+    try:
+        per_session = used_bytes(conn) / 20_000
+    finally:
+        conn.close()
+    print(f"bytes per session: {per_session:.0f}")
+    assert 100 <= per_session <= 160
