@@ -1,19 +1,21 @@
 """Wire one running controller together: variables (restored from the state directory),
-hardware, control loop, the variable saver, the grid signal log and systemd notification.
+hardware, control loop, the variable saver, the grid signal log, the session log and systemd
+notification.
 
 ``gridcharge run`` and ``gridcharge demo`` build a ``Service``; the HTTP listeners (``web``) hang
 off it from the command line (``web.runtime``), reading ``status()`` and writing through
 ``store``, and are stopped through ``add_stop_hook`` before the loop's last cycle ends.
 
 **All or nothing at start.** The constructor first proves the state directory writable
-(``statedir.check_writable``), loads the saved variables and opens the grid log (a corrupt or
-foreign file in either is kept aside and replaced, with a status fault); only then does it build
+(``statedir.check_writable``), loads the saved variables and opens the grid log and the session
+log (a corrupt or foreign file in any is kept aside and replaced, with a status fault); only then
+does it build
 the hardware. When the state cannot be used it raises ``StartError`` (one line), before anything
 listens or talks to a device, and ``gridcharge run`` exits with it.
 
 **Faults outside the loop.** The loop's ``Status`` knows the devices and formulas; the state
-directory (failing saves, a file kept aside) and the grid log (failing writes, lost rows, the
-size budget) report through ``faults()``, and ``status()`` is the loop's status with those lines
+directory (failing saves, a file kept aside), the grid log (failing writes, lost rows, the
+size budget) and the session log (failing writes, lost rows) report through ``faults()``, and ``status()`` is the loop's status with those lines
 appended to ``faults``: what the API shows.
 """
 
@@ -31,9 +33,12 @@ from controller.hardware import Hardware
 from controller.clock import Clock
 from controller.records.gridlog import GridLog, GridLogFileError, GridSignalRecorder
 from controller.loop import ControlLoop
+from controller.records.session_recorder import SessionRecorder
+from controller.records.sessions import SessionLog
+from controller.records.sqlite_file import RecordFileError
 from controller.records.persistence import SavedVariables, VariableFile, VariableSaver, initial_variables
 from controller.sdnotify import Notifier
-from controller.records.statedir import GRID_LOG_FILE, check_writable, one_line
+from controller.records.statedir import GRID_LOG_FILE, SESSIONS_FILE, check_writable, one_line
 from controller.status import Status
 from controller.records.variables import VariableStore
 
@@ -44,7 +49,8 @@ log = logging.getLogger(__name__)
 
 
 class StartError(Exception):
-    """The state directory or the grid log cannot be used; ``str()`` is one line saying why."""
+    """The state directory, the grid log or the session log cannot be used; ``str()`` is one
+    line saying why."""
 
 
 class Service:
@@ -55,6 +61,7 @@ class Service:
         self.state_dir = Path(cfg.state_dir)
         self.variable_file = VariableFile(self.state_dir)
         self.grid_log = GridLog(self.state_dir / GRID_LOG_FILE, max_bytes=cfg.grid_log.max_bytes)
+        self.sessions = SessionLog(self.state_dir / SESSIONS_FILE)
         try:
             check_writable(self.state_dir)
             try:
@@ -63,12 +70,15 @@ class Service:
                 raise StartError(f"{self.variable_file.path} is unusable and cannot be kept aside: "
                                  f"{one_line(exc)}") from exc
             self.grid_log.open()
-        except (OSError, GridLogFileError) as exc:
+            self.sessions.open()
+        except (OSError, GridLogFileError, RecordFileError) as exc:
+            self.grid_log.close()
             raise StartError(str(exc)) from exc
         try:
             self._build(cfg, saved, clock, pin_factory)
         except BaseException:
             self.grid_log.close()
+            self.sessions.close()
             raise
 
     def _build(self, cfg: Config, saved: SavedVariables | None, clock: Clock | None,
@@ -78,9 +88,15 @@ class Service:
         self.store = VariableStore(initial, reserved=reserved, max_variables=cfg.max_variables)
         self.saver = VariableSaver(self.variable_file, self.store)
         self._loop: ControlLoop | None = None
-        self.hw: Hardware = build_hardware(cfg, on_event=self._device_event, pin_factory=pin_factory)
+        self.session_recorder = SessionRecorder(self.sessions)
+        self._sessions_closed = False
+        self.hw: Hardware = build_hardware(cfg, on_event=self._device_event,
+                                           on_session=self.session_recorder.record_event,
+                                           pin_factory=pin_factory)
         self._loop = ControlLoop(cfg, self.hw, self.store, clock=clock)
         GridSignalRecorder(self.grid_log).attach(self.store, self.loop)
+        self.session_recorder.attach(self.loop, reporting=[cid for cid, handle in self.hw.chargers.items()
+                                                          if handle.reports_sessions])
         self._stop_hooks: list[Callable[[], None]] = []
         self._thread: threading.Thread | None = None
         self.notifier = Notifier()
@@ -89,9 +105,10 @@ class Service:
         self.loop.add_cycle_listener(self._notify_systemd)
 
     def faults(self) -> tuple[str, ...]:
-        """Status lines of the state directory and the grid log (empty when all is well)."""
+        """Status lines of the state directory, the grid log and the session log (empty when all
+        is well)."""
         kept = self.variable_file.set_aside_note
-        return ((kept,) if kept else ()) + self.saver.faults() + self.grid_log.faults()
+        return ((kept,) if kept else ()) + self.saver.faults() + self.grid_log.faults() + self.sessions.faults()
 
     def status(self) -> Status:
         """The loop's latest status with ``faults()`` appended to its ``faults``."""
@@ -138,6 +155,7 @@ class Service:
                  len(self.hw.meters), len(self.hw.chargers), len(self.hw.inputs), self.cfg.site.cycle_s)
         try:
             self.grid_log.start()
+            self.sessions.start()
             self.saver.start()
             self.loop.run_forever()
         finally:
@@ -145,8 +163,8 @@ class Service:
             self.close()
 
     def close(self) -> None:
-        """Release everything: stop hooks first, then flush the saver and the grid log, then the
-        hardware. Idempotent; ``run()`` ends with it, tests that drive cycles by hand call it."""
+        """Release everything: stop hooks first, then flush the saver, the grid log and the session
+        log (open sessions saved as they are now: a restart continues them), then the hardware. Idempotent; ``run()`` ends with it, tests that drive cycles by hand call it."""
         hooks, self._stop_hooks = self._stop_hooks, []
         for hook in hooks:
             try:
@@ -155,6 +173,10 @@ class Service:
                 log.exception("stop hook %r failed", hook)
         self.saver.stop()  # flushes a pending save, also when never started
         self.grid_log.close()  # writes what is queued when its writer runs (under run())
+        if not self._sessions_closed:  # once: a second close must not save into a closed log
+            self._sessions_closed = True
+            self.session_recorder.save_open()
+            self.sessions.close()
         self.hw.close()
         self.loop.executor.shutdown()
 

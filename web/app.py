@@ -33,6 +33,10 @@ Decisions where the cFos documentation is silent (also in docs/api.md):
   CSV cells that a spreadsheet would run as a formula (``= + - @`` and no number) get a ``'``.
   It first waits up to ``FLUSH_BEFORE_QUERY_S`` for queued rows, so a change made just before
   is in the answer.
+- ``get_sessions``: the charging sessions that started in ``from``..``to`` (a session whose
+  start is not known counts by its end), open ones included, with the same ``from``/``to``/
+  ``format``/``limit`` as ``get_grid_log``, 503 the same way; JSON ``{"sessions": [...],
+  "truncated": bool}``, CSV with whole-second times and whole Wh.
 - ``set_cm_vars`` answers ``"saved": false`` besides the ``get_cm_vars`` body while saving the
   variables fails (a full or read-only card): the values act, but a restart would lose them
   unless saving recovers (it is retried every second). The key is absent while saving works.
@@ -57,7 +61,7 @@ from flask import Response, request
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, RequestEntityTooLarge
 
 from controller.formulas import FormulaError
-from controller.records.gridlog import GridLogUnavailable
+from controller.records.record_writer import RecordUnavailable
 from controller.allocation.rules import Override
 from controller.status import Status
 from controller.records.variables import VariableStore
@@ -66,26 +70,26 @@ from web.devinfo import dev_info
 from web.errors import ApiError, bad_request, error_response, json_response, short
 from web.parsing import (
     flag,
+    log_query,
     one,
     parse_cert_body,
     parse_enable_flag,
-    parse_limit,
     parse_mamps,
-    parse_time,
     required,
     vars_to_set,
 )
-from web.render import event_row, grid_log_csv, json_value, vars_body
+from web.render import event_row, grid_log_csv, json_value, session_row, sessions_csv, vars_body
 
 if TYPE_CHECKING:
     from controller.records.gridlog import GridLog
+    from controller.records.sessions import SessionLog
     from web.tls import TlsStore
 
 log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 64 * 1024
 DRAIN_LIMIT_BYTES = 1024 * 1024  # an oversized body up to this is read and dropped before the 413
-FLUSH_BEFORE_QUERY_S = 2.0  # get_grid_log waits this long at most for queued rows to be written
+FLUSH_BEFORE_QUERY_S = 2.0  # get_grid_log/get_sessions wait this long at most for queued rows
 
 
 def _saving_works() -> bool:
@@ -111,6 +115,7 @@ class ApiContext:
     version: str
     save_failing: Callable[[], bool] = _saving_works
     main_fuse_a: float | None = None
+    sessions: SessionLog | None = None  # the session log (get_sessions); None: not enabled
 
 
 # --------------------------------------------------------------------------- the API
@@ -135,6 +140,7 @@ class Api:
             "get_cm_vars": Command(self.get_cm_vars, Scope.VARS),
             "get_dev_info": Command(self.get_dev_info, Scope.STATUS),
             "get_grid_log": Command(self.get_grid_log, Scope.STATUS),
+            "get_sessions": Command(self.get_sessions, Scope.STATUS),
             "override_device": Command(self.override_device, Scope.ADMIN, mutates=True),
             "set_tls_cert": Command(self.set_tls_cert, Scope.ADMIN, mutates=True, post_only=True),
         }
@@ -186,30 +192,12 @@ class Api:
         return json_response(dev_info(self.ctx.status(), self.ctx.version, main_fuse_a=self.ctx.main_fuse_a))
 
     def get_grid_log(self, principal: Principal) -> Response:
-        text_from, text_to = one("from"), one("to")
-        from_ts = None if text_from is None else parse_time("from", text_from)
-        to_ts = None if text_to is None else parse_time("to", text_to)
-        if from_ts is not None and to_ts is not None and from_ts > to_ts:
-            raise bad_request("parameter from is after to")
-        fmt = one("format") or "json"
-        if fmt not in ("json", "csv"):
-            raise bad_request(f"parameter format must be json or csv, not {short(fmt, 30)!r}")
-        limit = parse_limit(one("limit"))
-        if self.ctx.grid_log is None:
-            raise bad_request("the grid signal log is not enabled on this controller")
-        try:  # read your own writes: a change made just before is in the answer
-            self.ctx.grid_log.flush(FLUSH_BEFORE_QUERY_S)
-        except TimeoutError:
-            log.warning("get_grid_log: the grid log writer is behind; answering without its queue")
-        try:
-            events = self.ctx.grid_log.query(from_ts, to_ts, limit=limit + 1)
-        except GridLogUnavailable as exc:
-            raise ApiError(503, str(exc), {"Retry-After": "5"}) from None
-        truncated = len(events) > limit
-        rows = [event_row(e) for e in events[:limit]]
-        if fmt == "csv":
-            return grid_log_csv(rows)
-        return json_response({"events": rows, "truncated": truncated})
+        return _download("get_grid_log", self.ctx.grid_log, "the grid signal log", event_row, grid_log_csv,
+                         "events")
+
+    def get_sessions(self, principal: Principal) -> Response:
+        return _download("get_sessions", self.ctx.sessions, "the session log", session_row, sessions_csv,
+                         "sessions")
 
     # ---- admin ----------------------------------------------------------------------------
     def override_device(self, principal: Principal) -> Response:
@@ -261,6 +249,29 @@ class Api:
             raise bad_request(f"certificate not installed: {exc}") from None
         log.warning("%s (%s) installed a new SMGW TLS certificate", self.source(), principal.name)
         return json_response({"tls": json_value(self.ctx.tls.describe())})
+
+
+def _download(cmd: str, record: Any, what: str, to_row: Callable[[Any], dict[str, Any]],
+              to_csv: Callable[[list[dict[str, Any]]], Response], key: str) -> Response:
+    """A record (the grid log, the session log) as JSON ``{key: [...], "truncated": bool}`` or
+    CSV: at most ``limit`` rows in the time range, after waiting up to ``FLUSH_BEFORE_QUERY_S``
+    for queued rows (read your own writes). A file that cannot be read now is a 503 with
+    Retry-After; bad parameters are a 400 before anything is read."""
+    q = log_query()
+    if record is None:
+        raise bad_request(f"{what} is not enabled on this controller")
+    try:
+        record.flush(FLUSH_BEFORE_QUERY_S)
+    except TimeoutError:
+        log.warning("%s: the %s writer is behind; answering without its queue", cmd, record.spec.label)
+    try:
+        found = record.query(q.from_ts, q.to_ts, limit=q.limit + 1)
+    except RecordUnavailable as exc:
+        raise ApiError(503, str(exc), {"Retry-After": "5"}) from None
+    rows = [to_row(item) for item in found[:q.limit]]
+    if q.fmt == "csv":
+        return to_csv(rows)
+    return json_response({key: rows, "truncated": len(found) > q.limit})
 
 
 # --------------------------------------------------------------------------- the app

@@ -23,8 +23,8 @@ the per-address throttle of failed logins (docs/api.md):
   then, with the mod_ssl names) and grants
   the configured ``smgw.functions`` as scopes. No password.
 
-Scopes: ``vars`` (set_cm_vars, get_cm_vars), ``status`` (get_dev_info, get_grid_log), ``admin``
-(everything), ``ocpp`` (nothing in this API yet). The LAN admin has every scope.
+Scopes: ``vars`` (set_cm_vars, get_cm_vars), ``status`` (get_dev_info, get_grid_log,
+get_sessions), ``admin`` (everything), ``ocpp`` (nothing in this API yet). The LAN admin has every scope.
 """
 
 from __future__ import annotations

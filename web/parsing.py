@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
@@ -60,12 +61,36 @@ def flag(name: str) -> bool:
 
 
 def parse_limit(text: str | None) -> int:
-    """``get_grid_log``'s ``limit``: 1..``MAX_LOG_EVENTS``, absent = ``MAX_LOG_EVENTS``."""
+    """A record download's ``limit``: 1..``MAX_LOG_EVENTS``, absent = ``MAX_LOG_EVENTS``."""
     if text is None:
         return MAX_LOG_EVENTS
     if not re.fullmatch(r"[0-9]{1,6}", text) or not 1 <= int(text) <= MAX_LOG_EVENTS:
         raise bad_request(f"parameter limit must be an integer 1..{MAX_LOG_EVENTS}")
     return int(text)
+
+
+@dataclass(frozen=True)
+class LogQuery:
+    """The parameters of a record download (``get_grid_log``, ``get_sessions``)."""
+
+    from_ts: float | None
+    to_ts: float | None
+    fmt: str  # "json" | "csv"
+    limit: int
+
+
+def log_query() -> LogQuery:
+    """``from``/``to`` (unix seconds or ISO 8601, ``from`` not after ``to``), ``format``
+    (``json``, the default, or ``csv``) and ``limit`` of this request; 400 for anything else."""
+    text_from, text_to = one("from"), one("to")
+    from_ts = None if text_from is None else parse_time("from", text_from)
+    to_ts = None if text_to is None else parse_time("to", text_to)
+    if from_ts is not None and to_ts is not None and from_ts > to_ts:
+        raise bad_request("parameter from is after to")
+    fmt = one("format") or "json"
+    if fmt not in ("json", "csv"):
+        raise bad_request(f"parameter format must be json or csv, not {short(fmt, 30)!r}")
+    return LogQuery(from_ts, to_ts, fmt, parse_limit(one("limit")))
 
 
 def parse_mamps(text: str) -> int:

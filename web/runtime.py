@@ -38,6 +38,7 @@ def start_web(service: Service, *, http: Any = None, smgw: Any = None) -> WebSer
         version=version(),
         save_failing=lambda: service.saver.failing,
         main_fuse_a=cfg.site.main_fuse_a,
+        sessions=service.sessions,
     )
     servers = WebServers(ctx, http, smgw, tls)
     servers.start()

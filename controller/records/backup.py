@@ -1,7 +1,8 @@
-"""``gridcharge backup FILE``: the config, the saved variables, the grid log and the TLS files in
-one ``.tar.gz`` with a manifest (``controller.records.backup_manifest``).
+"""``gridcharge backup FILE``: the config, the saved variables, the grid log, the session log and
+the TLS files in one ``.tar.gz`` with a manifest (``controller.records.backup_manifest``).
 
-Safe while the service runs: the grid log is copied with SQLite's online backup, which gives one
+Safe while the service runs: the grid log and the session log are copied with SQLite's online
+backup, which gives one
 consistent snapshot even while the writer commits (a plain file copy of a WAL database can tear),
 and ``variables.json`` is only ever replaced by a rename, so reading it sees one whole version.
 
@@ -26,8 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from controller.records import gridlog_file
-from controller.records.backup_manifest import MANIFEST_NAME, Entry, Manifest, Role, destinations
+from controller.records import sqlite_file
+from controller.records.backup_manifest import MANIFEST_NAME, SQLITE_ROLES, Entry, Manifest, Role, destinations
 from controller.records.statedir import fsync_dir
 from controller.version import version
 
@@ -55,14 +56,15 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def snapshot_grid_log(source: Path, target: Path) -> None:
-    """A consistent copy of the grid log at ``target`` (SQLite's online backup).
+def snapshot_sqlite(source: Path, target: Path) -> None:
+    """A consistent copy of a SQLite record (the grid log, the session log) at ``target``
+    (SQLite's online backup).
 
-    The source connection is the grid log's usual one (read-write, never creating the file), not
+    The source connection is the writer's usual one (read-write, never creating the file), not
     a read-only one: a read-only connection cannot clean up the ``-wal``/``-shm`` files it
     creates when the service is not running, and would leave them behind in the state directory.
     """
-    src = gridlog_file.connect(source)
+    src = sqlite_file.connect(source)
     try:
         dst = sqlite3.connect(target)
         try:
@@ -85,8 +87,8 @@ def _collect(cfg: Config, config_path: Path, work: Path) -> tuple[dict[Role, tup
                 missing.append(f"{role.value}: {path} does not exist (smgw section of the config)")
             continue
         copy = work / role.value
-        if role is Role.GRID_LOG:
-            snapshot_grid_log(path, copy)
+        if role in SQLITE_ROLES:
+            snapshot_sqlite(path, copy)
         else:
             shutil.copyfile(path, copy)
         found[role] = (path, copy)
@@ -135,4 +137,4 @@ def create_backup(cfg: Config, config_path: Path, out: Path, *, clock: Any = tim
     return BackupResult(manifest, out, size, tuple(missing))
 
 
-__all__ = ["BackupResult", "create_backup", "sha256_of", "snapshot_grid_log"]
+__all__ = ["BackupResult", "create_backup", "sha256_of", "snapshot_sqlite"]

@@ -1,7 +1,7 @@
 """What a gridcharge backup holds and where each file lives: the manifest, shared by
 ``controller.records.backup`` (writes one) and ``controller.records.restore`` (checks one and puts it back).
 
-A backup is one ``.tar.gz`` with ``manifest.json`` and up to eight files, each under a fixed
+A backup is one ``.tar.gz`` with ``manifest.json`` and up to nine files, each under a fixed
 name for its role (never the path it came from, so a crafted archive cannot name a place to
 write to). The manifest lists every file with its role, its size, SHA-256 and mode, and the path
 it was saved from (for the reader; ``restore`` writes to where the *restored* config says).
@@ -14,6 +14,7 @@ role                      file                                      archive name
 ``config``                the ``--config`` path                     ``config.yaml``
 ``variables``             ``state_dir/variables.json``              ``state/variables.json``
 ``grid_log``              ``state_dir/gridlog.sqlite3``             ``state/gridlog.sqlite3``
+``sessions``              ``state_dir/sessions.sqlite3``            ``state/sessions.sqlite3``
 ``upload_cert``/``_key``  ``state_dir/tls/cm.pem``/``cm.key``       ``state/tls/cm.pem``/``.key``
 ``smgw_cert``/``_key``    the config's ``smgw.cert``/``smgw.key``   ``smgw/cert.pem``/``key.pem``
 ``smgw_client_ca``        the config's ``smgw.client_ca``           ``smgw/client_ca.pem``
@@ -31,7 +32,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from controller.records.statedir import GRID_LOG_FILE, TLS_CERT_FILE, TLS_DIR, TLS_KEY_FILE, VARIABLES_FILE
+from controller.records import gridlog_file, sessions
+from controller.records.sqlite_file import FileSpec
+from controller.records.statedir import (
+    GRID_LOG_FILE,
+    SESSIONS_FILE,
+    TLS_CERT_FILE,
+    TLS_DIR,
+    TLS_KEY_FILE,
+    VARIABLES_FILE,
+)
 
 if TYPE_CHECKING:
     from controller.config import Config
@@ -54,6 +64,7 @@ class Role(str, enum.Enum):
     CONFIG = "config"
     VARIABLES = "variables"
     GRID_LOG = "grid_log"
+    SESSIONS = "sessions"
     UPLOAD_CERT = "upload_cert"
     UPLOAD_KEY = "upload_key"
     SMGW_CERT = "smgw_cert"
@@ -65,6 +76,7 @@ ARCHIVE_NAMES: Mapping[Role, str] = {
     Role.CONFIG: "config.yaml",
     Role.VARIABLES: f"state/{VARIABLES_FILE}",
     Role.GRID_LOG: f"state/{GRID_LOG_FILE}",
+    Role.SESSIONS: f"state/{SESSIONS_FILE}",
     Role.UPLOAD_CERT: f"state/{TLS_DIR}/{TLS_CERT_FILE}",
     Role.UPLOAD_KEY: f"state/{TLS_DIR}/{TLS_KEY_FILE}",
     Role.SMGW_CERT: "smgw/cert.pem",
@@ -74,7 +86,11 @@ ARCHIVE_NAMES: Mapping[Role, str] = {
 
 #: The files of the state directory: restore makes them exactly the backup's, so one the backup
 #: does not have is kept aside (an uploaded pair would otherwise win over the restored config's).
-STATE_ROLES = (Role.VARIABLES, Role.GRID_LOG, Role.UPLOAD_CERT, Role.UPLOAD_KEY)
+STATE_ROLES = (Role.VARIABLES, Role.GRID_LOG, Role.SESSIONS, Role.UPLOAD_CERT, Role.UPLOAD_KEY)
+
+#: The SQLite records (copied with SQLite's online backup, checked against their schema on
+#: restore, set aside with their ``-wal``/``-shm``), by role.
+SQLITE_ROLES: Mapping[Role, FileSpec] = {Role.GRID_LOG: gridlog_file.SPEC, Role.SESSIONS: sessions.SPEC}
 
 
 def destinations(cfg: Config, config_path: Path) -> dict[Role, Path]:
@@ -84,6 +100,7 @@ def destinations(cfg: Config, config_path: Path) -> dict[Role, Path]:
         Role.CONFIG: config_path,
         Role.VARIABLES: state_dir / VARIABLES_FILE,
         Role.GRID_LOG: state_dir / GRID_LOG_FILE,
+        Role.SESSIONS: state_dir / SESSIONS_FILE,
         Role.UPLOAD_CERT: state_dir / TLS_DIR / TLS_CERT_FILE,
         Role.UPLOAD_KEY: state_dir / TLS_DIR / TLS_KEY_FILE,
     }
@@ -201,4 +218,4 @@ def parse_manifest(raw: bytes) -> Manifest:
 
 
 __all__ = ["ARCHIVE_NAMES", "BackupError", "Entry", "FORMAT", "FORMAT_VERSION", "MANIFEST_NAME", "Manifest",
-           "Role", "STATE_ROLES", "destinations", "parse_manifest"]
+           "Role", "SQLITE_ROLES", "STATE_ROLES", "destinations", "parse_manifest"]

@@ -3,7 +3,8 @@ with time, source, old and new value and the grid power at that moment, kept at 
 (§14a EnWG wants this record).
 
 This module owns ``state_dir/gridlog.sqlite3`` (one table ``events``, an index on ``ts``, values
-as JSON text; the file itself: ``controller.records.gridlog_file``; its size: ``controller.records.gridlog_budget``)
+as JSON text; the file itself: ``controller.records.gridlog_file``; its size: ``controller.records.gridlog_budget``;
+the queue and the writer thread, shared with the session log: ``controller.records.record_writer``)
 and the observer that fills it:
 
 - ``GridLog.open()`` opens the file at start, before anything else of the service runs: a file
@@ -56,7 +57,6 @@ import json
 import logging
 import math
 import sqlite3
-import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -65,7 +65,8 @@ from typing import Any, Protocol
 
 from controller.records import gridlog_file
 from controller.records.gridlog_budget import SizeBudget
-from controller.records.gridlog_file import CHECK_BUDGET_S, GridLogFileError, SetAside, Unusable, is_corrupt
+from controller.records.gridlog_file import CHECK_BUDGET_S, GridLogFileError, SetAside
+from controller.records.record_writer import DAY_S, Gap, RecordUnavailable, RecordWriter, time_range
 from controller.records.statedir import GRID_LOG_FILE, one_line, utc_text
 from controller.status import DeviceStatus, Status
 from controller.records.variables import VariableSet, VariableStore, same_exprs
@@ -75,13 +76,10 @@ log = logging.getLogger(__name__)
 
 FILE_NAME = GRID_LOG_FILE
 KINDS = frozenset({"input", "variable", "limit", "failsafe", "gap"})
-DAY_S = 86400.0
 RETENTION_S = (2 * 365 + 31) * DAY_S  # two years (§14a) and a month of margin
 MAX_QUEUE = 10_000
 MAX_BYTES = 1_000_000_000  # the default size budget (config grid_log.max_bytes)
 RECORD_WAIT_S = 2.0  # how long one API call's rows may wait for room in a full queue
-RETRY_MIN_S = 0.5
-RETRY_MAX_S = 60.0
 FILE_MODE = gridlog_file.FILE_MODE
 SCHEMA_VERSION = gridlog_file.SCHEMA_VERSION
 _INSERT = ("INSERT INTO events(ts, kind, name, old, new, source, grid_power_w)"
@@ -92,7 +90,7 @@ _Row = tuple[float, str, str, str, str, str, "float | None"]
 Event = tuple[str, str, object, object, str, "float | None"]  # kind, name, old, new, source, power
 
 
-class GridLogUnavailable(Exception):
+class GridLogUnavailable(RecordUnavailable):
     """``query()`` cannot read the log now (a damaged file being replaced, an I/O error); the
     API answers 503 with ``str()``, which is one line."""
 
@@ -138,109 +136,29 @@ def _power(value: float | None) -> float | None:
     return float(value)
 
 
-class GridLog:
-    """SQLite ``state_dir/gridlog.sqlite3`` behind a queue and one writer thread (module doc)."""
+class GridLog(RecordWriter):
+    """SQLite ``state_dir/gridlog.sqlite3`` behind a queue and one writer thread (module doc;
+    the queue, the writer and the file handling are ``RecordWriter``'s)."""
+
+    spec = gridlog_file.SPEC
+    thread_name = "grid-log"
+    unavailable = GridLogUnavailable
 
     def __init__(self, path: Path, *, retention_s: float = RETENTION_S,
                  clock: Callable[[], float] = time.time, max_queue: int = MAX_QUEUE,
                  prune_every_s: float = DAY_S, max_bytes: int = MAX_BYTES,
                  check_budget_s: float = CHECK_BUDGET_S) -> None:
-        self.path = Path(path)
-        self.retention_s = retention_s
-        self._clock = clock
-        self._max_queue = max_queue
-        self._prune_every_s = prune_every_s
-        self._check_budget_s = check_budget_s
-        self._lock = threading.Lock()
-        self._cond = threading.Condition(self._lock)  # the writer waits for work
-        self._space = threading.Condition(self._lock)  # record_many waits for room in the queue
-        self._queue: list[_Row] = []
-        self._waiters: list[threading.Event] = []
-        self._dropped = 0
-        self._dropped_span: tuple[float, float] | None = None
-        self._lost = 0  # rows dropped since start (status)
-        self._stopping = False
-        self._closed = False
-        self._suspect: str | None = None  # a reader saw a damaged file: the writer checks it
-        self._set_asides: list[str] = []  # status lines, one per file kept aside since start
-        self._notes: list[_Row] = []  # gap rows about files kept aside, written with the next batch
-        self._write_fault: str | None = None  # status line while inserts fail
-        self._next_prune = -math.inf
-        self._failures = 0  # failed inserts in a row (writer thread only)
-        self._replaced_in_streak = False  # at most one set-aside per failure streak (writer only)
-        self._damage_seen = False  # the writer met a damaged file in this streak (writer only)
+        super().__init__(path, retention_s=retention_s, clock=clock, max_queue=max_queue,
+                         prune_every_s=prune_every_s, check_budget_s=check_budget_s)
         self._budget = SizeBudget(max_bytes)
-        self._conn: sqlite3.Connection | None = None
-        self._thread: threading.Thread | None = None
-
-    # ---- lifecycle ---------------------------------------------------------------------------
-    def open(self) -> None:
-        """Open (create) the file now, on the caller's thread (idempotent).
-
-        A corrupt or foreign file, or a directory in its place, is renamed aside with log.error,
-        a status fault and a ``gap`` row, and a new log is started. Raises GridLogFileError when
-        the log cannot be written at all (read-only, no permission, no space).
-        """
-        if self._conn is not None:
-            return
-        conn, kept = gridlog_file.open_for_writing(self.path, budget_s=self._check_budget_s,
-                                                   clock=self._clock)
-        self._conn = conn
-        if kept is not None:
-            self._note_set_aside(kept)
-
-    def start(self) -> None:
-        """``open()`` if not done yet, then start the writer thread, which prunes first."""
-        self.open()
-        self._thread = threading.Thread(target=self._run, name="grid-log", daemon=True)
-        self._thread.start()
-
-    def stop(self, timeout_s: float = 10.0) -> None:
-        """Write what is queued, then end the writer (idempotent). A log that was opened but never
-        started only closes its file."""
-        with self._lock:
-            self._stopping = True
-            self._cond.notify()
-            self._space.notify_all()
-        if self._thread is not None:
-            self._thread.join(timeout_s)
-            if self._thread.is_alive():
-                log.error("grid log writer did not stop within %.1f s", timeout_s)
-        elif self._conn is not None:
-            self._conn.close()
-            self._conn = None
-        with self._lock:
-            self._closed = True
-            lost = len(self._queue)
-            self._queue.clear()
-        if lost:
-            log.error("grid log stopped with %d record(s) not written", lost)
-
-    def close(self) -> None:
-        """Close the file of a log that was opened but whose writer never ran (tests that drive
-        cycles by hand, a start that failed later), without the error ``stop()`` logs for the
-        rows still queued; a started log is stopped."""
-        if self._thread is not None:
-            self.stop()
-            return
-        with self._lock:
-            self._closed = True
-            self._queue.clear()
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
 
     def faults(self) -> tuple[str, ...]:
         """Status lines: files kept aside since start, failing writes, lost rows, the budget."""
-        with self._lock:
-            lines = list(self._set_asides)
-            if self._write_fault is not None:
-                lines.append(self._write_fault)
-            if self._lost:
-                lines.append(f"grid log: {self._lost} record(s) lost since start (the write queue "
-                             "was full); gap rows mark where")
-        lines.extend(self._budget.faults())
-        return tuple(lines)
+        return super().faults() + self._budget.faults()
+
+    def _lost_line(self, lost: int) -> str:
+        return (f"grid log: {lost} record(s) lost since start (the write queue was full); gap rows "
+                "mark where")
 
     # ---- writing -----------------------------------------------------------------------------
     def _row(self, kind: str, name: str, old: object, new: object, source: str,
@@ -254,16 +172,7 @@ class GridLog:
                grid_power_w: float | None, ts: float | None = None) -> None:
         """Queue one event (never blocks, never touches the disk). ``ts`` defaults to now."""
         row = self._row(kind, name, old, new, source, grid_power_w, ts)
-        with self._lock:
-            if self._closed:
-                log.error("grid log closed: %s %s %r -> %r (%s) not recorded", kind, name, old, new,
-                          source)
-                return
-            if len(self._queue) >= self._max_queue:
-                self._drop(row)
-                return
-            self._queue.append(row)
-            self._cond.notify()
+        self._enqueue(row, f"{kind} {name} {old!r} -> {new!r} ({source})")
 
     def record_many(self, events: Sequence[Event], *, wait_s: float = RECORD_WAIT_S) -> None:
         """Queue the events of one change, waiting up to ``wait_s`` in all for room in a full
@@ -271,273 +180,26 @@ class GridLog:
         threads only: the control loop must never wait for the disk."""
         ts = self._clock()
         rows = [self._row(*event, ts) for event in events]
-        deadline = time.monotonic() + wait_s
-        with self._lock:
-            if self._closed:
-                log.error("grid log closed: %d record(s) from %s not recorded", len(rows),
-                          rows[0][5] if rows else "?")
-                return
-            for row in rows:
-                while len(self._queue) >= self._max_queue and not self._stopping:
-                    left = deadline - time.monotonic()
-                    if left <= 0:
-                        break
-                    self._cond.notify()
-                    self._space.wait(left)
-                if len(self._queue) >= self._max_queue:
-                    self._drop(row)
-                else:
-                    self._queue.append(row)
-            self._cond.notify()
+        self._enqueue_waiting(rows, rows[0][5] if rows else "?", wait_s)
 
-    def _drop(self, row: _Row) -> None:
-        """Under the lock: count a row that found no room."""
-        if self._dropped == 0:
-            log.error("grid log queue full (%d rows, the disk is not keeping up): dropping %s %s; "
-                      "a gap row will mark the loss", self._max_queue, row[1], row[2])
-        self._lost += 1
-        self._merge_gap(1, row[0], row[0])
+    def _insert(self, conn: sqlite3.Connection, rows: list[Any]) -> None:
+        """One transaction. Raises sqlite3.Error."""
+        with conn:
+            conn.executemany(_INSERT, rows)
 
-    def flush(self, timeout_s: float = 5.0) -> None:
-        """Wait until the writer has tried to insert everything queued before this call (and run
-        a prune or a check that was due): written, or kept for a retry when the disk failed.
-        Raises TimeoutError. Before ``start`` (or after ``stop``) there is nothing to wait for."""
-        if self._thread is None or not self._thread.is_alive():
-            return
-        done = threading.Event()
-        with self._lock:
-            self._waiters.append(done)
-            self._cond.notify()
-        if not done.wait(timeout_s):
-            raise TimeoutError(f"grid log not flushed within {timeout_s} s")
-
-    def _run(self) -> None:
-        carry: list[_Row] = []  # rows whose insert failed: retried first, in order
-        retry_s = RETRY_MIN_S
-        try:
-            self._prune()
-            self._check_budget()
-            while True:
-                with self._lock:
-                    self._wait_for_work(bool(carry), retry_s)
-                    batch = self._take_batch(carry)
-                    self._space.notify_all()
-                    waiters, self._waiters = self._waiters, []
-                    gap = self._take_gap()
-                    stopping = self._stopping
-                    suspect, self._suspect = self._suspect, None
-                if suspect is not None:
-                    self._check_suspect(suspect)
-                rows = batch + ([self._gap_row(gap)] if gap is not None else [])
-                carry = []
-                if (rows or self._notes) and not self._write(rows):
-                    carry = batch
-                    if gap is not None:
-                        with self._lock:
-                            self._merge_gap(*gap)
-                    retry_s = min(retry_s * 2, RETRY_MAX_S)
-                else:
-                    retry_s = RETRY_MIN_S
-                if self._clock() >= self._next_prune:
-                    self._prune()
-                for waiter in waiters:
-                    waiter.set()
-                if stopping:
-                    if carry:
-                        log.error("grid log: %d record(s) could not be written before stop",
-                                  len(carry))
-                    return
-        finally:
-            self._close_conn()
-
-    def _wait_for_work(self, retrying: bool, retry_s: float) -> None:
-        """Under the lock: after a failed insert, back off (only stop cuts it short); else wait
-        for records, a flush, stop, a damaged file to check, or a due prune."""
-        if retrying:
-            deadline = time.monotonic() + retry_s
-            while not self._stopping and (left := deadline - time.monotonic()) > 0:
-                self._cond.wait(left)
-            return
-        while not (self._queue or self._waiters or self._stopping or self._dropped or self._suspect):
-            until_prune = self._next_prune - self._clock()
-            if until_prune <= 0:
-                return
-            self._cond.wait(min(until_prune, 3600.0))
-
-    def _take_batch(self, carry: list[_Row]) -> list[_Row]:
-        """Under the lock: the failed rows, then the queue; beyond ``max_queue`` rows (the disk
-        has failed for long) the newest are dropped and counted for the gap row."""
-        batch = carry + self._queue
-        self._queue = []
-        for row in batch[self._max_queue:]:
-            self._drop(row)
-        return batch[:self._max_queue]
-
-    def _take_gap(self) -> tuple[int, float, float] | None:
-        if not self._dropped:
-            return None
-        assert self._dropped_span is not None
-        gap = (self._dropped, *self._dropped_span)
-        self._dropped, self._dropped_span = 0, None
-        return gap
-
-    def _merge_gap(self, count: int, first: float, last: float) -> None:
-        """Under the lock: put back a gap whose row could not be written."""
-        if self._dropped_span is not None:
-            first, last = min(first, self._dropped_span[0]), max(last, self._dropped_span[1])
-        self._dropped += count
-        self._dropped_span = (first, last)
-
-    @staticmethod
-    def _gap_row(gap: tuple[int, float, float]) -> _Row:
+    def _gap_row(self, gap: Gap) -> _Row:
         count, first, last = gap
         log.error("grid log: %d record(s) between %s and %s were lost (queue full); a gap row "
                   "marks it", count, utc_text(first), utc_text(last))
         return (first, "gap", "gridlog", "null",
                 _encode({"dropped": count, "first_ts": first, "last_ts": last}), "gridlog", None)
 
-    # ---- the writer's file (writer thread only, after start) ---------------------------------
-    def _write(self, rows: list[_Row]) -> bool:
-        """Insert the pending notes and ``rows`` in one transaction; on a damaged file set it
-        aside and insert into the new one. False when the rows are not written (the caller keeps
-        them for a retry; the notes stay pending)."""
-        try:
-            if self._conn is None:
-                self._reopen()
-            assert self._conn is not None
-            self._insert(self._conn, self._notes + rows)
-        except GridLogFileError as exc:
-            self._failed(str(exc), len(rows))
-            return False
-        except sqlite3.Error as exc:
-            if not (is_corrupt(exc) and self._on_damage(f"{exc} (writing)")):
-                self._failed(one_line(exc), len(rows))
-                return False
-            try:  # a new file or a fresh connection: once more
-                assert self._conn is not None
-                self._insert(self._conn, self._notes + rows)
-            except sqlite3.Error as again:
-                self._failed(one_line(again), len(rows))
-                return False
-        except Exception as exc:  # a bug must not end the writer: the record would stop
-            log.exception("grid log: writing failed unexpectedly")
-            self._failed(f"{type(exc).__name__}: {exc}", len(rows))
-            return False
-        self._notes = []
-        self._written()
-        self._check_budget()
-        return True
+    def _set_aside_row(self, kept: SetAside) -> _Row:
+        """The ``gap`` row that says where the earlier record is."""
+        return self._row("gap", "gridlog", None, {"set_aside": kept.kept_as.name, "label": kept.label,
+                                                  "why": kept.why}, "gridlog", None, kept.at)
 
-    def _insert(self, conn: sqlite3.Connection, rows: list[_Row]) -> None:
-        """One transaction. Raises sqlite3.Error."""
-        with conn:
-            conn.executemany(_INSERT, rows)
-
-    def _failed(self, error: str, count: int) -> None:
-        """A write failed: logged once per streak, a status fault until a write works."""
-        self._failures += 1
-        if self._failures == 1:
-            what = f"writing {count} record(s) to {self.path}" if count else f"reopening {self.path}"
-            log.error("grid log: %s failed: %s; keeping the records and retrying (logged once "
-                      "until it works again)", what, error)
-            with self._lock:
-                self._write_fault = (f"grid log: writing to {self.path} fails since "
-                                     f"{utc_text(self._clock())} ({error}); records are kept in "
-                                     f"memory (up to {self._max_queue}) and retried")
-        else:
-            log.debug("grid log: write failed again (%d): %s", self._failures, error)
-
-    def _written(self) -> None:
-        if self._failures:
-            log.warning("grid log: writing works again after %d failed attempt(s)", self._failures)
-            self._failures = 0
-        self._replaced_in_streak = self._damage_seen = False
-        if self._write_fault is not None:
-            with self._lock:
-                self._write_fault = None
-
-    def _on_damage(self, why: str) -> bool:
-        """The writer met a damaged file. When ``quick_check`` (on a fresh connection) agrees, or
-        the writer met damage before in this failure streak, set the file aside and open a new
-        one; when the file checks sound, reconnect (a fresh page cache). True when there is a
-        connection to try once more; at most one set-aside per failure streak."""
-        if self._replaced_in_streak:
-            return False
-        log.error("grid log: %s in %s; checking the file", why, self.path)
-        try:
-            unusable = gridlog_file.inspect(self.path, self._check_budget_s)
-        except (OSError, sqlite3.Error) as exc:
-            log.error("grid log: checking %s after '%s' failed: %s", self.path, why, one_line(exc))
-            unusable = Unusable("corrupt", why)
-        if unusable is None and not self._damage_seen:
-            self._damage_seen = True
-            log.warning("grid log: %s, but quick_check finds %s sound; reconnecting", why, self.path)
-            self._close_conn()
-            return self._try_reopen()
-        self._replaced_in_streak = True
-        return self._replace(unusable or Unusable("corrupt", f"{why}, twice in a row"))
-
-    def _check_suspect(self, why: str) -> None:
-        """A reader met a damaged file: check it on a fresh connection, replace it when damaged."""
-        try:
-            unusable = gridlog_file.inspect(self.path, self._check_budget_s)
-        except (OSError, sqlite3.Error) as exc:
-            log.error("grid log: checking %s after a reader's '%s' failed: %s", self.path, why,
-                      one_line(exc))
-            return
-        if unusable is None:
-            log.warning("grid log: a reader met '%s', but quick_check finds %s sound", why, self.path)
-            return
-        self._replace(unusable)
-
-    def _replace(self, unusable: Unusable) -> bool:
-        """Close, set aside and reopen the file. True when a new file is open."""
-        self._close_conn()
-        try:
-            kept = gridlog_file.set_aside(self.path, unusable, self._clock)
-        except OSError as exc:
-            log.error("grid log: %s is %s (%s) but could not be moved aside: %s", self.path,
-                      unusable.label, unusable.why, one_line(exc))
-            return False
-        self._note_set_aside(kept)
-        return self._try_reopen()
-
-    def _try_reopen(self) -> bool:
-        """Open the file again; False (and a fault) when that fails."""
-        try:
-            self._reopen()
-        except GridLogFileError as exc:
-            self._failed(str(exc), 0)
-            return False
-        return True
-
-    def _reopen(self) -> None:
-        """Open the file again (writer thread). Raises GridLogFileError."""
-        conn, kept = gridlog_file.open_for_writing(self.path, budget_s=self._check_budget_s,
-                                                   clock=self._clock)
-        self._conn = conn
-        if kept is not None:
-            self._note_set_aside(kept)
-
-    def _note_set_aside(self, kept: SetAside) -> None:
-        """A status line for the rest of the run, and a gap row, first in the new file, that
-        says where the earlier record is (by ``open()`` before the writer runs, else on the
-        writer thread)."""
-        with self._lock:
-            self._set_asides.append(f"grid log: {kept.describe(self.path)}")
-        self._notes.append(self._row("gap", "gridlog", None, {"set_aside": kept.kept_as.name,
-                                                              "label": kept.label, "why": kept.why},
-                                     "gridlog", None, kept.at))
-
-    def _close_conn(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            try:
-                conn.close()
-            except sqlite3.Error as exc:  # a damaged file may fail its last checkpoint
-                log.debug("grid log: closing the connection: %s", exc)
-
-    def _check_budget(self) -> None:
+    def _after_write(self) -> None:
         if self._conn is None:
             return
         try:
@@ -546,22 +208,9 @@ class GridLog:
             log.error("grid log: keeping %s under grid_log.max_bytes failed: %s", self.path,
                       one_line(exc))
 
-    def _prune(self) -> None:
-        now = self._clock()
-        self._next_prune = now + self._prune_every_s
-        if self._conn is None:
-            return
-        cutoff = now - self.retention_s
-        try:
-            with self._conn:
-                deleted = self._conn.execute("DELETE FROM events WHERE ts < ?", (cutoff,)).rowcount
-        except sqlite3.Error as exc:
-            log.error("grid log: pruning rows older than %.0f days failed: %s",
-                      self.retention_s / DAY_S, exc)
-            return
-        if deleted:
-            log.info("grid log: pruned %d row(s) older than %.0f days", deleted,
-                     self.retention_s / DAY_S)
+    def _prune_rows(self, conn: sqlite3.Connection, cutoff: float) -> int:
+        with conn:
+            return int(conn.execute("DELETE FROM events WHERE ts < ?", (cutoff,)).rowcount)
 
     # ---- reading -----------------------------------------------------------------------------
     def query(self, from_ts: float | None = None, to_ts: float | None = None,
@@ -573,39 +222,10 @@ class GridLog:
         Raises GridLogUnavailable when the file cannot be read; a damaged one also wakes the
         writer, which checks it and sets it aside, so that the next query reads the new log.
         """
-        if not self.path.exists():
-            return []
-        clauses: list[str] = []
-        params: list[float | int] = []
-        if from_ts is not None:
-            clauses.append("ts >= ?")
-            params.append(from_ts)
-        if to_ts is not None:
-            clauses.append("ts < ?")
-            params.append(to_ts)
-        where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
-        params.append(max(0, int(limit)))
-        try:
-            conn = gridlog_file.connect(self.path)  # never creates a file
-            try:
-                rows = conn.execute(f"{_SELECT}{where} ORDER BY ts, id LIMIT ?", params).fetchall()
-            finally:
-                conn.close()
-        except sqlite3.Error as exc:
-            if is_corrupt(exc):
-                self._report_damage(str(exc))
-                raise GridLogUnavailable(
-                    f"the grid log file is damaged ({one_line(exc)}); it is being kept aside and a "
-                    "new log started: ask again in a few seconds") from None
-            raise GridLogUnavailable(f"the grid log cannot be read now: {one_line(exc)}") from None
+        where, params = time_range(from_ts, to_ts)
+        rows = self._read(f"{_SELECT}{where} ORDER BY ts, id LIMIT ?", [*params, max(0, int(limit))])
         return [GridEvent(ts, kind, name, _decode(old), _decode(new), source, power)
                 for ts, kind, name, old, new, source, power in rows]
-
-    def _report_damage(self, why: str) -> None:
-        with self._lock:
-            if self._thread is not None and not self._stopping:
-                self._suspect = why
-                self._cond.notify()
 
 
 # ---------------------------------------------------------------------------- the observer

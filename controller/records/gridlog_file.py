@@ -1,42 +1,31 @@
-"""The grid log's SQLite file: open it for writing, check it, and keep aside a file that cannot
-be used, so that a bad file never stops the log (the record goes on in a new file) and is never
-deleted (it is a §14a record; someone may want to rescue it).
+"""The grid log's SQLite file: its table (``events``), its ``user_version``, and the file
+operations of ``controller.records.sqlite_file`` bound to it.
 
-What the writer in ``controller.records.gridlog`` can rely on after ``open_for_writing``: the path is a
-regular file that SQLite opened read-write (a write was committed to prove it), in WAL mode with
-``synchronous=FULL``, ``user_version`` is ``SCHEMA_VERSION``, the ``events`` table has exactly
-our columns, and ``PRAGMA quick_check`` found nothing (or did not finish within its time budget).
-
-An existing file is renamed aside (``controller.records.statedir.set_aside``, with its ``-wal``/``-shm``):
-
-- ``gridlog.sqlite3.corrupt-<UTC>``: not a regular file (a directory, a broken link), not a
-  database, or corrupt (SQLite says "malformed", or ``quick_check`` lists problems);
-- ``gridlog.sqlite3.foreign-<UTC>``: a database with another ``user_version`` (a newer
-  gridcharge after a downgrade, another program) or other columns in ``events``.
-
-Anything else (a read-only file system, no permission, a full card, an I/O error) raises
-``GridLogFileError``: that is not a property of the file, and a new file would fail the same way.
-
-``quick_check`` reads every page, so it is bounded by a time budget (``CHECK_BUDGET_S``, checked
-every ``CHECK_STEP_OPS`` SQLite steps): measured 0.17 s for a 74 MB log of 1,000,000 rows on the
-development machine (page cache warm); an SD card reads ~20-90 MB/s. A check cut short is a
-warning; a corrupt page it did not reach is found when it is used (``is_corrupt``).
+A grid log file that is corrupt or foreign is kept aside as ``gridlog.sqlite3.corrupt-<UTC>`` or
+``.foreign-<UTC>`` and a new log started (``sqlite_file`` says when and how); anything a new file
+would not cure raises ``GridLogFileError``.
 """
 
 from __future__ import annotations
 
-import logging
-import os
 import sqlite3
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
-from controller.records import statedir
-from controller.records.statedir import one_line
-
-log = logging.getLogger("controller.records.gridlog")
+from controller.records import sqlite_file
+from controller.records.sqlite_file import (
+    CHECK_BUDGET_S,
+    FILE_MODE,
+    SIDECARS,
+    FileSpec,
+    RecordFileError,
+    SetAside,
+    Unusable,
+    connect,
+    is_corrupt,
+    used_bytes,
+)
 
 SCHEMA_VERSION = 1
 COLUMNS = (("id", "INTEGER"), ("ts", "REAL"), ("kind", "TEXT"), ("name", "TEXT"), ("old", "TEXT"),
@@ -46,157 +35,38 @@ _SCHEMA = (
     " name TEXT NOT NULL, old TEXT, new TEXT, source TEXT NOT NULL, grid_power_w REAL)",
     "CREATE INDEX IF NOT EXISTS events_ts ON events(ts)",
 )
-SIDECARS = ("-wal", "-shm")
-FILE_MODE = 0o640
-CHECK_BUDGET_S = 30.0
-CHECK_STEP_OPS = 10_000
-MAX_PROBLEMS = 5  # quick_check lines kept for the log and the status
 
 
-class GridLogFileError(Exception):
+class GridLogFileError(RecordFileError):
     """The grid log cannot be opened for writing, for a reason a new file would not cure (a
     read-only file system, no permission, no space, an I/O error). ``str()`` is one line."""
 
 
-@dataclass(frozen=True)
-class Unusable:
-    """Why an existing file cannot be our log: ``label`` is ``corrupt`` or ``foreign``."""
-
-    label: str
-    why: str
-
-
-@dataclass(frozen=True)
-class SetAside:
-    """A file that was kept aside and replaced by a new log."""
-
-    kept_as: Path
-    label: str
-    why: str
-    at: float  # unix time
-
-    def describe(self, path: Path) -> str:
-        return (f"{path.name} was {self.label} ({self.why}) at {statedir.utc_text(self.at)}; kept as "
-                f"{self.kept_as.name}; a new grid log was started")
-
-
-def is_corrupt(exc: BaseException) -> bool:
-    """Whether SQLite says the file is damaged (as opposed to full, locked, read-only, I/O)."""
-    name = getattr(exc, "sqlite_errorname", "") or ""
-    return (name.startswith("SQLITE_CORRUPT") or name.startswith("SQLITE_NOTADB")
-            or "malformed" in str(exc))
-
-
-def connect(path: Path) -> sqlite3.Connection:
-    """A read-write connection that never creates the file (``mode=rw``)."""
-    uri = path.resolve().as_uri() + "?mode=rw"
-    return sqlite3.connect(uri, uri=True, timeout=10.0, check_same_thread=False)
+SPEC = FileSpec(label="grid log", table="events", columns=COLUMNS, schema=_SCHEMA,
+                version=SCHEMA_VERSION, logger="controller.records.gridlog", error=GridLogFileError)
 
 
 def quick_check(conn: sqlite3.Connection, budget_s: float) -> str | None:
-    """The problems ``PRAGMA quick_check`` lists, or None when it says ok or did not finish
-    within ``budget_s`` (logged as a warning). Raises sqlite3.Error (a "malformed" one when the
-    check cannot even walk the file)."""
-    deadline = time.monotonic() + budget_s
-    conn.set_progress_handler(lambda: int(time.monotonic() > deadline), CHECK_STEP_OPS)
-    try:
-        rows = conn.execute(f"PRAGMA quick_check({MAX_PROBLEMS})").fetchall()
-    except sqlite3.OperationalError as exc:
-        if getattr(exc, "sqlite_errorname", "") != "SQLITE_INTERRUPT":
-            raise
-        log.warning("grid log: quick_check did not finish within %.0f s; continuing (a damaged "
-                    "page is found when it is used)", budget_s)
-        return None
-    finally:
-        conn.set_progress_handler(None, 0)
-    problems = [" ".join(str(row[0]).split()) for row in rows if row[0] != "ok"]
-    return "; ".join(problems)[:500] if problems else None
+    """``sqlite_file.quick_check`` with the grid log's words."""
+    return sqlite_file.quick_check(conn, budget_s, SPEC.label, SPEC.log)
 
 
 def inspect(path: Path, budget_s: float = CHECK_BUDGET_S) -> Unusable | None:
-    """Why the existing ``path`` cannot be used as our log, or None when it can (an empty file
-    is a new log). Raises OSError or sqlite3.Error for what is not about the content."""
-    if not path.is_file():
-        kind = "a directory" if path.is_dir() else "a broken link" if path.is_symlink() else "a special file"
-        return Unusable("corrupt", f"not a regular file but {kind}")
-    conn = connect(path)
-    try:
-        version = conn.execute("PRAGMA user_version").fetchone()[0]
-        tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-        if version == 0 and not tables:
-            return None
-        if version != SCHEMA_VERSION:
-            return Unusable("foreign", f"user_version {version}, this version writes {SCHEMA_VERSION}")
-        columns = tuple((str(r[1]), str(r[2]).upper()) for r in conn.execute("PRAGMA table_info(events)"))
-        if columns != COLUMNS:
-            found = ", ".join(f"{n} {t}" for n, t in columns) or "none"
-            return Unusable("foreign", f"table events has the columns ({found}), not ours")
-        problems = quick_check(conn, budget_s)
-        return Unusable("corrupt", f"quick_check: {problems}") if problems else None
-    except sqlite3.DatabaseError as exc:
-        if is_corrupt(exc):
-            return Unusable("corrupt", str(exc))
-        raise
-    finally:
-        conn.close()
+    """Why the existing ``path`` cannot be used as the grid log, or None when it can."""
+    return sqlite_file.inspect(SPEC, path, budget_s)
 
 
 def set_aside(path: Path, unusable: Unusable, clock: Callable[[], float]) -> SetAside:
-    """Keep ``path`` (and its ``-wal``/``-shm``) aside, loudly. Raises OSError."""
-    kept = statedir.set_aside(path, label=unusable.label, sidecars=SIDECARS, clock=clock)
-    log.error("GRID LOG UNREADABLE: %s is %s (%s); kept as %s; starting a new grid log", path,
-              unusable.label, unusable.why, kept)
-    return SetAside(kept, unusable.label, unusable.why, clock())
+    """Keep the grid log ``path`` aside, loudly. Raises OSError."""
+    return sqlite_file.set_aside(SPEC, path, unusable, clock)
 
 
 def open_for_writing(path: Path, *, budget_s: float = CHECK_BUDGET_S,
                      clock: Callable[[], float] = time.time) -> tuple[sqlite3.Connection, SetAside | None]:
-    """Open (create) the log for the writer, after keeping aside a file that cannot be used.
-
-    Returns the connection and what was set aside (None when the file was good). Raises
-    GridLogFileError, having set nothing aside, unless the new file then failed too.
-    """
-    kept: SetAside | None = None
-    try:
-        if path.parent.exists() and not path.parent.is_dir():
-            raise NotADirectoryError(20, "not a directory", str(path.parent))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if os.path.lexists(path):
-            unusable = inspect(path, budget_s)
-            if unusable is not None:
-                kept = set_aside(path, unusable, clock)
-        return _open(path), kept
-    except (OSError, sqlite3.Error) as exc:
-        raise GridLogFileError(f"grid log {path} cannot be used: {one_line(exc)}") from exc
+    """Open (create) the grid log for its writer (``sqlite_file.open_for_writing``)."""
+    return sqlite_file.open_for_writing(SPEC, path, budget_s=budget_s, clock=clock)
 
 
-def _open(path: Path) -> sqlite3.Connection:
-    if not path.exists():
-        os.close(os.open(path, os.O_WRONLY | os.O_CREAT, FILE_MODE))
-    conn = connect(path)
-    try:
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=FULL")
-        # One transaction, and always a write: a file SQLite can only open read-only fails here.
-        conn.execute("BEGIN IMMEDIATE")
-        for statement in _SCHEMA:
-            conn.execute(statement)
-        conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-        conn.commit()
-    except BaseException:
-        conn.close()
-        raise
-    return conn
-
-
-def used_bytes(conn: sqlite3.Connection) -> int:
-    """Bytes of the file in use (pages minus free pages): what the size budget counts."""
-    page_count = conn.execute("PRAGMA page_count").fetchone()[0]
-    free = conn.execute("PRAGMA freelist_count").fetchone()[0]
-    page_size = conn.execute("PRAGMA page_size").fetchone()[0]
-    return int((page_count - free) * page_size)
-
-
-__all__ = ["CHECK_BUDGET_S", "COLUMNS", "FILE_MODE", "GridLogFileError", "SCHEMA_VERSION", "SIDECARS",
+__all__ = ["CHECK_BUDGET_S", "COLUMNS", "FILE_MODE", "GridLogFileError", "SCHEMA_VERSION", "SIDECARS", "SPEC",
            "SetAside", "Unusable", "connect", "inspect", "is_corrupt", "open_for_writing",
            "quick_check", "set_aside", "used_bytes"]

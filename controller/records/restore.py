@@ -13,13 +13,13 @@ In this order, and nothing is changed until step 4:
    directory, never to a path the archive names.
 3. **The content**, every check run and every problem reported together: the config parses and
    passes every check of ``check-config``; ``variables.json`` parses as the service reads it; the
-   grid log opens as our schema and passes ``PRAGMA quick_check``; each certificate pair loads
+   grid log and the session log open as our schema and pass ``PRAGMA quick_check``; each certificate pair loads
    with its key (``ssl``), the client CA loads.
 4. **Replace, one file at a time, atomically.** Each file is first written next to its
    destination under a temporary name (owner and mode of the file it replaces, else of its
    directory and the mode it was saved with), fsynced; only when all are written does each
-   existing file get renamed aside (``<name>.before-restore-<UTC>``, the grid log with its
-   ``-wal``/``-shm``) and the new one renamed into place. A file of the state directory that the
+   existing file get renamed aside (``<name>.before-restore-<UTC>``, the SQLite logs with
+   their ``-wal``/``-shm``) and the new one renamed into place. A file of the state directory that the
    backup does not have (no variables saved yet, no uploaded pair) is renamed aside too, so the
    state is the backup's. Nothing is deleted. Should a rename fail midway, the ones done are
    undone.
@@ -45,11 +45,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from controller.records import gridlog_file
+from controller.records import sqlite_file
+from controller.records.sqlite_file import FileSpec
 from controller.records.backup_manifest import (
     ARCHIVE_NAMES,
     MANIFEST_NAME,
     MAX_MANIFEST_BYTES,
+    SQLITE_ROLES,
     STATE_ROLES,
     BackupError,
     Manifest,
@@ -236,12 +238,12 @@ def _check_variables(path: Path) -> list[str]:
     return []
 
 
-def _check_grid_log(path: Path) -> list[str]:
+def _check_sqlite(role: Role, spec: FileSpec, path: Path) -> list[str]:
     try:
-        unusable = gridlog_file.inspect(path)
+        unusable = sqlite_file.inspect(spec, path)
     except (OSError, sqlite3.Error) as exc:  # not about the content: reported all the same
-        return [f"{ARCHIVE_NAMES[Role.GRID_LOG]}: cannot be opened ({one_line(exc)})"]
-    return [f"{ARCHIVE_NAMES[Role.GRID_LOG]}: {unusable.label} ({unusable.why})"] if unusable else []
+        return [f"{ARCHIVE_NAMES[role]}: cannot be opened ({one_line(exc)})"]
+    return [f"{ARCHIVE_NAMES[role]}: {unusable.label} ({unusable.why})"] if unusable else []
 
 
 def _no_passphrase() -> bytes:
@@ -276,8 +278,9 @@ def check_content(staged: dict[Role, Path]) -> tuple[Any, list[str]]:
     cfg, problems, warnings = _check_config(staged[Role.CONFIG])
     if Role.VARIABLES in staged:
         problems += _check_variables(staged[Role.VARIABLES])
-    if Role.GRID_LOG in staged:
-        problems += _check_grid_log(staged[Role.GRID_LOG])
+    for role, spec in SQLITE_ROLES.items():
+        if role in staged:
+            problems += _check_sqlite(role, spec, staged[role])
     problems += _check_pair(staged.get(Role.UPLOAD_CERT), staged.get(Role.UPLOAD_KEY), "state/tls (uploaded pair)")
     problems += _check_pair(staged.get(Role.SMGW_CERT), staged.get(Role.SMGW_KEY), "smgw cert/key")
     problems += _check_ca(staged.get(Role.SMGW_CLIENT_CA))
@@ -354,7 +357,7 @@ def _commit(steps: list[_Step], clock: Callable[[], float]) -> None:
     """Keep each existing file aside and rename the new one in; undo all on a failure."""
     try:
         for step in steps:
-            sidecars = gridlog_file.SIDECARS if step.role is Role.GRID_LOG else ()
+            sidecars = sqlite_file.SIDECARS if step.role in SQLITE_ROLES else ()
             if os.path.lexists(step.dest):
                 step.kept_as = set_aside(step.dest, label=ASIDE_LABEL, sidecars=sidecars, clock=clock)
             if step.temp is not None:
@@ -372,7 +375,7 @@ def _undo(step: _Step) -> None:
         if step.done and step.temp is not None and step.dest.exists():
             os.replace(step.dest, step.temp)
         if step.kept_as is not None:
-            sidecars = gridlog_file.SIDECARS if step.role is Role.GRID_LOG else ()
+            sidecars = sqlite_file.SIDECARS if step.role in SQLITE_ROLES else ()
             put_back(step.kept_as, step.dest, sidecars=sidecars)
     except OSError as exc:
         log.error("restore: could not undo %s (%s); the previous file is %s", step.dest, one_line(exc),

@@ -1,8 +1,8 @@
 """The state directory's ground rules: it must be writable at start, renames in it are made
 durable, and a file that cannot be used is renamed aside, never deleted.
 
-The variables file (``controller.records.persistence``) and the grid log (``controller.records.gridlog_file``)
-both keep an unusable file under a new name and start afresh, so that the service keeps
+The variables file (``controller.records.persistence``), the grid log and the session log
+(``controller.records.sqlite_file``) all keep an unusable file under a new name and start afresh, so that the service keeps
 controlling the site while the old content stays on the card for whoever investigates (the grid
 log is a §14a EnWG record). ``set_aside`` is the one place that does this rename (and
 ``put_back`` the one that undoes it); both sync the directory, so the new names survive a power cut.
@@ -21,6 +21,7 @@ PROBE_NAME = ".gridcharge-write-probe"
 # and ``gridcharge backup``/``restore`` (``controller.records.backup_manifest``) find them by them.
 VARIABLES_FILE = "variables.json"  # controller.records.persistence
 GRID_LOG_FILE = "gridlog.sqlite3"  # controller.records.gridlog
+SESSIONS_FILE = "sessions.sqlite3"  # controller.records.sessions
 TLS_DIR = "tls"  # web.tls: the SMGW pair uploaded over the API
 TLS_CERT_FILE = "cm.pem"
 TLS_KEY_FILE = "cm.key"
@@ -116,5 +117,5 @@ def _rename_with_sidecars(source: Path, target: Path, sidecars: Sequence[str]) -
     fsync_dir(source.parent)
 
 
-__all__ = ["GRID_LOG_FILE", "PROBE_NAME", "TLS_CERT_FILE", "TLS_DIR", "TLS_KEY_FILE", "VARIABLES_FILE",
+__all__ = ["GRID_LOG_FILE", "PROBE_NAME", "SESSIONS_FILE", "TLS_CERT_FILE", "TLS_DIR", "TLS_KEY_FILE", "VARIABLES_FILE",
            "StateDirError", "check_writable", "fsync_dir", "one_line", "put_back", "set_aside", "utc_text"]

@@ -19,6 +19,7 @@ import pytest
 import yaml
 
 from controller.records.gridlog import GridLog
+from controller.records.sessions import Session, SessionLog
 from controller.records.persistence import SavedVariables, VariableFile, parse_saved
 from pki import make_pki
 
@@ -51,6 +52,7 @@ class Site:
         VariableFile(self.state).save(SavedVariables({"AVAIL": 40, "TARIF": "1 if AVAIL > 50 else 0"},
                                                      generation=3, saved_at=1767614400.0))
         self.add_log_rows(range(3))
+        self.add_sessions(2)
         upload = self.state / "tls"
         upload.mkdir(mode=0o700)
         pki.server2.write(upload, "cm")
@@ -62,6 +64,18 @@ class Site:
         for i in numbers:
             grid_log.record("variable", "AVAIL", i, i + 1, "lan:10.0.0.9", 1000.0 + i, ts=1767614400.0 + i)
         grid_log.stop()
+
+    def add_sessions(self, n: int) -> None:
+        sessions = SessionLog(self.state / "sessions.sqlite3")
+        sessions.start()
+        for _ in range(n):
+            sid = sessions.new_id()
+            sessions.save(Session(sid, "E1", 1767614400.0 + sid, 1767614500.0 + sid, 1000.0, 1500.0, 500.0,
+                                  "register", updated_ts=1767614500.0 + sid))
+        sessions.stop()
+
+    def session_ids(self) -> list[int]:
+        return [s.id for s in SessionLog(self.state / "sessions.sqlite3").query()]
 
     def log_rows(self) -> list[tuple[float, object]]:
         return [(e.ts, e.new) for e in GridLog(self.state / "gridlog.sqlite3").query()]
@@ -84,15 +98,16 @@ def test_round_trip_puts_every_file_back_and_keeps_the_changed_ones_aside(site: 
     assert oct(archive.stat().st_mode & 0o777) == "0o600"  # keys and the password hash inside
     with tarfile.open(archive) as tar:
         assert sorted(tar.getnames()) == sorted([
-            "manifest.json", "config.yaml", "state/variables.json", "state/gridlog.sqlite3",
+            "manifest.json", "config.yaml", "state/variables.json", "state/gridlog.sqlite3", "state/sessions.sqlite3",
             "state/tls/cm.pem", "state/tls/cm.key", "smgw/cert.pem", "smgw/key.pem", "smgw/client_ca.pem"])
     before, rows = site.files(), site.log_rows()
-    assert len(rows) == 3
+    assert len(rows) == 3 and site.session_ids() == [1, 2]
 
     # after the backup: the config is edited, variables change, the log grows, a new pair is uploaded
     site.config.write_text(site.config.read_text().replace("main_fuse_a: 25", "main_fuse_a: 32"))
     VariableFile(site.state).save(SavedVariables({"AVAIL": 0}, generation=9, saved_at=1767700000.0))
     site.add_log_rows(range(10, 15))
+    site.add_sessions(3)
     (site.state / "tls" / "cm.key").write_text("changed\n")
     changed = site.files()
 
@@ -100,10 +115,11 @@ def test_round_trip_puts_every_file_back_and_keeps_the_changed_ones_aside(site: 
     assert done.returncode == 0, done.stderr
     assert "kept as config.yaml.before-restore-" in done.stdout
     after = site.files()
+    logs = ("gridlog.sqlite3", "sessions.sqlite3")  # snapshots: the same rows, other bytes
     assert {k: v for k, v in after.items() if ".before-restore-" not in k
-            and not k.endswith("gridlog.sqlite3")} == {k: v for k, v in before.items()
-                                                        if not k.endswith("gridlog.sqlite3")}
+            and not k.endswith(logs)} == {k: v for k, v in before.items() if not k.endswith(logs)}
     assert site.log_rows() == rows  # the log as it was at the backup (a snapshot: same rows)
+    assert site.session_ids() == [1, 2]
     assert parse_saved((site.state / "variables.json").read_text()).vars["AVAIL"] == 40
     kept = {k: v for k, v in after.items() if ".before-restore-" in k}
     assert changed["etc/config.yaml"] in kept.values()  # nothing deleted: the edited config is kept
@@ -194,5 +210,6 @@ def test_refused_while_the_service_runs(site: Site, tmp_path: Path) -> None:
     assert res.returncode == 1
     assert f"process {service.pid} (" in res.stderr and "has the grid log" in res.stderr
     assert "sudo systemctl stop gridcharge" in res.stderr
-    assert {k: v for k, v in site.files().items() if "gridlog" not in k} == \
-        {k: v for k, v in before.items() if "gridlog" not in k}
+    written = ("gridlog", "sessions")  # the running service writes its logs
+    assert {k: v for k, v in site.files().items() if not any(w in k for w in written)} == \
+        {k: v for k, v in before.items() if not any(w in k for w in written)}

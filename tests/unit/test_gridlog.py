@@ -17,8 +17,9 @@ from pathlib import Path
 
 import pytest
 from fake_clock import FakeClock
+from record_writers import writers
 
-from controller.records import gridlog
+from controller.records import record_writer
 from controller.records.gridlog import DAY_S, RETENTION_S, GridEvent, GridLog, GridSignalRecorder
 from controller.records.gridlog_file import GridLogFileError
 from controller.status import EMPTY_STATUS, DeviceStatus, Status
@@ -35,19 +36,8 @@ def clock() -> FakeClock:
 
 @pytest.fixture()
 def make_log(tmp_path: Path, clock: FakeClock) -> Iterator[Callable[..., GridLog]]:
-    made: list[GridLog] = []
-
-    def build(start: bool = True, **kwargs: object) -> GridLog:
-        kwargs.setdefault("clock", clock)
-        grid_log = GridLog(tmp_path / "state" / "gridlog.sqlite3", **kwargs)  # type: ignore[arg-type]
-        if start:
-            grid_log.start()
-        made.append(grid_log)
-        return grid_log
-
-    yield build
-    for grid_log in made:
-        grid_log.stop()
+    with writers(GridLog, tmp_path / "state" / "gridlog.sqlite3", clock) as build:
+        yield build
 
 
 # --------------------------------------------------------------------------- GridLog
@@ -211,7 +201,7 @@ def test_full_queue_drops_loudly_and_leaves_a_gap_row(make_log: Callable[..., Gr
 def test_failed_insert_is_kept_retried_in_order_and_logged_once(
         make_log: Callable[..., GridLog], monkeypatch: pytest.MonkeyPatch,
         caplog: pytest.LogCaptureFixture) -> None:
-    monkeypatch.setattr(gridlog, "RETRY_MIN_S", 0.01)
+    monkeypatch.setattr(record_writer, "RETRY_MIN_S", 0.01)
     failures = [1, 2, 3]
     real_insert = GridLog._insert
 

@@ -17,8 +17,9 @@ from pathlib import Path
 
 import pytest
 from fake_clock import FakeClock
+from record_writers import writers
 
-from controller.records import gridlog, gridlog_budget
+from controller.records import gridlog_budget, record_writer
 from controller.records.gridlog import DAY_S, GridLog, GridLogUnavailable
 from controller.records.gridlog_budget import TWO_YEARS_S
 from controller.records.gridlog_file import GridLogFileError, inspect, used_bytes
@@ -34,19 +35,8 @@ def path(tmp_path: Path) -> Path:
 
 @pytest.fixture()
 def make_log(path: Path) -> Iterator[Callable[..., GridLog]]:
-    made: list[GridLog] = []
-
-    def build(start: bool = True, **kwargs: object) -> GridLog:
-        kwargs.setdefault("clock", FakeClock(T0))
-        grid_log = GridLog(path, **kwargs)  # type: ignore[arg-type]
-        if start:
-            grid_log.start()
-        made.append(grid_log)
-        return grid_log
-
-    yield build
-    for grid_log in made:
-        grid_log.stop()
+    with writers(GridLog, path, FakeClock(T0)) as build:
+        yield build
 
 
 def fill(grid_log: GridLog, n: int, *, ts: float = T0, name: str = "x" * 40) -> None:
@@ -227,7 +217,7 @@ def test_the_writer_meeting_a_damaged_page_loses_no_row(make_log: Callable[..., 
 
 def test_a_file_damaged_again_and_again_is_set_aside_once_per_streak(
         make_log: Callable[..., GridLog], path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(gridlog, "RETRY_MIN_S", 0.01)
+    monkeypatch.setattr(record_writer, "RETRY_MIN_S", 0.01)
 
     def always_malformed(self: GridLog, conn: sqlite3.Connection, rows: list) -> None:
         raise sqlite3.DatabaseError("database disk image is malformed")
@@ -249,7 +239,7 @@ def test_a_file_damaged_again_and_again_is_set_aside_once_per_streak(
 
 def test_failing_writes_are_a_fault_until_one_works(make_log: Callable[..., GridLog], path: Path,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(gridlog, "RETRY_MIN_S", 0.01)
+    monkeypatch.setattr(record_writer, "RETRY_MIN_S", 0.01)
     failures = [1, 2]
     real_insert = GridLog._insert
 

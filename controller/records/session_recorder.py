@@ -1,0 +1,93 @@
+"""Fills the session log from the two places sessions come from: each control cycle's status
+(chargers that report nothing: the session rules of ``session_derive.step``) and the sessions a
+box reports itself (``record_event``, the ``on_session`` callback of ``build_hardware``).
+
+Thread safety: ``on_cycle`` runs on the loop thread, ``record_event`` on whatever thread the
+box's driver runs (OCPP: its asyncio thread). Both only take this recorder's lock for a few
+comparisons and hand rows to ``SessionLog.save``, which appends to a queue: neither ever waits
+for the disk.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterable
+from typing import Protocol
+
+from controller.records.session_derive import Track, box_event, resume, step
+from controller.records.sessions import Session, SessionLog
+from controller.status import ChargerStatus, Status
+from hal.types import ChargerReading, SessionEvent
+
+log = logging.getLogger(__name__)
+
+
+def charger_reading(charger: ChargerStatus) -> ChargerReading | None:
+    """This cycle's reading of a charger, None while it is offline (its last reading is old)."""
+    device = charger.device
+    if not device.online or not isinstance(device.reading, ChargerReading):
+        return None
+    return device.reading
+
+
+class SessionRecorder:
+    """Derives and records the sessions of every charger (module doc). Sessions left open in the
+    file at start are continued: those of reporting boxes wait for their STOP, the others for
+    the next cycle's reading."""
+
+    def __init__(self, sessions: SessionLog, *, reporting: Iterable[str] = ()) -> None:
+        self._log = sessions
+        self._lock = threading.Lock()
+        self._reporting = frozenset(reporting)
+        left_open = sessions.open_sessions()
+        self._tracks: dict[str, Track] = {cid: resume(s) for cid, s in left_open.items()}
+        self._box_open: dict[str, Session] = dict(left_open)
+
+    def attach(self, loop: _CycleSource, reporting: Iterable[str]) -> None:
+        """Know which chargers report their own sessions, and listen to the loop's cycles."""
+        with self._lock:
+            self._reporting = frozenset(reporting)
+        loop.add_cycle_listener(self.on_cycle)
+
+    def on_cycle(self, status: Status) -> None:
+        """The loop's cycle listener: one ``step`` per charger that reports no sessions itself."""
+        for charger in status.chargers:
+            charger_id = charger.device.id
+            with self._lock:
+                if charger_id in self._reporting:
+                    continue
+                track, rows = step(self._tracks.get(charger_id, Track()), charger_reading(charger),
+                                   status.wall_time, charger_id=charger_id, new_id=self._log.new_id)
+                self._tracks[charger_id] = track
+            self._save(rows)
+
+    def record_event(self, event: SessionEvent) -> None:
+        """A box's own START or STOP (any thread; never blocks on the disk)."""
+        with self._lock:
+            open_session, rows = box_event(self._box_open.get(event.charger_id), event, self._log.new_id)
+            if open_session is None:
+                self._box_open.pop(event.charger_id, None)
+            else:
+                self._box_open[event.charger_id] = open_session
+        self._save(rows)
+
+    def save_open(self) -> None:
+        """Save every open session as it is now (at stop: the energy since the last save)."""
+        with self._lock:
+            rows = [track.session for cid, track in self._tracks.items()
+                    if track.session is not None and cid not in self._reporting]
+        self._save(rows)
+
+    def _save(self, rows: Iterable[Session]) -> None:
+        for session in rows:
+            self._log.save(session)
+
+
+class _CycleSource(Protocol):
+    """What ``attach`` needs of the control loop (``ControlLoop.add_cycle_listener``)."""
+
+    def add_cycle_listener(self, callback: Callable[[Status], None]) -> None: ...
+
+
+__all__ = ["SessionRecorder", "charger_reading"]
