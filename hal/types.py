@@ -118,6 +118,9 @@ class ChargerReading:
     #: The vendor's own state code the IEC state was mapped from (Heidelberg 7, Alfen "C2"):
     #: shown beside the IEC state so an installer can compare it with the box's manual.
     raw_state: int | str | None = field(default=None, compare=False)
+    #: When the box measured the currents (unix seconds), where its protocol says (OCPP
+    #: MeterValues carry a timestamp); None: they are as fresh as the read (Modbus registers).
+    measured_s: float | None = field(default=None, compare=False)
 
 
 class SessionEventKind(str, enum.Enum):
