@@ -217,12 +217,12 @@ class CentralSystem:
         session = BoxSession(charger, connection, heartbeat_s=self.heartbeat_s, stats=self._stats,
                              next_transaction_id=self._next_transaction_id, call_timeout_s=self.call_timeout_s)
         self._connections[box_id] = connection
-        limit_a = charger.connected(session)  # from now on the new connection speaks for the box
+        charger.connected(session)  # from now on the new connection speaks for the box
         if old is not None:
             log.info("%s: connected again; the old connection is closed", charger.id)
             await old.close(1000, "replaced by a new connection")
         log.info("%s: %s connected from %s", charger.id, box_id, _peer(connection))
-        session.start_bring_up(limit_a)
+        session.start_bring_up()
         try:
             await session.start()
         except ConnectionClosed:

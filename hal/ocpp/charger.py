@@ -153,12 +153,16 @@ class OcppCharger:
         with self._lock:
             return self._session
 
-    def connected(self, session: BoxSession) -> float:
-        """A new connection took over; the limit to write on it (0 before any was commanded:
-        a box without a profile would give the car its full rating)."""
+    def connected(self, session: BoxSession) -> None:
+        """A new connection took over: what was in force on the old one is not known on it."""
         with self._lock:
             self._session, self._ever_connected = session, True
             self._applied_a, self._trigger_s = None, None
+
+    def limit_to_write(self) -> float:
+        """The limit a box gets when it connects or boots: the last one gridcharge commanded, or
+        0 before any (a box without a profile would give the car its full rating)."""
+        with self._lock:
             return self._commanded_a if self._commanded_a is not None else 0.0
 
     def disconnected(self, session: BoxSession) -> None:
@@ -168,11 +172,10 @@ class OcppCharger:
             self._session = None
         self._notify()
 
-    def rebooted(self) -> float:
+    def rebooted(self) -> None:
         """A BootNotification: the box may have lost its profile and configuration."""
         with self._lock:
             self._applied_a = None
-            return self._commanded_a if self._commanded_a is not None else 0.0
 
     def limit_acknowledged(self, session: BoxSession, current_a: float) -> None:
         with self._lock:

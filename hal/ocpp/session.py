@@ -109,18 +109,26 @@ class BoxSession(ChargePoint):
         except DeviceError as exc:
             log.debug("%s: TriggerMessage %s: %s", self.charger.id, message, exc)
 
-    async def bring_up(self, limit_a: float) -> None:
-        """On a new connection or a boot: configuration, the limit in force, the status."""
+    async def bring_up(self) -> None:
+        """On a new connection or a boot: configuration, the limit in force, the status.
+
+        The limit is the one commanded when it is written; should ``apply()`` command another
+        while this write is on the way, it is written again, so the last write is the last command.
+        """
         async with self._bring_up_lock:
             try:
                 await self.configure()
-                await self.set_limit(limit_a)
+                while True:
+                    limit_a = self.charger.limit_to_write()
+                    await self.set_limit(limit_a)
+                    if self.charger.limit_to_write() == limit_a:
+                        break
                 await self.trigger("StatusNotification")
             except DeviceError as exc:
                 log.warning("%s: setting up the box failed: %s", self.charger.id, exc)
 
-    def start_bring_up(self, limit_a: float) -> None:
-        task = asyncio.ensure_future(self.bring_up(limit_a))
+    def start_bring_up(self) -> None:
+        task = asyncio.ensure_future(self.bring_up())
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -133,7 +141,8 @@ class BoxSession(ChargePoint):
     @after(Action.boot_notification)
     def after_boot_notification(self, charge_point_vendor: str = "", charge_point_model: str = "", **_: Any) -> None:
         log.info("%s: boot of %s %s (%s)", self.charger.id, charge_point_vendor, charge_point_model, self.id)
-        self.start_bring_up(self.charger.rebooted())
+        self.charger.rebooted()
+        self.start_bring_up()
 
     @on(Action.heartbeat)
     def on_heartbeat(self, **_: Any) -> Any:

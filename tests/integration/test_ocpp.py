@@ -152,3 +152,197 @@ def test_a_rule_lowers_the_box_and_it_follows(port: int, cleanup: list) -> None:
                        and s.charger("E3").device.reading.current_a[0] == pytest.approx(10, abs=0.05))
     assert status.charger("E3").command_a == 10 and box.limit_a == 10
     assert box.wallbox.phase_currents_a() == (10.0, 10.0, 10.0)
+
+
+def test_modbus_and_ocpp_boxes_share_one_fuse(cleanup: list) -> None:
+    """Two Modbus boxes and an OCPP box under one grid meter: the meter sees the OCPP box's
+    draw (its wallbox is part of the simulated site's physics), and the fuse holds."""
+    sim = home_site(base_load_a=(4.0, 2.0, 2.0))  # 21 A left on L1: three boxes of at least 6 A
+    sim.start()
+    cleanup.append(sim.stop)
+    port = free_port()
+    data = sim.config_dict(timeout_s=0.3)
+    data["site"] = {**BASE_SITE, "chargers_limit_w": None}
+    data["variables"] = {"AVAIL": 100, "TARIF": 0}
+    data["state_dir"] = tempfile.mkdtemp(prefix="gc-ocpp-mixed-")
+    data["ocpp"] = {"listen": f"127.0.0.1:{port}"}
+    data["chargers"]["E3"] = ocpp_entry()
+    service, clock = service_for(parse_config(data, source="test"), cleanup)
+    box = box_for(port, cleanup)
+    sim.physics.add_wallbox("E3", box.wallbox)
+    box.plug(SimCar(max_current_a=16))
+    peaks: list[float] = []
+    sim.physics.watch(lambda _t, currents: peaks.append(max(currents)))
+    status = run_until(service, clock, lambda s: s.charger("E3").device.reading is not None
+                       and s.charger("E3").device.reading.power_w is not None and s.cycle_count >= 6)
+    for _ in range(6):  # settle: every box follows its share
+        status = cycles(service, clock, 1)[-1]
+        time.sleep(0.25)
+    commands = {c.device.id: c.command_a for c in status.chargers}
+    assert commands["E3"] >= 6 and sum(commands.values()) <= 25 - 4 + EPS, commands  # 25 A fuse, 4 A base on L1
+    grid = sim.physics.grid_currents_a()
+    assert max(grid) <= 25 + EPS, (grid, commands)
+    assert box.wallbox.phase_currents_a()[0] == pytest.approx(commands["E3"], abs=0.05)
+    assert grid[0] == pytest.approx(4 + sum(commands.values()), abs=0.3)  # the meter sees all three boxes
+    late = peaks[len(peaks) // 2:]
+    assert max(late) <= 25 + EPS
+
+
+def test_a_rejected_profile_is_a_fault_in_the_status(port: int, cleanup: list) -> None:
+    service, clock = service_for(ocpp_config(port), cleanup)
+    box = box_for(port, cleanup)
+    assert box.wait_for(lambda: box.has_profile)
+    box.reject_profiles = True
+    box.plug(SimCar(max_current_a=16))
+    status = run_until(service, clock, lambda s: any("SetChargingProfile" in f for f in s.faults))
+    assert any("E3" in f and "Rejected" in f for f in status.faults), status.faults
+    assert box.limit_a == 0.0  # it kept the last profile it accepted
+    box.reject_profiles = False
+    status = run_until(service, clock, lambda s: box.limit_a == 16.0)
+    assert box.limit_a == 16.0 and not any("E3" in f for f in status.faults)
+
+
+def test_disconnect_and_reconnect_write_the_profile_again(port: int, cleanup: list) -> None:
+    cfg = ocpp_config(port, extra={"variables": {"CAP": 10}, "rules": [{"name": "cap", "max_current_a": "CAP"}]})
+    service, clock = service_for(cfg, cleanup)
+    box = box_for(port, cleanup)
+    box.plug(SimCar(max_current_a=16))
+    run_until(service, clock, lambda s: box.limit_a == 10.0)
+    writes = len(box.calls("SetChargingProfile"))
+    box.disconnect()
+    status = run_until(service, clock, lambda s: not s.charger("E3").device.online)
+    assert not status.charger("E3").device.online and "not connected" in (status.charger("E3").device.error or "")
+    assert box.wallbox.phase_currents_a() == (10.0, 10.0, 10.0)  # it keeps charging at its last profile
+    assert service.hw.links["ocpp"].link_stats().details["connected"] == 0
+    box.reconnect()
+    assert box.wait_for(lambda: len(box.calls("SetChargingProfile")) > writes)
+    assert profile_limits(box)[writes] == 10.0  # the last commanded limit, at once
+    assert box.boots == 1  # a reconnect, not a reboot
+    status = run_until(service, clock, lambda s: s.charger("E3").device.online)
+    assert status.charger("E3").device.online
+
+
+def test_a_reboot_mid_session_gets_profile_and_configuration_again(port: int, cleanup: list) -> None:
+    events: list[SessionEvent] = []
+    cfg = ocpp_config(port, extra={"variables": {"CAP": 8}, "rules": [{"name": "cap", "max_current_a": "CAP"}]})
+    hw = build_hardware(cfg, on_session=events.append)
+    cleanup.append(hw.close)
+    box = box_for(port, cleanup)
+    charger = hw.chargers["E3"].device
+    assert hw.chargers["E3"].reports_sessions and hw.chargers["E3"].group == "ocpp:EVB-P2231"
+    assert box.wait_for(lambda: box.has_profile)
+    charger.apply(8.0)
+    box.plug(SimCar(max_current_a=16))
+    assert box.wait_for(lambda: len(events) == 1 and box.wallbox.phase_currents_a()[0] == 8.0)
+    start = events[0]
+    assert start.kind is SessionEventKind.START and start.charger_id == "E3" and start.id_tag == "SIMTAG01"
+    assert start.transaction_id is not None and start.meter_wh is not None
+    box.reboot()  # the box forgets its profile: a car would get its full rating
+    assert box.wait_for(lambda: box.boots == 2 and box.has_profile and box.limit_a == 8.0)
+    assert box.configuration["MeterValueSampleInterval"] == "1"
+    box.unplug()
+    assert box.wait_for(lambda: len(events) == 2)
+    stop = events[1]
+    assert stop.kind is SessionEventKind.STOP and stop.transaction_id == start.transaction_id
+    assert stop.reason == "EVDisconnected"
+
+
+# --------------------------------------------------------------------------- who may connect
+
+
+def test_unknown_ids_get_404_and_wrong_passwords_401_before_the_upgrade(port: int, cleanup: list) -> None:
+    service_for(ocpp_config(port), cleanup)
+
+    def raw(path: str, auth: str | None) -> http.client.HTTPResponse:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=3)
+        headers = {"Connection": "Upgrade", "Upgrade": "websocket", "Sec-WebSocket-Version": "13",
+                   "Sec-WebSocket-Key": base64.b64encode(b"0123456789abcdef").decode(),
+                   "Sec-WebSocket-Protocol": "ocpp1.6"}
+        if auth is not None:
+            headers["Authorization"] = "Basic " + base64.b64encode(auth.encode()).decode()
+        conn.request("GET", path, headers=headers)
+        response = conn.getresponse()
+        response.read()
+        conn.close()
+        return response
+
+    assert raw("/ocpp/NOT-A-BOX", f"NOT-A-BOX:{PASSWORD}").status == 404
+    assert raw("/elsewhere", None).status == 404
+    wrong = raw("/ocpp/EVB-P2231", "EVB-P2231:wrong-password")
+    assert wrong.status == 401 and wrong.getheader("WWW-Authenticate", "").startswith("Basic realm=")
+    assert raw("/ocpp/EVB-P2231", None).status == 401
+    assert raw("/ocpp/EVB-P2231", f"OTHER:{PASSWORD}").status == 401
+    assert raw("/ocpp/EVB-P2231", f"EVB-P2231:{PASSWORD}").status == 101  # the upgrade itself
+    for url, code in ((f"ws://127.0.0.1:{port}/ocpp/NOT-A-BOX", 404), (f"ws://127.0.0.1:{port}/ocpp/EVB-P2231", 401)):
+        with pytest.raises(InvalidStatus) as err:
+            ws_connect(url, subprotocols=["ocpp1.6"], open_timeout=3)  # type: ignore[list-item]
+        assert err.value.response.status_code == code
+
+
+def test_a_box_connecting_twice_replaces_the_old_connection(port: int, cleanup: list) -> None:
+    service, clock = service_for(ocpp_config(port), cleanup)
+    box = box_for(port, cleanup)
+    assert box.wait_for(lambda: box.has_profile)
+    box.connect_again()
+    assert box.wait_for(lambda: box.connections == 2 and len(box._live) == 1, 5)
+    box.plug(SimCar(max_current_a=16))
+    status = run_until(service, clock, lambda s: box.limit_a == 16.0 and s.charger("E3").device.online)
+    assert status.charger("E3").device.online and box.connections == 2
+    assert service.hw.links["ocpp"].link_stats().details["connected"] == 1
+
+
+def test_wss_with_a_certificate(tmp_path: Path, port: int, cleanup: list) -> None:
+    pki = make_pki(tmp_path)
+    service, clock = service_for(ocpp_config(port, tls=pki.server_paths), cleanup)
+    client = ssl.create_default_context(cafile=str(pki.ca_path))
+    box = box_for(port, cleanup, ssl_context=client)
+    box.plug(SimCar(max_current_a=16))
+    run_until(service, clock, lambda s: box.limit_a == 16.0)
+    assert box.limit_a == 16.0 and box.url.startswith("wss://")
+    untrusting = box_for(port, cleanup, box_id="EVB-P2231", ssl_context=ssl.create_default_context())
+    time.sleep(0.5)
+    assert untrusting.connections == 0 and "CERTIFICATE_VERIFY_FAILED" in (untrusting.last_error or "")
+
+
+# --------------------------------------------------------------------------- what a box does not send
+
+
+def test_a_box_without_meter_values_is_controlled_from_its_status(port: int, cleanup: list) -> None:
+    cfg = ocpp_config(port, {"E3": ocpp_entry(phases=1, phase="L2")},
+                      extra={"variables": {"CAP": 12}, "rules": [{"name": "cap", "max_current_a": "CAP"}]})
+    service, clock = service_for(cfg, cleanup)
+    box = box_for(port, cleanup, send_meter_values=False, config=WallboxConfig(phases=1, phase="L2"))
+    box.plug(SimCar(max_current_a=16, phases=1))
+    status = run_until(service, clock, lambda s: s.charger("E3").device.reading is not None
+                       and s.charger("E3").device.reading.current_a[1] == 12.0)
+    reading = status.charger("E3").device.reading
+    assert reading.state is IecState.C and box.limit_a == 12.0
+    assert reading.current_a == (0.0, 12.0, 0.0) and reading.power_w is None  # its limit, on its phase
+    assert status.charger("E3").device.online
+    time.sleep(1.0)  # no MeterValues ever: the status alone keeps it fresh
+    status = cycles(service, clock, 1)[-1]
+    assert status.charger("E3").device.online
+
+
+def test_stale_meter_values_trigger_a_request_then_a_fault(port: int, cleanup: list) -> None:
+    cfg = ocpp_config(port, site={"stale_s": 1.0})
+    hw = build_hardware(cfg)
+    cleanup.append(hw.close)
+    box = box_for(port, cleanup)
+    charger = hw.chargers["E3"].device
+    assert box.wait_for(lambda: box.has_profile)
+    assert box.wait_for(lambda: _reads(charger))
+    box.send_meter_values = False  # and it ignores triggers for MeterValues from now on
+    time.sleep(0.7)
+    charger.read()  # half stale: still fine, but a TriggerMessage went out
+    assert box.wait_for(lambda: any(c["requested_message"] == "MeterValues" for c in box.calls("TriggerMessage")))
+    time.sleep(0.5)
+    with pytest.raises(Exception, match="no MeterValues from EVB-P2231"):
+        charger.read()
+
+
+def _reads(charger: Any) -> bool:
+    try:
+        return charger.read().power_w is not None
+    except Exception:
+        return False
