@@ -225,6 +225,13 @@ class SimOcppBox:
             time.sleep(0.02)
         return predicate()
 
+    def send(self, payload: Any, timeout_s: float = 5.0) -> Any:
+        """Send one call (an ``ocpp.v16.call`` payload) on the current connection; its answer."""
+        box, loop = self._current_box(), self._loop
+        if box is None or loop is None:
+            raise ConnectionError(f"{self.charge_box_id} is not connected")
+        return asyncio.run_coroutine_threadsafe(box.call(payload), loop).result(timeout_s)
+
     def calls(self, action: str) -> list[dict[str, Any]]:
         return [payload for name, payload in list(self.received) if name == action]
 

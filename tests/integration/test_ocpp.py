@@ -11,6 +11,8 @@ import base64
 import http.client
 import socket
 import ssl
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -18,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from fake_clock import FakeClock
 from pki import make_pki
 from site_helpers import BASE_SITE, cycles, home_site
@@ -31,6 +34,7 @@ from hal.sim.ocpp_box import SimOcppBox
 from hal.sim.physics import SimCar
 from hal.sim.wallbox import WallboxConfig
 from hal.types import IecState, SessionEvent, SessionEventKind
+from ocpp.v16 import call
 
 PASSWORD = "box-secret"
 EPS = 0.05
@@ -346,3 +350,47 @@ def _reads(charger: Any) -> bool:
         return charger.read().power_w is not None
     except Exception:
         return False
+
+
+# --------------------------------------------------------------------------- the other messages
+
+
+def test_id_tags_other_messages_and_transaction_ids(port: int, cleanup: list) -> None:
+    events: list[SessionEvent] = []
+    cfg = ocpp_config(port, {"E3": ocpp_entry(id_tags=["04A1B2C3"])})
+    hw = build_hardware(cfg, on_session=events.append)
+    cleanup.append(hw.close)
+    box = box_for(port, cleanup)
+    assert box.wait_for(lambda: box.has_profile)
+    assert box.send(call.Authorize(id_tag="04A1B2C3")).id_tag_info["status"] == "Accepted"
+    assert box.send(call.Authorize(id_tag="DEADBEEF")).id_tag_info["status"] == "Invalid"
+    refused = box.send(call.StartTransaction(connector_id=1, id_tag="DEADBEEF", meter_start=0,
+                                             timestamp="2026-01-01T00:00:00Z"))
+    assert refused.id_tag_info["status"] == "Invalid" and not events
+    first = box.send(call.StartTransaction(connector_id=1, id_tag="04A1B2C3", meter_start=1500,
+                                           timestamp="2026-01-01T00:00:00Z"))
+    assert first.id_tag_info["status"] == "Accepted" and first.transaction_id > refused.transaction_id
+    assert events[0].meter_wh == 1500.0 and events[0].transaction_id == first.transaction_id
+    assert events[0].ts == pytest.approx(time.time(), abs=5)  # an implausible box clock: stamped on receipt
+    assert box.send(call.Heartbeat()).current_time.endswith("Z")
+    assert box.send(call.DataTransfer(vendor_id="com.example")).status == "UnknownVendorId"
+    box.send(call.FirmwareStatusNotification(status="Idle"))
+    box.send(call.DiagnosticsStatusNotification(status="Idle"))
+    stop = box.send(call.StopTransaction(meter_stop=2500, timestamp="2026-01-01T01:00:00Z",
+                                         transaction_id=first.transaction_id, reason="Local"))
+    assert stop is not None and events[1].kind is SessionEventKind.STOP and events[1].reason == "Local"
+
+
+def test_read_refuses_an_ocpp_box_and_check_config_takes_it(tmp_path: Path) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump({
+        "site": {"main_fuse_a": 25}, "state_dir": str(tmp_path / "state"),
+        "ocpp": {"listen": "127.0.0.1:8887"}, "chargers": {"E3": ocpp_entry()}}))
+    cli = [sys.executable, "-m", "controller.cli"]
+    read = subprocess.run([*cli, "read", "E3", "--config", str(path)], capture_output=True, text=True, timeout=30)
+    assert read.returncode != 0
+    assert "E3 is an OCPP box (EVB-P2231)" in read.stderr and "cannot be read one-shot" in read.stderr
+    assert "gridcharge status" in read.stderr
+    check = subprocess.run([*cli, "check-config", "--config", str(path)], capture_output=True, text=True, timeout=30)
+    assert check.returncode == 0, check.stderr
+    assert "OCPP EVB-P2231 connector 1" in check.stdout + check.stderr
