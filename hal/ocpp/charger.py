@@ -5,7 +5,7 @@ latest of what it said, under a lock, for ``read()`` on a worker thread, and han
 and ``setup()`` to the central system's asyncio loop as coroutines of the box's current
 session, waiting for the answer with a timeout.
 
-What it takes from the protocol (docs/devices.md, "OCPP wallboxes"):
+What it takes from the protocol (docs/devices.md, "OCPP 1.6J wallboxes"):
 
 * A box without a watchdog: a disconnected box keeps its last charging profile, so ``fallback``
   is None and the controller keeps its last limit reserved while it is away.
