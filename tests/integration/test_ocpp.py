@@ -14,6 +14,7 @@ import ssl
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -394,3 +395,19 @@ def test_read_refuses_an_ocpp_box_and_check_config_takes_it(tmp_path: Path) -> N
     check = subprocess.run([*cli, "check-config", "--config", str(path)], capture_output=True, text=True, timeout=30)
     assert check.returncode == 0, check.stderr
     assert "OCPP EVB-P2231 connector 1" in check.stdout + check.stderr
+
+
+def test_close_stops_the_server_and_its_thread(port: int, cleanup: list) -> None:
+    hw = build_hardware(ocpp_config(port))
+    box = box_for(port, cleanup)
+    assert box.wait_for(lambda: box.has_profile)
+    assert any(t.name == "ocpp" for t in threading.enumerate())
+    started = time.monotonic()
+    hw.close()
+    assert time.monotonic() - started < 3
+    assert not any(t.name == "ocpp" for t in threading.enumerate())
+    assert box.wait_for(lambda: not box.connected)
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", port), timeout=1)
+    with pytest.raises(Exception, match="not connected"):
+        hw.chargers["E3"].device.read()
