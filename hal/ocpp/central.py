@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 SUBPROTOCOL = "ocpp1.6"
 LATENCY_WINDOW = 200  # calls kept for the latency percentile
 START_TIMEOUT_S = 5.0
+REFUSED_LOGGED_MAX = 1000  # refusals remembered for logging once; past that, the rest are not logged
 
 
 class _Stats:
@@ -196,8 +197,8 @@ class CentralSystem:
             return None
         peer = _peer(connection)
         key = (verdict.charge_box_id or request.path, int(verdict.status))
-        if key not in self._refused_logged:  # once per id and answer: a box retries forever
-            self._refused_logged.add(key)
+        if key not in self._refused_logged and len(self._refused_logged) < REFUSED_LOGGED_MAX:
+            self._refused_logged.add(key)  # once per id and answer: a box retries forever
             log.warning("OCPP: refused %s from %s: %s (%d)", verdict.charge_box_id or request.path, peer,
                         verdict.reason, int(verdict.status))
         response = connection.respond(verdict.status, f"{verdict.reason}\n")

@@ -100,10 +100,11 @@ class OcppCharger:
                        and (self._trigger_s is None or now - self._trigger_s >= self.stale_s))
             if trigger:
                 self._trigger_s = now
+            stale = self._meter is not None and age > self.stale_s
             reading = self._reading()
         if trigger:
             self._runner.spawn(session.trigger("MeterValues"))
-        if self._meter is not None and age > self.stale_s:
+        if stale:
             raise DeviceError(f"no MeterValues from {self.spec.charge_box_id} for {age:.0f} s "
                               f"(TriggerMessage sent)")
         return reading
