@@ -69,6 +69,11 @@ def build_hardware(cfg: Config, *, on_event: Callable[[str], None] | None = None
     return ctx.hw
 
 
+class OneShotUnsupported(Exception):
+    """``build_device`` was asked for a device that cannot be read once on its own (an OCPP box:
+    it connects to the running service). ``str()`` says so for the installer."""
+
+
 class UnknownDevice(KeyError):
     """``build_device`` was asked for an id the config does not have."""
 
@@ -79,7 +84,8 @@ def build_device(cfg: Config, dev_id: str) -> tuple[Hardware, AnyHandle]:
     Nothing else of the site is built: no other bus is opened and no GPIO pin is claimed, so
     reading a meter on a machine without GPIO logs nothing about GPIO, and a pin another program
     holds does not matter. The link is ``one_shot``: one that does not open fails with its
-    reason, without a reconnect schedule. Raises UnknownDevice.
+    reason, without a reconnect schedule. Raises UnknownDevice, or OneShotUnsupported for a
+    device its driver cannot read this way.
     """
     ctx = BuildContext(cfg, Hardware(), one_shot=True)
     if dev_id in cfg.meters:
@@ -92,3 +98,9 @@ def build_device(cfg: Config, dev_id: str) -> tuple[Hardware, AnyHandle]:
         contact = ctx.hw.inputs[dev_id] = _input(ctx, dev_id, cfg.inputs[dev_id])
         return ctx.hw, contact
     raise UnknownDevice(dev_id)
+
+
+
+# The other protocols' drivers (controller/drivers.py registers them), so that every build knows
+# them. At the end: the drivers import this module's CHARGER_BUILDERS and OneShotUnsupported.
+from controller import drivers  # noqa: E402,F401

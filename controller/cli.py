@@ -153,7 +153,7 @@ def describe(cfg: Config) -> str:
 
 def cmd_read(args: argparse.Namespace) -> int:
     """Read one device once; only that device and its bus are built (no GPIO, no other bus)."""
-    from controller.build import UnknownDevice, build_device
+    from controller.build import OneShotUnsupported, UnknownDevice, build_device
     from controller.commands.device_read import read_once
 
     cfg = _load(args.config)
@@ -164,6 +164,9 @@ def cmd_read(args: argparse.Namespace) -> int:
     except UnknownDevice:
         known = ", ".join([*cfg.meters, *cfg.chargers, *cfg.inputs]) or "none"
         print(f"no device {args.device!r} in {args.config} (its devices: {known})", file=sys.stderr)
+        return EXIT_USAGE
+    except OneShotUnsupported as exc:
+        print(str(exc), file=sys.stderr)
         return EXIT_USAGE
     try:
         report = read_once(hw, handle)

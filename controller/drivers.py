@@ -34,3 +34,8 @@ def unregister_charger_driver(*, models: Iterable[str], config: type[Loadpoint])
         if CHARGER_MODELS.get(model) is config:
             del CHARGER_MODELS[model]
     CHARGER_BUILDERS.pop(config, None)
+
+
+# The built-in drivers of other protocols register themselves on import; ``controller/build.py``
+# imports this module, so any build knows them. At the end: they use the functions above.
+from controller import ocpp_wiring  # noqa: E402,F401

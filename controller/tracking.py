@@ -23,6 +23,9 @@ class DeviceTracker(Generic[R]):
     read_seq: int | None = None  # its place in the order of reads and writes (controller/write_plan.py)
     error: str | None = None
     error_since_s: float | None = None
+    #: The last write to the box (limit or setup) failed: a fault until a write lands, whatever
+    #: the reads say (a box that rejects its limit still answers reads).
+    write_error: str | None = None
 
     def ok(self, reading: R, now_s: float, seq: int | None = None) -> None:
         """A good reading taken at ``now_s``; ``seq`` orders it against the limit writes."""
@@ -37,6 +40,16 @@ class DeviceTracker(Generic[R]):
             log.warning("%s: fault: %s", self.id, error)
             self.error_since_s = now_s
         self.error = error
+
+    def write_failed(self, error: str, now_s: float) -> None:
+        if self.write_error is None:
+            log.warning("%s: fault: %s", self.id, error)
+        self.write_error = error
+
+    def write_landed(self) -> None:
+        if self.write_error is not None:
+            log.warning("%s: write fault over (%s)", self.id, self.write_error)
+        self.write_error = None
 
     def age_s(self, now_s: float) -> float | None:
         """Seconds since the reading was taken (0 for one taken during this cycle's reads)."""
@@ -59,7 +72,12 @@ class DeviceTracker(Generic[R]):
         return text
 
     def fault_text(self, now_s: float, stale_s: float) -> str | None:
-        """The fault in force for the status API: an error, or a reading too old to use."""
+        """The fault in force for the status API: an error, a reading too old to use, or a
+        write that failed."""
+        text = self._read_fault(now_s, stale_s)
+        return self.write_error if text is None else text
+
+    def _read_fault(self, now_s: float, stale_s: float) -> str | None:
         if self.error is not None and not self.fresh(now_s, stale_s):
             return self.error
         if self.read_at_s is None:

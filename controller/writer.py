@@ -192,8 +192,10 @@ class LimitWriter:
                 log.debug("%s: %s not done this cycle", cid, what)
                 failed.append(cid)
             elif res.error is not None:
-                self.trackers[cid].fail(f"{what} failed: {res.error}", now)
+                self.trackers[cid].write_failed(f"{what} failed: {res.error}", now)
                 failed.append(cid)
+            else:
+                self.trackers[cid].write_landed()
         return failed
 
     # ---- the jobs (run on the bus workers) ----------------------------------------------------

@@ -28,6 +28,7 @@ from controller.config.schema import (
     GpioInputConfig,
     ModbusDeviceConfig,
     ModbusInputConfig,
+    OcppChargerConfig,
     RtuBus,
     RtuOverTcpBus,
     TcpBus,
@@ -88,6 +89,40 @@ def _check_listeners(parts: Parts) -> Iterator[Problem]:
         yield Problem(("smgw", "functions"), "lists a function twice")
     if smgw is not None and not smgw.functions:
         yield Problem(("smgw", "functions"), "is empty: leave out the smgw section to switch the channel off")
+
+
+_LOOPBACK = ("127.0.0.1", "::1", "localhost")
+
+
+def _check_ocpp(parts: Parts) -> Iterator[Problem]:
+    """OCPP boxes need the ``ocpp:`` section, each its own charge_box_id; TLS needs cert and key;
+    a box reachable from the LAN without a password is allowed, but said."""
+    server = parts.ocpp
+    boxes = {i: c for i, c in parts.chargers.items() if isinstance(c, OcppChargerConfig)}
+    if boxes and server is None:
+        for charger_id in sorted(boxes):
+            yield Problem(("chargers", charger_id, "model"), "model 'ocpp' needs the ocpp: section (listen: ...)")
+    owners: dict[str, str] = {}
+    for charger_id, box in boxes.items():
+        path: Loc = ("chargers", charger_id)
+        if parts.intact(path, "charge_box_id"):
+            if box.charge_box_id in owners:
+                yield Problem(path + ("charge_box_id",),
+                              f"'{box.charge_box_id}' is already chargers.{owners[box.charge_box_id]}")
+            owners.setdefault(box.charge_box_id, charger_id)
+        if server is not None and box.password is None and parts.intact(path, "password") \
+                and parts.intact(("ocpp",), "listen") and server.host not in _LOOPBACK:
+            yield Problem(path + ("password",), f"none: anyone on the network can connect as "
+                          f"'{box.charge_box_id}' (ocpp.listen is {server.listen})", True)
+    if server is not None and parts.intact(("ocpp",), "cert", "key") and (server.cert is None) != (server.key is None):
+        yield Problem(("ocpp", "cert" if server.cert is None else "key"), "give both cert and key (wss), or neither (ws)")
+    if server is not None and parts.intact(("ocpp",), "listen"):
+        wildcard = {"0.0.0.0", "::"}
+        for name, other in (("http", parts.http), ("smgw", parts.smgw)):
+            if other is None or not parts.intact((name,), "listen") or other.port != server.port:
+                continue
+            if other.host == server.host or other.host in wildcard or server.host in wildcard:
+                yield Problem(("ocpp", "listen"), f"port {server.port} is already {name}.listen")
 
 
 def _check_buses(parts: Parts) -> Iterator[Problem]:
@@ -275,7 +310,7 @@ def _check_cycles(parts: Parts) -> Iterator[Problem]:
 
 
 _CHECKS = (
-    _check_ids, _check_site, _check_listeners, _check_buses, _check_devices, _check_inputs, _check_rules,
+    _check_ids, _check_site, _check_listeners, _check_ocpp, _check_buses, _check_devices, _check_inputs, _check_rules,
     check_names, _check_cycles, _check_variable_count, check_plausibility,
 )
 

@@ -55,6 +55,8 @@ from controller.config.schema import (
     ModbusChargerConfig,
     ModbusDeviceConfig,
     ModbusInputConfig,
+    OcppChargerConfig,
+    OcppServer,
     Rule,
     RtuBus,
     RtuOverTcpBus,
@@ -76,7 +78,7 @@ from controller.config.reader import read_yaml
 __all__ = [
     "BUS_MODELS", "CHARGER_MODELS", "IEC_MIN_CURRENT_A", "MAX_CURRENT_A", "BusConfig", "ChargerConfig", "Config",
     "ConfigError", "GpioInputConfig", "GridLogConfig", "Http", "InputConfig", "Loadpoint", "MeterConfig",
-    "ModbusChargerConfig", "ModbusDeviceConfig", "ModbusInputConfig", "Rule", "RtuBus", "RtuOverTcpBus", "Site",
+    "ModbusChargerConfig", "ModbusDeviceConfig", "ModbusInputConfig", "OcppChargerConfig", "OcppServer", "Rule", "RtuBus", "RtuOverTcpBus", "Site",
     "Smgw", "TcpBus", "all_buses", "charger_model", "config_warnings", "device_profile", "devices_on_bus",
     "implicit_bus_name", "implicit_buses", "load_config", "modbus_devices", "parse_config", "split_listen",
 ]
@@ -95,7 +97,7 @@ def _clean_loc(loc: Loc) -> Loc:
 
 
 _SECTION_MODELS: dict[str, type[BaseModel]] = {"site": Site, "http": Http, "smgw": Smgw,
-                                               "grid_log": GridLogConfig}
+                                               "ocpp": OcppServer, "grid_log": GridLogConfig}
 _ITEM_MODELS: dict[str, type[BaseModel]] = {"meters": MeterConfig, "rules": Rule}
 
 
@@ -232,6 +234,11 @@ def _machine_warnings(parts: Parts, gpiochip_glob: str) -> list[Problem]:
             file = getattr(parts.smgw, name)
             if parts.intact(("smgw",), name) and not file.is_file():
                 warnings.append(Problem(("smgw", name), f"{file} does not exist on this machine", True))
+    if parts.ocpp is not None:
+        for name in ("cert", "key"):
+            file = getattr(parts.ocpp, name)
+            if file is not None and parts.intact(("ocpp",), name) and not file.is_file():
+                warnings.append(Problem(("ocpp", name), f"{file} does not exist on this machine", True))
     if parts.state_dir is not None and not _state_dir_writable(parts.state_dir):
         warnings.append(Problem(("state_dir",), f"{parts.state_dir} is not writable by this user", True))
     gpio_inputs = sorted(i for i, d in parts.inputs.items()

@@ -35,6 +35,7 @@ from controller.config.schema import (
     MaxVariables,
     MeterConfig,
     ModbusInputConfig,
+    OcppServer,
     Rule,
     Site,
     Smgw,
@@ -54,6 +55,7 @@ class Parts:
     site: Site | None
     http: Http | None
     smgw: Smgw | None
+    ocpp: OcppServer | None
     buses: dict[str, Any]
     meters: dict[str, MeterConfig]
     chargers: dict[str, Loadpoint]
@@ -77,7 +79,7 @@ class Parts:
     @classmethod
     def of(cls, cfg: Config) -> Parts:
         present = {s: frozenset(getattr(cfg, s)) for s in SECTIONS}
-        return cls(cfg.site, cfg.http, cfg.smgw, cfg.buses, cfg.meters, cfg.chargers, cfg.inputs,
+        return cls(cfg.site, cfg.http, cfg.smgw, cfg.ocpp, cfg.buses, cfg.meters, cfg.chargers, cfg.inputs,
                    cfg.variables, dict(enumerate(cfg.rules)), present, cfg.max_variables, cfg.state_dir)
 
     @classmethod
@@ -97,6 +99,7 @@ class Parts:
             site=_salvage(Site, data.get("site"), ("site",), broken),
             http=_salvage(Http, data.get("http"), ("http",), broken),
             smgw=_salvage(Smgw, data.get("smgw"), ("smgw",), broken),
+            ocpp=_salvage(OcppServer, data.get("ocpp"), ("ocpp",), broken),
             buses=_entries(sections["buses"], "buses", _bus_model, broken),
             meters=_entries(sections["meters"], "meters", lambda _: MeterConfig, broken),
             chargers=_entries(sections["chargers"], "chargers", charger_model, broken),

@@ -242,6 +242,15 @@ class Smgw(_Listener):
     functions: tuple[SmgwFunction, ...] = ("vars",)
 
 
+class OcppServer(_Listener):
+    """The OCPP 1.6J central system that OCPP wallboxes connect to (``ws://HOST:PORT/ocpp/<id>``);
+    with ``cert`` and ``key`` it speaks ``wss`` (TLS, OCPP security profile 2)."""
+
+    listen: Listen = "0.0.0.0:8887"
+    cert: AbsPath | None = None
+    key: AbsPath | None = None
+
+
 GRID_LOG_MAX_BYTES = 1_000_000_000  # 1 GB: years of a busy site's record on any SD card
 
 
@@ -390,9 +399,37 @@ class ModbusChargerConfig(Loadpoint, _ProfileDevice):
         return f"{where} unit {self.unit}"
 
 
+def _charge_box_id(value: str) -> str:
+    """OCPP CiString48, printable ASCII, and never a ``/``: it is the last segment of the URL."""
+    if not (1 <= len(value) <= 48) or not all(" " < ch < "\x7f" for ch in value) or "/" in value:
+        raise ValueError("1 to 48 printable characters without spaces or '/' (OCPP CiString48, "
+                         "the last part of the box's URL)")
+    return value
+
+
+IdTag = Annotated[str, Strict(), Field(min_length=1, max_length=20)]  # OCPP IdToken: CiString20
+
+
+class OcppChargerConfig(Loadpoint):
+    """A wallbox that connects to gridcharge's OCPP central system (``ocpp:`` section) by its
+    ``charge_box_id``; ``password`` is the HTTP basic auth password it presents (none: no
+    authentication), ``connector`` the connector that is this loadpoint, ``id_tags`` the RFID tags
+    it may accept (none: every tag)."""
+
+    model: Literal["ocpp"]
+    charge_box_id: Annotated[str, Strict(), AfterValidator(_charge_box_id)]
+    password: Annotated[str, Strict(), Field(min_length=8, max_length=40)] | None = Field(None, repr=False)
+    connector: Annotated[int, Strict(), Field(ge=1, le=99)] = 1
+    id_tags: tuple[IdTag, ...] | None = None
+
+    def connection_text(self) -> str:
+        return f"OCPP {self.charge_box_id} connector {self.connector}"
+
+
 #: Charger entries of other drivers, by the ``model:`` that selects them (``controller/drivers.py``
-#: registers them); any other model names a Modbus profile.
-CHARGER_MODELS: dict[str, type[Loadpoint]] = {}
+#: registers them); any other model names a Modbus profile. The OCPP entry type lives here, so
+#: any config with ``model: ocpp`` parses, whether or not the driver's builder was imported.
+CHARGER_MODELS: dict[str, type[Loadpoint]] = {"ocpp": OcppChargerConfig}
 
 
 def charger_model(entry: Any) -> type[Loadpoint]:
@@ -476,6 +513,7 @@ class Config(_Strict):
     grid_log: GridLogConfig = Field(default_factory=GridLogConfig)
     http: Http | None = None
     smgw: Smgw | None = None
+    ocpp: OcppServer | None = None
     buses: dict[Text, BusConfig] = Field(default_factory=dict)
     meters: dict[Text, MeterConfig] = Field(default_factory=dict)
     chargers: dict[Text, ChargerConfig] = Field(default_factory=dict)

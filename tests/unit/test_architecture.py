@@ -2,7 +2,8 @@
 
 web → controller → hal; hal imports neither; web never imports hal; pymodbus (whose API moves
 between 3.x releases) is imported only inside hal/modbus/, the Modbus driver; the allocation
-sees only the generic hal.types.
+sees only the generic hal.types; ocpp and
+websockets are imported only inside hal/ocpp/, the OCPP driver.
 """
 
 from __future__ import annotations
@@ -39,6 +40,14 @@ def test_web_never_imports_hal() -> None:
 def test_pymodbus_is_imported_inside_the_modbus_driver_only() -> None:
     users = {p for pkg in ("hal", "controller", "web") for p, n in imports(pkg).items() if "pymodbus" in n}
     assert users and all(p.startswith("hal/modbus/") for p in users), users
+
+
+def test_ocpp_is_imported_inside_the_ocpp_driver_only() -> None:
+    """ocpp and websockets stay in hal/ocpp/ and the simulated OCPP box (hal/sim/ocpp_box.py)."""
+    allowed = ("hal/ocpp/", "controller/ocpp_wiring.py", "hal/sim/ocpp_box.py")  # the simulated box speaks it too
+    users = {p for pkg in ("hal", "controller", "web") for p, n in imports(pkg).items()
+             if n & {"ocpp", "websockets"}}
+    assert all(p.startswith(allowed) for p in users), users
 
 
 def full_imports(package: str) -> dict[str, set[str]]:
