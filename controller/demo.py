@@ -6,7 +6,8 @@ wallbox connects to the controller's central system over a WebSocket on loopback
 (``controller.demo_ocpp``), and the ripple-control receiver's contact sits on a Modbus I/O module.
 All three boxes share the house connection: the grid meter sees the draw of each. A one-minute
 scenario shows every function at work: a car arrives, the house load rises, the grid operator
-dims by contact and by variable (all three boxes follow), the supplier flips the tariff.
+dims by contact (4200 W for all chargers: some pause) and by variable (AVAIL=75: all three are
+lowered, E3 through a new charging profile), the supplier flips the tariff.
 
 The view is the one of ``gridcharge status`` (``controller.commands.status_view``), drawn after every
 cycle from the ``get_dev_info`` body the demo's API would answer, with a line for the scenario
