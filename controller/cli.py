@@ -88,6 +88,8 @@ def _setup_logging(level: str) -> None:
     logging.basicConfig(level=getattr(logging, level), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
+    if level != "DEBUG":  # the ocpp package logs every message at INFO: two lines a second per box
+        logging.getLogger("ocpp").setLevel(logging.WARNING)
 
 
 def _load(path: str) -> Config | None:

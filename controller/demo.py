@@ -1,10 +1,13 @@
 """``gridcharge demo``: the real controller against a simulated site on loopback.
 
 Nothing to configure: a simulated SDM630 grid meter and Heidelberg wallbox share an RS485 line
-(emulated over a pseudo-terminal pair, 8N1), an Alfen wallbox answers on Modbus TCP, and the
-ripple-control receiver's contact sits on a Modbus I/O module. A one-minute scenario shows every
-function at work: a car arrives, the house load rises, the grid operator dims by contact and by
-variable, the supplier flips the tariff.
+(emulated over a pseudo-terminal pair, 8N1), an Alfen wallbox answers on Modbus TCP, an OCPP 1.6J
+wallbox connects to the controller's central system over a WebSocket on loopback
+(``controller.demo_ocpp``), and the ripple-control receiver's contact sits on a Modbus I/O module.
+All three boxes share the house connection: the grid meter sees the draw of each. A one-minute
+scenario shows every function at work: a car arrives, the house load rises, the grid operator
+dims by contact (4200 W for all chargers: some pause) and by variable (AVAIL=75: all three are
+lowered, E3 through a new charging profile), the supplier flips the tariff.
 
 The view is the one of ``gridcharge status`` (``controller.commands.status_view``), drawn after every
 cycle from the ``get_dev_info`` body the demo's API would answer, with a line for the scenario
@@ -33,6 +36,7 @@ from controller.commands.live_screen import LiveScreen, console_for
 from controller.service import Service
 from controller.status import Status
 from controller.commands.status_view import render
+from controller.demo_ocpp import DEMO_CHARGE_BOX_ID, DemoOcppBox
 from hal.sim.physics import SimCar
 from hal.sim.site import SimulatedSite, demo_site
 
@@ -79,20 +83,26 @@ def set_vars(**values: Any) -> Callable[[SimulatedSite, Service], None]:
 SCENARIO: tuple[Step, ...] = (
     Step(6, "a car arrives at E2 (a 1-phase car, draws on L1 only)",
          lambda site, _: site.plug_car("E2", SimCar(max_current_a=16, phases=1))),
-    Step(16, "the house load rises: oven and kettle on L1 (+14 A)",
+    Step(16, "the house load rises: oven and kettle on L1 (+14 A); E3 (OCPP) charges on L2 and goes on",
          lambda site, _: site.set_base_load(18.0, 2.5, 3.5)),
-    Step(26, "the ripple-control receiver closes RSE1: §14a dimming to 4200 W",
+    Step(26, "the ripple-control receiver closes RSE1: §14a dimming to 4200 W for E1, E2, E3 together",
          lambda site, _: site.set_contact("RSE1", True)),
     Step(36, "RSE1 opens again", lambda site, _: site.set_contact("RSE1", False)),
     Step(40, "the oven is off", lambda site, _: site.set_base_load(4.0, 2.5, 3.5)),
     Step(44, "the supplier flips TARIF to 1 (reduced): E2's rule no longer applies", set_vars(TARIF=1)),
-    Step(52, "the grid operator sets AVAIL=50: house connection 8500 W", set_vars(AVAIL=50)),
+    Step(52, "the grid operator sets AVAIL=75: house connection 12750 W, all three boxes lowered (E3 over OCPP)",
+         set_vars(AVAIL=75)),
 )
 
 
-def demo_config(site: SimulatedSite, state_dir: str) -> Config:
+def demo_config(site: SimulatedSite, state_dir: str, ocpp: DemoOcppBox | None = None) -> Config:
+    """The simulated site's devices, plus the OCPP box E3 and the central system it connects to."""
     data = site.config_dict()
     data.update(site=DEMO_SITE, variables=DEMO_VARIABLES, rules=DEMO_RULES, state_dir=state_dir)
+    if ocpp is not None:
+        sections = ocpp.config_sections()
+        data["ocpp"] = sections["ocpp"]
+        data["chargers"]["E3"] = sections["charger"]
     return parse_config(data, source="demo")
 
 
@@ -193,6 +203,8 @@ def run_demo(
 
     steps = list(SCENARIO if steps is None else steps) if scenario else []
     site = demo_site()
+    ocpp = DemoOcppBox()
+    ocpp.install(site)  # E3's car is plugged in; its draw is on the grid meter from the start
     site.start()
     if steps:
         site.unplug("E2")  # a scenario starts with E2 free: the scripted one brings its car
@@ -200,8 +212,10 @@ def run_demo(
     service: Service | None = None
     output = _Output(out)
     try:
-        cfg = demo_config(site, state_dir)
-        service = Service(cfg)
+        cfg = demo_config(site, state_dir, ocpp)
+        service = Service(cfg)  # the central system listens from here on
+        if not ocpp.start():
+            log.warning("demo: the OCPP box E3 has not connected yet; it keeps trying")
         password = secrets.token_urlsafe(9)
         port = _start_api(service, password)
         source = "demo" + (f", API http://127.0.0.1:{port}" if port is not None else "")
@@ -227,15 +241,17 @@ def run_demo(
                 stepped = True
                 output.write(f"[{elapsed:5.1f} s] {SCENARIO_FINISHED}: all {len(steps)} steps played; "
                              "the site runs on, Ctrl-C stops")
+            ending = duration_s is not None and elapsed >= duration_s
             info = dev_info(service.status(), release, main_fuse_a=cfg.site.main_fuse_a)
             frame = Group(render(info, source=source), "", scenario_lines(steps, played, elapsed, finished))
-            output.frame(frame, elapsed, stepped=stepped)
-            if output.gone or duration_s is not None and elapsed >= duration_s:
+            output.frame(frame, elapsed, stepped=stepped or ending)  # a run with --duration ends on a frame
+            if output.gone or ending:
                 service.stop(timeout_s=0)
 
         service.loop.add_cycle_listener(show)
         output.write(
             "gridcharge demo: simulated SDM630 + Heidelberg on RS485 (pty, 8N1), Alfen on Modbus TCP,\n"
+            f"an OCPP 1.6J box E3 on {ocpp.url}/{DEMO_CHARGE_BOX_ID} (WebSocket, password),\n"
             "ripple receiver contact RSE1 on a Modbus I/O module. Ctrl-C stops.\n"
             f"house connection: grid_limit_w = {DEMO_SITE['grid_limit_w']}, "
             f"chargers_limit_w = {DEMO_SITE['chargers_limit_w']}"
@@ -253,5 +269,6 @@ def run_demo(
         output.screen.close()
         if service is not None:
             service.close()
+        ocpp.stop()  # after the service: E3 was left at its fail-safe current before it goes
         site.stop()
         shutil.rmtree(state_dir, ignore_errors=True)

@@ -321,8 +321,12 @@ class SimProcess:
         self._lines: queue.Queue[str | None] = queue.Queue()
         self.config: dict[str, Any] = {}
 
+    def command(self) -> list[str]:
+        """The simulator's command line (a benchmark with simulators of its own overrides it)."""
+        return [sys.executable, str(Path(__file__).resolve()), "serve", "--spec", json.dumps(self.spec)]
+
     def start(self) -> SimProcess:
-        cmd = [sys.executable, str(Path(__file__).resolve()), "serve", "--spec", json.dumps(self.spec)]
+        cmd = self.command()
         self._proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
                                       bufsize=1, cwd=str(REPO_ROOT))
         threading.Thread(target=self._pump, name="sim-stdout", daemon=True).start()

@@ -2,7 +2,7 @@
 
 The benchmarks are scripts that print figures (``make bench``), not timed tests, so nothing here
 checks a performance target: only that each script still runs against the real controller and
-simulators, exits 0 and ends with its JSON line carrying sane figures. The six scripts run in
+simulators, exits 0 and ends with its JSON line carrying sane figures. The scripts run in
 parallel (they mostly wait on 1 s control cycles; ``bench_api`` loads the CPU for its 2 s of
 ``get_cm_vars``; ``bench_gridlog`` writes a small log), so the whole module takes about 15 s.
 """
@@ -31,6 +31,7 @@ TINY: dict[str, list[str]] = {
     "variables": ["--counts", "20", "--long-counts", "5"],
     "listener_attack": ["--seconds", "1", "--scenarios", "baseline,stalled_tls", "--settle", "0.2"],
     "gridlog": ["--rows", "20000", "--checks", "20", "--clear", "200"],
+    "ocpp": ["--boxes", "3", "--window-s", "3", "--changes", "3"],
 }
 
 
@@ -132,3 +133,12 @@ def test_gridlog_runs(runs: dict[str, subprocess.CompletedProcess[str]]) -> None
     assert data["quick_check_ok"] and data["set_aside"] == 0 and data["budget_warning"]
     assert data["clear_rows_lost"] == 0 and data["clear_written_ms"] > 0
     assert 0 < data["open_s"] < 30 and data["budget_check_us"] > 0
+
+
+def test_ocpp_runs(runs: dict[str, subprocess.CompletedProcess[str]]) -> None:
+    data = figures(runs["ocpp"])
+    assert data["bench"] == "ocpp" and data["boxes"] == 3
+    assert data["exit_code"] == 0 and data["failed_cycles"] == 0 and data["wrong_limits"] == []
+    assert data["changes"] == 3 and 0 < data["ack_s"]["p50"] <= data["ack_s"]["max"] < 10
+    assert data["cycles_in_window"] >= 1 and data["cpu_percent"] > 0 and 5 < data["rss_mib"] < 1000
+    assert 0.5 <= data["meter_values_per_box_s"] <= 1.5  # MeterValues at the 1 s cycle

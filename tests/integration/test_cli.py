@@ -162,6 +162,8 @@ def test_demo_runs_a_short_while() -> None:
     assert res.returncode == 0, res.stderr
     assert "\x1b" not in res.stdout  # not a terminal: plain text, no colours or cursor movement
     assert re.search(r"^E1 +heidelberg +C \(charging\)", res.stdout, re.M), res.stdout
+    assert re.search(r"^E3 +ocpp ", res.stdout, re.M), res.stdout  # the OCPP box, shown like the others
+    assert "an OCPP 1.6J box E3 on ws://127.0.0.1:" in res.stdout
     assert re.search(r"^main fuse +25 A +25 A +25 A", res.stdout, re.M)
     assert "demo stopped" in res.stdout
 

@@ -255,6 +255,8 @@ def test_demo_draws_in_place_in_a_terminal_and_prints_plain_lines_into_a_pipe() 
         assert everything.count("main fuse") == 1  # one frame, however many cycles were drawn
         assert everything.count(">>> short scenario") == 2  # each step a line above the view
         assert "E2 " in later and "C (charging)" in later
+        e3 = re.search(r"^E3 +ocpp +C \(charging\) .*? (\d+\.\d) A +16\.0 A", later, re.M)
+        assert e3 is not None and float(e3.group(1)) < 16.0, later  # the OCPP box charges, limited
         assert pane.wait_for_exit(10) == 0, pane.everything()
         assert "demo stopped: wallboxes left at their fail-safe current" in pane.screen()
 
@@ -262,7 +264,7 @@ def test_demo_draws_in_place_in_a_terminal_and_prints_plain_lines_into_a_pipe() 
         assert piped.returncode == 0, err
         assert "\x1b" not in out  # no colours, no cursor movement
         lines = out.splitlines()
-        assert any(re.fullmatch(r"\[ *\d+\.\d s\] >>> short scenario: AVAIL=50", line) for line in lines)
+        assert any(re.fullmatch(r"\[ *\d+\.\d s\] >>> short scenario: AVAIL=75", line) for line in lines)
         assert any(re.fullmatch(r"\[ *\d+\.\d s\] scenario finished: all 2 steps played; .*", line) for line in lines)
         assert out.count("main fuse") >= 2  # a frame now and then, one under the other
         assert lines[-1] == "demo stopped: wallboxes left at their fail-safe current"
