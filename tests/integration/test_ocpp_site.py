@@ -1,0 +1,227 @@
+"""OCPP boxes on a whole site, end to end: sessions over the HTTP API, limits under late MeterValues.
+
+Everything is real on loopback: the ``Service`` with its HTTP listener (``get_sessions`` fetched
+with ``requests``), the central system's WebSocket server, the simulated OCPP box
+(``hal.sim.ocpp_box``, an OCPP client written with the same ``ocpp`` package) and, where a grid
+meter is needed, the simulated Modbus site (an SDM630 on Modbus TCP) whose physics includes the
+OCPP box's draw. What the box sent is taken from the wire (its outgoing calls are recorded), so
+the sessions are compared with the box's own meterStart and meterStop, not with what the
+controller understood of them.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+import requests
+from fake_clock import FakeClock
+from web_helpers import PASSWORD as HTTP_PASSWORD
+from web_helpers import USER, http_section
+
+from controller.config import parse_config
+from controller.service import Service
+from hal.sim import ocpp_box
+from hal.sim.ocpp_box import SimOcppBox
+from hal.sim.physics import SimCar
+from web.runtime import start_web
+
+BOX_ID = "EVB-P2231"
+BOX_PASSWORD = "box-secret"
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def ocpp_entry(box_id: str = BOX_ID) -> dict[str, Any]:
+    return {"model": "ocpp", "charge_box_id": box_id, "password": BOX_PASSWORD, "phases": 3,
+            "min_current_a": 6, "max_current_a": 16}
+
+
+@pytest.fixture()
+def cleanup() -> Iterator[list[Callable[[], None]]]:
+    stops: list[Callable[[], None]] = []
+    yield stops
+    for stop in reversed(stops):
+        stop()
+
+
+@pytest.fixture()
+def sent(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, Any, Any]]:
+    """Every call the simulated boxes send, with its answer: (action, payload, result)."""
+    calls: list[tuple[str, Any, Any]] = []
+    real_call = ocpp_box._Box.call
+
+    async def recording_call(self: Any, payload: Any, *args: Any, **kwargs: Any) -> Any:
+        result = await real_call(self, payload, *args, **kwargs)
+        calls.append((type(payload).__name__, payload, result))
+        return result
+
+    monkeypatch.setattr(ocpp_box._Box, "call", recording_call)
+    return calls
+
+
+def sent_of(sent: list[tuple[str, Any, Any]], action: str) -> list[tuple[Any, Any]]:
+    return [(payload, result) for name, payload, result in list(sent) if name == action]
+
+
+def start_box(port: int, cleanup: list[Callable[[], None]], **kw: Any) -> SimOcppBox:
+    box = SimOcppBox(f"ws://127.0.0.1:{port}/ocpp", BOX_ID, password=BOX_PASSWORD, **kw)
+    cleanup.append(box.stop)
+    return box.start()
+
+
+def drive(service: Service, clock: FakeClock, done: Callable[[Any], bool], timeout_s: float = 8.0) -> Any:
+    """Cycles (one FakeClock second, a quarter of a real second each) until ``done(status)``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        status = service.loop.run_once()
+        clock.advance(1.0)
+        if done(status) or time.monotonic() > deadline:
+            return status
+        time.sleep(0.25)
+
+
+# --------------------------------------------------------------------------- sessions over HTTP
+
+
+class SessionSite:
+    """A Service with one OCPP box and its HTTP listener; ``get_sessions`` over ``requests``."""
+
+    def __init__(self, cleanup: list[Callable[[], None]]) -> None:
+        self.port = free_port()
+        cfg = parse_config({
+            "site": {"main_fuse_a": 32, "min_pause_s": 0, "stale_s": 3, "cycle_s": 1.0, "increase_step_a": 32},
+            "state_dir": tempfile.mkdtemp(prefix="gc-ocpp-sessions-"),
+            "ocpp": {"listen": f"127.0.0.1:{self.port}"},
+            "chargers": {"E3": ocpp_entry()},
+        }, source="test")
+        self.clock = FakeClock()
+        self.service = Service(cfg, clock=self.clock)
+        cleanup.append(self.service.close)
+        self.service.sessions.start()  # run() would; the test drives the cycles itself
+        servers = start_web(self.service, http=http_section())
+        self.url = f"http://127.0.0.1:{servers.lan_port}/cnf"
+
+    def get(self, **params: Any) -> requests.Response:
+        return requests.get(self.url, params={"cmd": "get_sessions", **params}, auth=(USER, HTTP_PASSWORD),
+                            timeout=10)
+
+    def sessions(self) -> list[dict[str, Any]]:
+        response = self.get()
+        assert response.status_code == 200, response.text
+        return [s for s in response.json()["sessions"] if s["charger"] == "E3"]
+
+    def wait_sessions(self, done: Callable[[list[dict[str, Any]]], bool], timeout_s: float = 5.0) -> list[dict[str, Any]]:
+        """The sessions once ``done`` holds (they are saved by the session log's own thread)."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            rows = self.sessions()
+            if done(rows) or time.monotonic() > deadline:
+                return rows
+            time.sleep(0.05)
+
+    def charge(self, box: SimOcppBox, seconds: float) -> None:
+        """Cycles for ``seconds`` of real time (the box's energy register counts real time)."""
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            self.service.loop.run_once()
+            self.clock.advance(1.0)
+            time.sleep(0.25)
+
+
+def test_a_charge_is_one_session_with_the_energy_the_box_sent(cleanup: list, sent: list) -> None:
+    site = SessionSite(cleanup)
+    box = start_box(site.port, cleanup)
+    assert box.wait_for(lambda: box.has_profile)
+    begun = time.time()
+    box.plug(SimCar(max_current_a=16))
+    drive(site.service, site.clock, lambda s: box.limit_a == 16.0 and box.wallbox.phase_currents_a()[0] == 16.0)
+    site.charge(box, 3.0)  # ~11 kW for 3 s: ~9 Wh
+    (open_one,) = site.wait_sessions(lambda rows: len(rows) == 1)
+    assert open_one["open"] and open_one["end"] is None
+    box.unplug()
+    assert box.wait_for(lambda: len(sent_of(sent, "StopTransaction")) == 1)
+    ended = time.time()
+    (start, started), = sent_of(sent, "StartTransaction")
+    (stop, _), = sent_of(sent, "StopTransaction")
+
+    (session,) = site.wait_sessions(lambda rows: len(rows) == 1 and not rows[0]["open"])
+    assert session["id"] == open_one["id"]
+    assert session["id_tag"] == start.id_tag == "SIMTAG01"
+    assert session["transaction_id"] == started.transaction_id == stop.transaction_id
+    assert (session["start_wh"], session["end_wh"]) == (start.meter_start, stop.meter_stop)
+    assert session["energy_wh"] == stop.meter_stop - start.meter_start >= 5  # whole Wh, as the box counts
+    assert session["energy_source"] == "register" and session["stop_reason"] == "EVDisconnected"
+    assert begun - 1 <= session["start_ts"] < session["end_ts"] <= ended + 1
+    assert session["end_ts"] - session["start_ts"] >= 3.0
+
+    response = site.get(format="csv")
+    assert response.status_code == 200 and response.headers["Content-Type"].startswith("text/csv")
+    (row,) = [r for r in csv.DictReader(io.StringIO(response.text)) if r["charger"] == "E3"]
+    assert row["energy_wh"] == str(stop.meter_stop - start.meter_start)
+    assert row["id_tag"] == "SIMTAG01" and row["transaction_id"] == str(started.transaction_id)
+    assert row["start_ts"] == str(int(session["start_ts"])) and row["end_ts"] == str(int(session["end_ts"]))
+
+
+def test_a_reboot_that_keeps_the_transaction_is_still_one_session(cleanup: list, sent: list) -> None:
+    """The simulated box keeps its transaction across a reboot (as a box that stores it does): it
+    boots again, gets its profile again, and its StopTransaction closes the one session, with the
+    energy charged across the reboot."""
+    site = SessionSite(cleanup)
+    box = start_box(site.port, cleanup)
+    assert box.wait_for(lambda: box.has_profile)
+    box.plug(SimCar(max_current_a=16))
+    drive(site.service, site.clock, lambda s: box.wallbox.phase_currents_a()[0] == 16.0)
+    site.charge(box, 1.0)
+    box.reboot()
+    assert box.wait_for(lambda: box.boots == 2 and box.has_profile)
+    site.charge(box, 1.0)
+    assert len(site.wait_sessions(lambda rows: len(rows) == 1)) == 1
+    box.unplug()
+    assert box.wait_for(lambda: len(sent_of(sent, "StopTransaction")) == 1)
+    (start, started), = sent_of(sent, "StartTransaction")  # no second start after the boot
+    (stop, _), = sent_of(sent, "StopTransaction")
+    (session,) = site.wait_sessions(lambda rows: len(rows) == 1 and not rows[0]["open"])
+    assert session["transaction_id"] == started.transaction_id == stop.transaction_id
+    assert session["energy_wh"] == stop.meter_stop - start.meter_start > 0
+
+
+def test_a_reboot_that_forgets_the_transaction_closes_the_old_session(cleanup: list, sent: list) -> None:
+    """A box that forgets its transaction when it reboots starts a new one for the car still
+    plugged in, without a StopTransaction for the old one. The old session is closed at the new
+    start (its end meter, hence its energy, unknown: null, never a guess and never negative), the
+    new one is the only open session, and it ends with the energy between its own start and stop."""
+    site = SessionSite(cleanup)
+    box = start_box(site.port, cleanup)
+    assert box.wait_for(lambda: box.has_profile)
+    box.plug(SimCar(max_current_a=16))
+    drive(site.service, site.clock, lambda s: box.wallbox.phase_currents_a()[0] == 16.0)
+    site.charge(box, 1.0)
+    assert len(site.wait_sessions(lambda rows: len(rows) == 1)) == 1
+    box.reboot()
+    box._transaction_id = None  # what this box forgets with its power (the simulator keeps it)
+    assert box.wait_for(lambda: box.boots == 2 and len(sent_of(sent, "StartTransaction")) == 2)
+    rows = site.wait_sessions(lambda rows: len(rows) == 2 and not rows[0]["open"])
+    assert [r["open"] for r in rows] == [False, True]  # never two open sessions of one charger
+    site.charge(box, 1.0)
+    box.unplug()
+    assert box.wait_for(lambda: len(sent_of(sent, "StopTransaction")) == 1)
+    (first_start, first), (second_start, second) = sent_of(sent, "StartTransaction")
+    (stop, _), = sent_of(sent, "StopTransaction")
+    assert stop.transaction_id == second.transaction_id != first.transaction_id
+    old, new = site.wait_sessions(lambda rows: len(rows) == 2 and not any(r["open"] for r in rows))
+    assert old["transaction_id"] == first.transaction_id and old["stop_reason"] == "a new session started without a stop"
+    assert old["start_wh"] == first_start.meter_start and old["energy_wh"] is None and old["end_ts"] <= new["start_ts"]
+    assert new["transaction_id"] == second.transaction_id and new["stop_reason"] == "EVDisconnected"
+    assert new["energy_wh"] == stop.meter_stop - second_start.meter_start >= 0
