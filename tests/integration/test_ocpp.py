@@ -338,12 +338,17 @@ def test_stale_meter_values_trigger_a_request_then_a_fault(port: int, cleanup: l
     assert box.wait_for(lambda: box.has_profile)
     assert box.wait_for(lambda: _reads(charger))
     box.send_meter_values = False  # and it ignores triggers for MeterValues from now on
+    asked = _meter_value_triggers(box)  # one after every limit it accepted
     time.sleep(0.7)
     charger.read()  # half stale: still fine, but a TriggerMessage went out
-    assert box.wait_for(lambda: any(c["requested_message"] == "MeterValues" for c in box.calls("TriggerMessage")))
+    assert box.wait_for(lambda: _meter_value_triggers(box) == asked + 1)
     time.sleep(0.5)
     with pytest.raises(Exception, match="no MeterValues from EVB-P2231"):
         charger.read()
+
+
+def _meter_value_triggers(box: SimOcppBox) -> int:
+    return sum(1 for c in box.calls("TriggerMessage") if c["requested_message"] == "MeterValues")
 
 
 def _reads(charger: Any) -> bool:
