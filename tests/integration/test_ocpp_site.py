@@ -12,23 +12,30 @@ controller understood of them.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
 import requests
 from fake_clock import FakeClock
+from site_helpers import BASE_SITE
 from web_helpers import PASSWORD as HTTP_PASSWORD
 from web_helpers import USER, http_section
 
 from controller.config import parse_config
 from controller.service import Service
+from hal.ocpp.charger import OcppCharger
+from ocpp.routing import after
+from ocpp.v16.enums import Action
 from hal.sim import ocpp_box
 from hal.sim.ocpp_box import SimOcppBox
 from hal.sim.physics import SimCar
+from hal.sim.site import SimMeterSpec, SimulatedSite
 from web.runtime import start_web
 
 BOX_ID = "EVB-P2231"
@@ -225,3 +232,140 @@ def test_a_reboot_that_forgets_the_transaction_closes_the_old_session(cleanup: l
     assert old["start_wh"] == first_start.meter_start and old["energy_wh"] is None and old["end_ts"] <= new["start_ts"]
     assert new["transaction_id"] == second.transaction_id and new["stop_reason"] == "EVDisconnected"
     assert new["energy_wh"] == stop.meter_stop - second_start.meter_start >= 0
+
+
+# --------------------------------------------------------------------------- limits under MeterValues lag
+
+FUSE_A = 25.0
+EPS = 0.05
+
+
+@dataclass
+class LagRun:
+    """What one run of the lag scenario did after the base-load step."""
+
+    commands: list[float]  # the commanded limit of every cycle after the step
+    writes: list[float]  # the limit in force at the step, then every limit the box was sent after it
+    over_fuse_s: list[float]  # seconds after the step at which L1 went over the fuse (from not over)
+    final_l1_a: float  # the grid current on L1 at the end
+
+    @property
+    def sign_changes(self) -> int:
+        """How often the written limit turned from falling to rising or back."""
+        steps = [b - a for a, b in zip(self.writes, self.writes[1:]) if b != a]
+        return sum(1 for a, b in zip(steps, steps[1:]) if (a > 0) != (b > 0))
+
+    def changes_after(self, settle_s: int) -> int:
+        """How often the commanded limit changed after the first ``settle_s`` cycles."""
+        late = self.commands[settle_s - 1:]
+        return sum(1 for a, b in zip(late, late[1:]) if a != b)
+
+    @property
+    def late_over_fuse_s(self) -> list[float]:
+        """Times over the fuse other than the step itself (which lasts until the decrease landed)."""
+        return [t for t in self.over_fuse_s if t > 0.1]
+
+
+def run_lag_scenario(*, house_a: tuple[float, float] = (12.0, 16.0), before_s: float = 3.0,
+                     after_s: float = 7.0) -> LagRun:
+    """An SDM630 grid meter (Modbus TCP) and one OCPP box whose MeterValues come every second,
+    each a second late. The house draws 12 A on L1 under a 25 A fuse, so the box is fuse-limited
+    at 13 A; then the house steps to 16 A and the box must settle at 9 A. Real time throughout
+    (the box's samples and their delay are real seconds), one cycle a second."""
+    stops: list[Callable[[], None]] = []
+    try:
+        sim = SimulatedSite(meter=SimMeterSpec("M1", "sdm630", "tcp", unit=1), base_load_a=(house_a[0], 4.0, 4.0))
+        sim.start()
+        stops.append(sim.stop)
+        port = free_port()
+        data = sim.config_dict(timeout_s=0.3)
+        data["site"] = {**BASE_SITE, "chargers_limit_w": None, "unbalanced_limit_a": None}
+        data["state_dir"] = tempfile.mkdtemp(prefix="gc-ocpp-lag-")
+        data["ocpp"] = {"listen": f"127.0.0.1:{port}"}
+        data["chargers"] = {"E3": ocpp_entry()}
+        service = Service(parse_config(data, source="test"))  # the real clock
+        stops.append(service.close)
+        box = start_box(port, stops, meter_delay_s=1.0)
+        sim.physics.add_wallbox("E3", box.wallbox)
+        over: list[float] = []
+        was_over = [False]
+
+        def watch(t: float, currents: tuple[float, float, float]) -> None:
+            now_over = currents[0] > FUSE_A + EPS
+            if now_over and not was_over[0]:
+                over.append(t)
+            was_over[0] = now_over
+
+        sim.physics.watch(watch)
+        box.plug(SimCar(max_current_a=16))
+        assert box.wait_for(lambda: box.has_profile and box.configuration.get("MeterValueSampleInterval") == "1")
+
+        def tick(until_s: float) -> list[float]:
+            commands = []
+            next_s = time.monotonic()
+            while next_s < until_s:
+                commands.append(service.loop.run_once().charger("E3").command_a)
+                next_s += 1.0
+                time.sleep(max(0.0, next_s - time.monotonic()))
+            return commands
+
+        tick(time.monotonic() + before_s)
+        writes_before = len(box.calls("SetChargingProfile"))
+        step_s = time.monotonic()
+        sim.set_base_load(house_a[1], 4.0, 4.0)
+        commands = tick(step_s + after_s)
+        writes = [profile_limit(p) for p in box.calls("SetChargingProfile")[writes_before - 1:]]
+        return LagRun(commands, writes, [t - step_s for t in over if t >= step_s], sim.physics.grid_currents_a()[0])
+    finally:
+        for stop in reversed(stops):
+            stop()
+
+
+def profile_limit(profile: dict[str, Any]) -> float:
+    return float(profile["charging_schedule"]["charging_schedule_period"][0]["limit"])
+
+
+def test_after_a_base_load_step_up_the_limit_settles_and_the_fuse_holds() -> None:
+    run = run_lag_scenario(house_a=(12.0, 16.0))
+    assert run.writes == [13.0, 9.0], run  # fuse-limited before the step; one decrease after it
+    assert run.commands[1:] == [9.0] * (len(run.commands) - 1), run  # the next cycle's 13 A is held back
+    assert run.sign_changes == 0 and run.changes_after(2) == 0
+    assert run.over_fuse_s and not run.late_over_fuse_s, run  # over only until the decrease landed
+    assert run.final_l1_a == pytest.approx(FUSE_A, abs=EPS)
+
+
+@after(Action.trigger_message)
+async def _no_sample_on_trigger(self: Any, requested_message: str, **_: Any) -> None:
+    """A box that accepts TriggerMessage MeterValues but sends its samples only at its own pace."""
+
+
+def test_without_the_ordering_a_step_up_swings_over_the_fuse(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same step, with a box that sends no sample when asked (so only the ordering can help),
+    with and without the ordering of readings by when they were measured (switched off by making
+    the OCPP reading's ``measured_s`` None: it is then taken as read when it was fetched).
+
+    Ordered, the cycle after the decrease sees the box's old draw next to a grid meter that sees
+    the new one and computes 13 A, but that reading was measured before the decrease landed, so
+    the increase is held back until a sample from after it comes. Unordered, the 13 A goes out,
+    the fuse is over a second after the step, and the limit swings down to pauses."""
+    monkeypatch.setattr(ocpp_box._Box, "after_trigger_message", _no_sample_on_trigger)
+    ordered = run_lag_scenario(house_a=(12.0, 16.0))
+    real_read = OcppCharger.read
+    monkeypatch.setattr(OcppCharger, "read", lambda self: dataclasses.replace(real_read(self), measured_s=None))
+    unordered = run_lag_scenario(house_a=(12.0, 16.0))
+    assert ordered.writes == [13.0, 9.0] and ordered.sign_changes == 0 and not ordered.late_over_fuse_s, ordered
+    assert unordered.sign_changes >= 2 and unordered.late_over_fuse_s, unordered
+
+
+def test_after_a_step_down_the_limit_settles_because_a_sample_is_asked_for(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An increase is the other direction: the cycle after it sees the box's old (lower) draw next
+    to a grid meter that sees the new one, so the box's own increase looks like other consumption
+    and the limit is lowered again. The ordering cannot help (a decrease is never held back), so
+    the driver asks the box for MeterValues as soon as it accepted a new limit: with that sample
+    the limit settles; a box that sends none when asked swings between the two limits."""
+    run = run_lag_scenario(house_a=(16.0, 12.0))
+    assert run.writes == [9.0, 13.0] and run.commands == [13.0] * len(run.commands), run
+    assert run.sign_changes == 0 and not run.over_fuse_s, run
+    monkeypatch.setattr(ocpp_box._Box, "after_trigger_message", _no_sample_on_trigger)
+    late = run_lag_scenario(house_a=(16.0, 12.0))
+    assert late.sign_changes >= 2 and not late.over_fuse_s, late  # safe, but it does not settle
