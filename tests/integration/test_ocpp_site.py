@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 import requests
 from fake_clock import FakeClock
-from site_helpers import BASE_SITE
+from site_helpers import BASE_SITE, home_site
 from web_helpers import PASSWORD as HTTP_PASSWORD
 from web_helpers import USER, http_section
 
@@ -267,7 +267,7 @@ class LagRun:
 
 
 def run_lag_scenario(*, house_a: tuple[float, float] = (12.0, 16.0), before_s: float = 3.0,
-                     after_s: float = 7.0) -> LagRun:
+                     after_s: float = 5.0) -> LagRun:
     """An SDM630 grid meter (Modbus TCP) and one OCPP box whose MeterValues come every second,
     each a second late. The house draws 12 A on L1 under a 25 A fuse, so the box is fuse-limited
     at 13 A; then the house steps to 16 A and the box must settle at 9 A. Real time throughout
@@ -369,3 +369,134 @@ def test_after_a_step_down_the_limit_settles_because_a_sample_is_asked_for(monke
     monkeypatch.setattr(ocpp_box._Box, "after_trigger_message", _no_sample_on_trigger)
     late = run_lag_scenario(house_a=(16.0, 12.0))
     assert late.sign_changes >= 2 and not late.over_fuse_s, late  # safe, but it does not settle
+
+
+# --------------------------------------------------------------------------- Modbus and OCPP boxes together
+
+
+class MixedSite:
+    """Two Modbus wallboxes (E1 Heidelberg, E2 Alfen) and the OCPP box E3 under one SDM630 on a
+    25 A fuse, a 16 A car in each, the house at 4/2/2 A: 21 A left on L1, 7 A for each box.
+    ``chargers_limit_w`` follows the grid operator's AVAIL (the §14a dimming, set over the API).
+    Real time throughout, a cycle every ``CYCLE_S``. Every time L1 goes over the fuse is noted,
+    with when it ended, and every base-load step, so that an overload can be traced to its cause."""
+
+    CYCLE_S = 0.5
+
+    def __init__(self, cleanup: list[Callable[[], None]]) -> None:
+        self.sim = home_site(base_load_a=(4.0, 2.0, 2.0))
+        self.sim.start()
+        cleanup.append(self.sim.stop)
+        self.port = free_port()
+        data = self.sim.config_dict(timeout_s=0.2)
+        data["site"] = {**BASE_SITE, "cycle_s": self.CYCLE_S,
+                        "chargers_limit_w": "None if AVAIL >= 100 else AVAIL / 100 * 22000"}
+        data["variables"] = {"AVAIL": 100}
+        data["state_dir"] = tempfile.mkdtemp(prefix="gc-ocpp-mixed-")
+        data["ocpp"] = {"listen": f"127.0.0.1:{self.port}"}
+        data["chargers"]["E3"] = ocpp_entry()
+        self.service = Service(parse_config(data, source="test"))  # the real clock
+        cleanup.append(self.service.close)
+        servers = start_web(self.service, http=http_section())
+        self.url = f"http://127.0.0.1:{servers.lan_port}/cnf"
+        self.box = start_box(self.port, cleanup)
+        self.sim.physics.add_wallbox("E3", self.box.wallbox)
+        self.box.plug(SimCar(max_current_a=16))
+        self.steps_s: list[float] = []
+        self.over: list[list[float]] = []  # [start, end] of every time L1 was over the fuse
+        self.sim.physics.watch(self._watch)
+        self.status: Any = None
+        self.controlled_s: float | None = None  # the end of the first cycle: every box written
+        assert self.box.wait_for(lambda: self.box.has_profile)
+
+    def _watch(self, t: float, currents: tuple[float, float, float]) -> None:
+        now_over = currents[0] > FUSE_A + EPS
+        if now_over and (not self.over or self.over[-1][1] >= 0):
+            self.over.append([t, -1.0])
+        elif not now_over and self.over and self.over[-1][1] < 0:
+            self.over[-1][1] = t
+
+    def base_load(self, l1_a: float) -> None:
+        self.steps_s.append(time.monotonic())
+        self.sim.set_base_load(l1_a, 2.0, 2.0)
+
+    def set_avail(self, value: int) -> None:
+        response = requests.get(self.url, params={"cmd": "set_cm_vars", "name": "AVAIL", "val": str(value)},
+                                auth=(USER, HTTP_PASSWORD), timeout=10)
+        assert response.status_code == 200, response.text
+
+    def run(self, seconds: float) -> Any:
+        """Cycles at the cycle rate for ``seconds``; the last status."""
+        next_s, end_s = time.monotonic(), time.monotonic() + seconds
+        while next_s < end_s:
+            self.status = self.service.loop.run_once()
+            if self.controlled_s is None:
+                self.controlled_s = time.monotonic()
+            next_s += self.CYCLE_S
+            time.sleep(max(0.0, next_s - time.monotonic()))
+        return self.status
+
+    def commands(self) -> dict[str, float]:
+        return {c.device.id: c.command_a for c in self.status.chargers}
+
+    def draws(self) -> dict[str, float]:
+        return {cid: self.sim.physics.wallbox(cid).phase_currents_a()[0] for cid in ("E1", "E2", "E3")}
+
+    def overloads_not_caused_by_a_step(self, reaction_s: float) -> list[list[float]]:
+        """Times over the fuse that did not begin at a base-load step, or outlasted the decrease
+        that answers it (the next cycle and its write: ``reaction_s``). Before the first cycle
+        the Modbus boxes offer their cars their full rating (nobody has written them yet): that
+        overload ends with the first cycle."""
+        def explained(start: float, end: float) -> bool:
+            if self.controlled_s is not None and start < self.controlled_s:
+                return 0 <= end <= self.controlled_s
+            return any(abs(start - s) < 0.05 for s in self.steps_s) and 0 <= end - start <= reaction_s
+        return [o for o in self.over if not explained(*o)]
+
+
+def test_the_fuse_holds_with_modbus_and_ocpp_boxes_under_base_load_and_dimming(cleanup: list) -> None:
+    site = MixedSite(cleanup)
+    site.run(3.0)
+    assert site.commands() == {"E1": 7.0, "E2": 7.0, "E3": 7.0}, site.commands()  # an equal share of 21 A
+    site.base_load(7.0)  # 18 A left: 6 A each
+    site.run(2.5)
+    assert site.commands() == {"E1": 6.0, "E2": 6.0, "E3": 6.0}, site.commands()
+    site.set_avail(40)  # 8.8 kW for all chargers: two boxes at their minimum (8.3 kW), one paused
+    site.run(2.0)
+    dimmed = site.commands()
+    assert sorted(dimmed.values())[0] == 0.0 and sum(dimmed.values()) * 3 * 230 <= 8800, dimmed
+    assert sum(site.draws().values()) * 3 * 230 <= 8800 + 10, site.draws()
+    site.base_load(3.0)
+    site.set_avail(100)  # 22 A left: the OCPP box and the Modbus boxes share it again
+    site.run(2.5)
+    commands = site.commands()
+    assert all(6.0 <= a <= 8.0 for a in commands.values()) and sum(commands.values()) <= 22 + EPS, commands
+    assert site.draws() == pytest.approx(commands, abs=0.05)
+    assert site.over and not site.overloads_not_caused_by_a_step(reaction_s=site.CYCLE_S + 0.5), (
+        site.over, site.steps_s)
+    assert max(site.sim.physics.grid_currents_a()) <= FUSE_A + EPS
+
+
+def test_a_disconnected_ocpp_box_keeps_its_last_limit_reserved(cleanup: list) -> None:
+    site = MixedSite(cleanup)
+    site.run(3.0)
+    assert site.commands()["E3"] == 7.0 and site.box.limit_a == 7.0
+    writes = len(site.box.calls("SetChargingProfile"))
+    site.box.disconnect()
+    assert site.box.wait_for(lambda: not site.box.connected)
+    status = site.run(1.5)
+    e3 = status.charger("E3")
+    assert not e3.device.online and "not connected" in (e3.device.error or "")
+    assert site.draws()["E3"] == 7.0  # the box keeps charging at its last profile
+    assert site.commands()["E1"] == site.commands()["E2"] == 7.0  # nobody took its share
+    site.base_load(10.0)  # 15 A left, 7 A of it still E3's: the Modbus boxes make room alone
+    site.run(2.0)
+    others = site.commands()["E1"] + site.commands()["E2"]
+    assert others <= 15 - 7 + EPS and site.draws()["E3"] == 7.0, site.commands()
+    assert max(site.sim.physics.grid_currents_a()) <= FUSE_A + EPS
+    site.box.reconnect()
+    assert site.box.wait_for(lambda: len(site.box.calls("SetChargingProfile")) > writes)
+    assert profile_limit(site.box.calls("SetChargingProfile")[writes]) == 7.0  # its last limit, at once
+    status = site.run(2.0)
+    assert status.charger("E3").device.online
+    assert not site.overloads_not_caused_by_a_step(reaction_s=site.CYCLE_S + 0.5), (site.over, site.steps_s)
