@@ -127,6 +127,8 @@ def test_boot_configures_the_box_and_writes_a_profile_at_once(port: int, cleanup
     periods = first["charging_schedule"]["charging_schedule_period"]
     assert periods == [{"start_period": 0, "limit": 0.0, "number_phases": 3}]
     assert box.limit_a == 0.0  # before any cycle: paused, not the car's full rating
+    # the box applies the profile before its answer reaches the central system, which counts it then
+    assert box.wait_for(lambda: service.hw.links["ocpp"].link_stats().requests >= 3)
     link = service.hw.links["ocpp"].link_stats()
     assert link.details["connected"] == 1 and link.requests >= 3 and link.errors == 0
 

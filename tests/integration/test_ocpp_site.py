@@ -19,6 +19,7 @@ as long as its scenario: 6 to 14 s.
 
 from __future__ import annotations
 
+import concurrent.futures
 import csv
 import dataclasses
 import io
@@ -40,7 +41,6 @@ from web_helpers import USER, http_section
 
 from controller.config import parse_config
 from controller.service import Service
-from hal.ocpp.charger import OcppCharger
 from hal.sim import ocpp_box
 from hal.sim.ocpp_box import SimOcppBox
 from hal.sim.physics import SimCar
@@ -273,12 +273,18 @@ class LagRun:
         return [t for t in self.over_fuse_s if t > 0.1]
 
 
-def run_lag_scenario(*, house_a: tuple[float, float] = (12.0, 16.0), before_s: float = 3.0,
-                     after_s: float = 4.0) -> LagRun:
+def run_lag_scenario(*, house_a: tuple[float, float] = (12.0, 16.0), ordered: bool = True,
+                     sample_on_trigger: bool = True, before_s: float = 3.0, after_s: float = 4.0) -> LagRun:
     """An SDM630 grid meter (Modbus TCP) and one OCPP box whose MeterValues come every second,
     each a second late. The house draws 12 A on L1 under a 25 A fuse, so the box is fuse-limited
     at 13 A; then the house steps to 16 A and the box must settle at 9 A. Real time throughout
-    (the box's samples and their delay are real seconds), one cycle a second."""
+    (the box's samples and their delay are real seconds), one cycle a second.
+
+    ``ordered=False`` switches off the ordering of readings by when they were measured: the OCPP
+    reading's ``measured_s`` is made None, so it counts as read when it was fetched.
+    ``sample_on_trigger=False`` makes the box, from the step on, one that accepts TriggerMessage
+    MeterValues but sends its samples only at its own pace (before the step it sends one at once,
+    so that every run meets the step settled)."""
     stops: list[Callable[[], None]] = []
     try:
         sim = SimulatedSite(meter=SimMeterSpec("M1", "sdm630", "tcp", unit=1), base_load_a=(house_a[0], 4.0, 4.0))
@@ -293,7 +299,12 @@ def run_lag_scenario(*, house_a: tuple[float, float] = (12.0, 16.0), before_s: f
         service = Service(parse_config(data, source="test"))  # the real clock
         stops.append(service.close)
         box = start_box(port, stops, meter_delay_s=1.0)
+        box.sample_on_trigger = True  # type: ignore[attr-defined]  # read by _trigger_sample
         sim.physics.add_wallbox("E3", box.wallbox)
+        if not ordered:
+            charger = service.hw.chargers["E3"].device
+            read = charger.read
+            charger.read = lambda: dataclasses.replace(read(), measured_s=None)  # type: ignore[method-assign]
         over: list[float] = []
         was_over = [False]
 
@@ -318,6 +329,7 @@ def run_lag_scenario(*, house_a: tuple[float, float] = (12.0, 16.0), before_s: f
 
         tick(time.monotonic() + before_s)
         writes_before = len(box.calls("SetChargingProfile"))
+        box.sample_on_trigger = sample_on_trigger  # type: ignore[attr-defined]
         step_s = time.monotonic()
         sim.set_base_load(house_a[1], 4.0, 4.0)
         commands = tick(step_s + after_s)
@@ -341,12 +353,30 @@ def test_after_a_base_load_step_up_the_limit_settles_and_the_fuse_holds() -> Non
     assert run.final_l1_a == pytest.approx(FUSE_A, abs=EPS)
 
 
+_real_after_trigger = ocpp_box._Box.after_trigger_message
+
+
 @after(Action.trigger_message)
-async def _no_sample_on_trigger(self: Any, requested_message: str, **_: Any) -> None:
-    """A box that accepts TriggerMessage MeterValues but sends its samples only at its own pace."""
+async def _trigger_sample(self: Any, requested_message: str, **kwargs: Any) -> None:
+    """The simulated box's answer to TriggerMessage, unless its ``sample_on_trigger`` is False."""
+    if getattr(self.sim, "sample_on_trigger", True) or requested_message != "MeterValues":
+        await _real_after_trigger(self, requested_message, **kwargs)
 
 
-def test_without_the_ordering_a_step_up_swings_over_the_fuse(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.fixture()
+def no_sample_on_trigger_possible(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ocpp_box._Box, "after_trigger_message", _trigger_sample)
+
+
+def side_by_side(**runs: dict[str, Any]) -> dict[str, LagRun]:
+    """Lag scenarios at the same time (each sleeps most of its time), by name."""
+    with concurrent.futures.ThreadPoolExecutor(len(runs)) as pool:
+        futures = {name: pool.submit(run_lag_scenario, **kw) for name, kw in runs.items()}
+        return {name: future.result() for name, future in futures.items()}
+
+
+@pytest.mark.usefixtures("no_sample_on_trigger_possible")
+def test_without_the_ordering_a_step_up_swings_over_the_fuse() -> None:
     """The same step, with a box that sends no sample when asked (so only the ordering can help),
     with and without the ordering of readings by when they were measured (switched off by making
     the OCPP reading's ``measured_s`` None: it is then taken as read when it was fetched).
@@ -355,26 +385,25 @@ def test_without_the_ordering_a_step_up_swings_over_the_fuse(monkeypatch: pytest
     the new one and computes 13 A, but that reading was measured before the decrease landed, so
     the increase is held back until a sample from after it comes. Unordered, the 13 A goes out,
     the fuse is over a second after the step, and the limit swings down to pauses."""
-    monkeypatch.setattr(ocpp_box._Box, "after_trigger_message", _no_sample_on_trigger)
-    ordered = run_lag_scenario(house_a=(12.0, 16.0))
-    real_read = OcppCharger.read
-    monkeypatch.setattr(OcppCharger, "read", lambda self: dataclasses.replace(real_read(self), measured_s=None))
-    unordered = run_lag_scenario(house_a=(12.0, 16.0))
+    runs = side_by_side(ordered={"sample_on_trigger": False},
+                        unordered={"sample_on_trigger": False, "ordered": False})
+    ordered, unordered = runs["ordered"], runs["unordered"]
     assert ordered.writes == [13.0, 9.0] and ordered.sign_changes == 0 and not ordered.late_over_fuse_s, ordered
     assert unordered.sign_changes >= 2 and unordered.late_over_fuse_s, unordered
 
 
-def test_after_a_step_down_the_limit_settles_because_a_sample_is_asked_for(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.usefixtures("no_sample_on_trigger_possible")
+def test_after_a_step_down_the_limit_settles_because_a_sample_is_asked_for() -> None:
     """An increase is the other direction: the cycle after it sees the box's old (lower) draw next
     to a grid meter that sees the new one, so the box's own increase looks like other consumption
     and the limit is lowered again. The ordering cannot help (a decrease is never held back), so
     the driver asks the box for MeterValues as soon as it accepted a new limit: with that sample
     the limit settles; a box that sends none when asked swings between the two limits."""
-    run = run_lag_scenario(house_a=(16.0, 12.0))
+    runs = side_by_side(asked={"house_a": (16.0, 12.0)},
+                        late={"house_a": (16.0, 12.0), "sample_on_trigger": False})
+    run, late = runs["asked"], runs["late"]
     assert run.writes == [9.0, 13.0] and run.commands == [13.0] * len(run.commands), run
     assert run.sign_changes == 0 and not run.over_fuse_s, run
-    monkeypatch.setattr(ocpp_box._Box, "after_trigger_message", _no_sample_on_trigger)
-    late = run_lag_scenario(house_a=(16.0, 12.0))
     assert late.sign_changes >= 2 and not late.over_fuse_s, late  # safe, but it does not settle
 
 
