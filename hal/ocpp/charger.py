@@ -193,8 +193,15 @@ class OcppCharger:
             self._notify()
 
     def meter_received(self, sample: MeterSample) -> None:
+        """The latest MeterValues. A sample the box measured before the one held (a periodic
+        sample that was on its way while a triggered one overtook it) is dropped: it would put
+        the box's draw from before a limit change back in place of the draw after it."""
         with self._lock:
             old = self._meter
+            if (old is not None and old.measured_s is not None and sample.measured_s is not None
+                    and sample.measured_s < old.measured_s):
+                log.debug("%s: MeterValues measured before the last ones, dropped", self.id)
+                return
             self._meter = MeterSample(
                 sample.current_a if sample.current_a is not None else (old.current_a if old else None),
                 sample.power_w if sample.power_w is not None else (old.power_w if old else None),

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from datetime import datetime, timezone
 from typing import Any, Protocol
 
@@ -82,13 +82,21 @@ class BoxSession(ChargePoint):
         return result
 
     async def set_limit(self, current_a: float) -> None:
-        """SetChargingProfile: the connector's TxDefaultProfile at ``current_a`` (0 pauses)."""
+        """SetChargingProfile: the connector's TxDefaultProfile at ``current_a`` (0 pauses).
+
+        Once the box has accepted it, MeterValues are asked for at once (TriggerMessage, not
+        waited for): its periodic samples come up to one interval late (and a slow box later
+        still), so until the next one the controller would see the box's draw from before the
+        change next to a grid meter that sees the change. The old draw would be counted as
+        other consumption, and a limit just raised would be lowered again the next cycle, and
+        raised again once a sample from after the change came: a limit that never settles."""
         spec = self.charger.spec
         result = await self._call(call.SetChargingProfile(
             connector_id=spec.connector, cs_charging_profiles=charging_profile(current_a, phases=spec.phases)))
         if result.status != ChargingProfileStatus.accepted:
             raise DeviceAnswerError(f"{self.id}: SetChargingProfile {current_a:g} A: {result.status}")
         self.charger.limit_acknowledged(self, current_a)
+        self._spawn(self.trigger("MeterValues"))
 
     async def configure(self) -> None:
         """Ask for the meter values the controller needs, every ``sample_interval_s``. A refusal
@@ -128,7 +136,11 @@ class BoxSession(ChargePoint):
                 log.warning("%s: setting up the box failed: %s", self.charger.id, exc)
 
     def start_bring_up(self) -> None:
-        task = asyncio.ensure_future(self.bring_up())
+        self._spawn(self.bring_up())
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Run ``coro`` on this loop without waiting for it (kept referenced until it ends)."""
+        task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
