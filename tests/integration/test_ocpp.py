@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 import yaml
 from fake_clock import FakeClock
+from ocpp_helpers import BOX_PASSWORD, box_for, run_until
 from pki import make_pki
 from site_helpers import BASE_SITE, cycles, home_site
 from websockets.exceptions import InvalidStatus
@@ -37,7 +38,7 @@ from hal.sim.wallbox import WallboxConfig
 from hal.types import IecState, SessionEvent, SessionEventKind
 from ocpp.v16 import call
 
-PASSWORD = "box-secret"
+PASSWORD = BOX_PASSWORD
 EPS = 0.05
 
 
@@ -86,25 +87,6 @@ def service_for(cfg: Any, cleanup: list[Callable[[], None]]) -> tuple[Service, F
     service = Service(cfg, clock=clock)
     cleanup.append(service.close)
     return service, clock
-
-
-def box_for(port: int, cleanup: list[Callable[[], None]], box_id: str = "EVB-P2231", **kw: Any) -> SimOcppBox:
-    kw.setdefault("password", PASSWORD)
-    scheme = "wss" if kw.get("ssl_context") is not None else "ws"
-    box = SimOcppBox(f"{scheme}://127.0.0.1:{port}/ocpp", box_id, **kw)
-    cleanup.append(box.stop)
-    return box.start()
-
-
-def run_until(service: Service, clock: FakeClock, done: Callable[[Any], bool], timeout_s: float = 8.0) -> Any:
-    """Cycles (one FakeClock second, a quarter of a real second each) until ``done(status)``."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        status = service.loop.run_once()
-        clock.advance(1.0)
-        if done(status) or time.monotonic() > deadline:
-            return status
-        time.sleep(0.25)
 
 
 def profile_limits(box: SimOcppBox) -> list[float]:

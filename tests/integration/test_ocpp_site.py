@@ -33,6 +33,7 @@ from typing import Any
 import pytest
 import requests
 from fake_clock import FakeClock
+from ocpp_helpers import BOX_ID, BOX_PASSWORD, box_for, run_until
 from ocpp.routing import after
 from ocpp.v16.enums import Action
 from site_helpers import BASE_SITE, home_site
@@ -47,8 +48,6 @@ from hal.sim.physics import SimCar
 from hal.sim.site import SimMeterSpec, SimulatedSite
 from web.runtime import start_web
 
-BOX_ID = "EVB-P2231"
-BOX_PASSWORD = "box-secret"
 
 
 def free_port() -> int:
@@ -87,23 +86,6 @@ def sent(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, Any, Any]]:
 
 def sent_of(sent: list[tuple[str, Any, Any]], action: str) -> list[tuple[Any, Any]]:
     return [(payload, result) for name, payload, result in list(sent) if name == action]
-
-
-def start_box(port: int, cleanup: list[Callable[[], None]], **kw: Any) -> SimOcppBox:
-    box = SimOcppBox(f"ws://127.0.0.1:{port}/ocpp", BOX_ID, password=BOX_PASSWORD, **kw)
-    cleanup.append(box.stop)
-    return box.start()
-
-
-def drive(service: Service, clock: FakeClock, done: Callable[[Any], bool], timeout_s: float = 8.0) -> Any:
-    """Cycles (one FakeClock second, a quarter of a real second each) until ``done(status)``."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        status = service.loop.run_once()
-        clock.advance(1.0)
-        if done(status) or time.monotonic() > deadline:
-            return status
-        time.sleep(0.25)
 
 
 # --------------------------------------------------------------------------- sessions over HTTP
@@ -156,11 +138,11 @@ class SessionSite:
 
 def test_a_charge_is_one_session_with_the_energy_the_box_sent(cleanup: list, sent: list) -> None:
     site = SessionSite(cleanup)
-    box = start_box(site.port, cleanup)
+    box = box_for(site.port, cleanup)
     assert box.wait_for(lambda: box.has_profile)
     begun = time.time()
     box.plug(SimCar(max_current_a=16))
-    drive(site.service, site.clock, lambda s: box.limit_a == 16.0 and box.wallbox.phase_currents_a()[0] == 16.0)
+    run_until(site.service, site.clock, lambda s: box.limit_a == 16.0 and box.wallbox.phase_currents_a()[0] == 16.0)
     site.charge(3.0)  # ~11 kW for 3 s: ~9 Wh
     (open_one,) = site.wait_sessions(lambda rows: len(rows) == 1)
     assert open_one["open"] and open_one["end"] is None
@@ -193,10 +175,10 @@ def test_a_reboot_that_keeps_the_transaction_is_still_one_session(cleanup: list,
     boots again, gets its profile again, and its StopTransaction closes the one session, with the
     energy charged across the reboot."""
     site = SessionSite(cleanup)
-    box = start_box(site.port, cleanup)
+    box = box_for(site.port, cleanup)
     assert box.wait_for(lambda: box.has_profile)
     box.plug(SimCar(max_current_a=16))
-    drive(site.service, site.clock, lambda s: box.wallbox.phase_currents_a()[0] == 16.0)
+    run_until(site.service, site.clock, lambda s: box.wallbox.phase_currents_a()[0] == 16.0)
     site.charge(1.0)
     box.reboot()
     assert box.wait_for(lambda: box.boots == 2 and box.has_profile)
@@ -217,10 +199,10 @@ def test_a_reboot_that_forgets_the_transaction_closes_the_old_session(cleanup: l
     start (its end meter, hence its energy, unknown: null, never a guess and never negative), the
     new one is the only open session, and it ends with the energy between its own start and stop."""
     site = SessionSite(cleanup)
-    box = start_box(site.port, cleanup)
+    box = box_for(site.port, cleanup)
     assert box.wait_for(lambda: box.has_profile)
     box.plug(SimCar(max_current_a=16))
-    drive(site.service, site.clock, lambda s: box.wallbox.phase_currents_a()[0] == 16.0)
+    run_until(site.service, site.clock, lambda s: box.wallbox.phase_currents_a()[0] == 16.0)
     site.charge(1.0)
     assert len(site.wait_sessions(lambda rows: len(rows) == 1)) == 1
     box.reboot()
@@ -298,7 +280,7 @@ def run_lag_scenario(*, house_a: tuple[float, float] = (12.0, 16.0), ordered: bo
         data["chargers"] = {"E3": ocpp_entry()}
         service = Service(parse_config(data, source="test"))  # the real clock
         stops.append(service.close)
-        box = start_box(port, stops, meter_delay_s=1.0)
+        box = box_for(port, stops, meter_delay_s=1.0)
         box.sample_on_trigger = True  # type: ignore[attr-defined]  # read by _trigger_sample
         sim.physics.add_wallbox("E3", box.wallbox)
         if not ordered:
@@ -435,7 +417,7 @@ class MixedSite:
         cleanup.append(self.service.close)
         servers = start_web(self.service, http=http_section())
         self.url = f"http://127.0.0.1:{servers.lan_port}/cnf"
-        self.box = start_box(self.port, cleanup)
+        self.box = box_for(self.port, cleanup)
         self.sim.physics.add_wallbox("E3", self.box.wallbox)
         self.box.plug(SimCar(max_current_a=16))
         self.steps_s: list[float] = []
