@@ -35,3 +35,12 @@ def controller(sim: SimulatedSite) -> Iterator[Callable[..., tuple[Service, Fake
     yield build
     for service in made:
         service.close()
+
+
+@pytest.fixture()
+def cleanup() -> Iterator[list[Callable[[], None]]]:
+    """Stop functions a test registers (simulated boxes, services), run in reverse at its end."""
+    stops: list[Callable[[], None]] = []
+    yield stops
+    for stop in reversed(stops):
+        stop()

@@ -16,7 +16,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -72,14 +72,6 @@ def ocpp_config(port: int, chargers: dict[str, Any] | None = None, *, tls: tuple
 @pytest.fixture()
 def port() -> int:
     return free_port()
-
-
-@pytest.fixture()
-def cleanup() -> Iterator[list[Callable[[], None]]]:
-    stops: list[Callable[[], None]] = []
-    yield stops
-    for stop in reversed(stops):
-        stop()
 
 
 def service_for(cfg: Any, cleanup: list[Callable[[], None]]) -> tuple[Service, FakeClock]:

@@ -26,7 +26,7 @@ import io
 import socket
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,14 +59,6 @@ def free_port() -> int:
 def ocpp_entry(box_id: str = BOX_ID) -> dict[str, Any]:
     return {"model": "ocpp", "charge_box_id": box_id, "password": BOX_PASSWORD, "phases": 3,
             "min_current_a": 6, "max_current_a": 16}
-
-
-@pytest.fixture()
-def cleanup() -> Iterator[list[Callable[[], None]]]:
-    stops: list[Callable[[], None]] = []
-    yield stops
-    for stop in reversed(stops):
-        stop()
 
 
 @pytest.fixture()
