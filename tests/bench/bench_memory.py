@@ -16,12 +16,13 @@ limits not written); a figure above its target is reported, not an error.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import signal
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,23 @@ def gridcharge_command() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "controller.cli"]
 
 
+@contextlib.contextmanager
+def gridcharge_run(config: Mapping[str, Any], tmp: str) -> Iterator[tuple[subprocess.Popen[bytes], Path]]:
+    """``gridcharge run`` on ``config`` (written into ``tmp``), its output in ``tmp/run.log``;
+    killed on leaving if still running. Yields the process and the log's path."""
+    path = common.write_yaml(config, Path(tmp) / "config.yaml")
+    log_path = Path(tmp) / "run.log"
+    with log_path.open("w") as log_file:
+        proc = subprocess.Popen([*gridcharge_command(), "--log-level", "WARNING", "run", "--config", str(path)],
+                                stdout=log_file, stderr=subprocess.STDOUT, cwd=tmp)
+        try:
+            yield proc, log_path
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
 def proc_status_kib(pid: int) -> dict[str, int]:
     """The ``Vm*`` lines of /proc/PID/status, in KiB."""
     out: dict[str, int] = {}
@@ -52,31 +70,22 @@ def proc_status_kib(pid: int) -> dict[str, int]:
 def measure(name: str, sim_spec: Mapping[str, Any], site: Mapping[str, Any], wait_s: float) -> dict[str, Any]:
     with common.SimProcess(sim_spec) as sim, tempfile.TemporaryDirectory(prefix="gc-bench-") as tmp:
         config = common.site_config(sim.config, site, state_dir=f"{tmp}/state", variables={"AVAIL": 100})
-        path = common.write_yaml(config, Path(tmp) / "config.yaml")
-        log_path = Path(tmp) / "run.log"
-        with log_path.open("w") as log_file:
-            proc = subprocess.Popen([*gridcharge_command(), "--log-level", "WARNING", "run", "--config", str(path)],
-                                    stdout=log_file, stderr=subprocess.STDOUT, cwd=tmp)
-            try:
-                deadline = time.monotonic() + wait_s
-                while proc.poll() is None and time.monotonic() < deadline:
-                    time.sleep(0.2)
-                # A loaded machine may take longer to start: measure a controller that is running
-                # (every box written), never one still importing its modules.
-                deadline = time.monotonic() + READY_TIMEOUT_S
-                while (proc.poll() is None and time.monotonic() < deadline
-                       and any(v is None for v in sim.limits().values())):
-                    time.sleep(0.2)
-                alive = proc.poll() is None
-                vm = proc_status_kib(proc.pid) if alive else {}
-                written = sim.limits()
-                if alive:
-                    proc.send_signal(signal.SIGTERM)
-                rc = proc.wait(timeout=STOP_TIMEOUT_S)
-            finally:
-                if proc.poll() is None:
-                    proc.kill()
-                    proc.wait()
+        with gridcharge_run(config, tmp) as (proc, log_path):
+            deadline = time.monotonic() + wait_s
+            while proc.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.2)
+            # A loaded machine may take longer to start: measure a controller that is running
+            # (every box written), never one still importing its modules.
+            deadline = time.monotonic() + READY_TIMEOUT_S
+            while (proc.poll() is None and time.monotonic() < deadline
+                   and any(v is None for v in sim.limits().values())):
+                time.sleep(0.2)
+            alive = proc.poll() is None
+            vm = proc_status_kib(proc.pid) if alive else {}
+            written = sim.limits()
+            if alive:
+                proc.send_signal(signal.SIGTERM)
+            rc = proc.wait(timeout=STOP_TIMEOUT_S)
         after = sim.limits()
         log_tail = log_path.read_text().splitlines()[-5:]
     n_written = sum(v is not None for v in written.values())

@@ -50,7 +50,7 @@ from pathlib import Path
 from typing import Any
 
 import common
-from bench_memory import gridcharge_command
+from bench_memory import gridcharge_run
 
 CPU_TARGET_PERCENT = 25.0
 RSS_TARGET_MIB = 100.0
@@ -308,58 +308,49 @@ def run(boxes: int, window_s: float, changes: int, seed: int) -> dict[str, Any]:
     with OcppSimProcess(sim_spec()) as sim, tempfile.TemporaryDirectory(prefix="gc-bench-ocpp-") as tmp:
         config = controller_config(sim.config, boxes, ocpp_port=ocpp_port, http_port=http_port,
                                    state_dir=f"{tmp}/state")
-        path = common.write_yaml(config, Path(tmp) / "config.yaml")
-        log_path = Path(tmp) / "run.log"
-        with log_path.open("w") as log_file:
-            proc = subprocess.Popen([*gridcharge_command(), "--log-level", "WARNING", "run", "--config", str(path)],
-                                    stdout=log_file, stderr=subprocess.STDOUT, cwd=tmp)
-            try:
-                api = Api(http_port)
-                api.wait_up(proc, CONNECT_TIMEOUT_S)
-                connect_t0 = time.monotonic()
-                sim.request(f"boxes ws://127.0.0.1:{ocpp_port}/ocpp {boxes} {BOX_PASSWORD}", timeout_s=120)
-                wait_until(lambda: fleet_ready(sim.request("state"), boxes), CONNECT_TIMEOUT_S,
-                           f"all {boxes} boxes connected, configured, with a profile")
-                all_connected_s = time.monotonic() - connect_t0
-                # Warm-up: every box at AVAIL=100's limit, every device online, no change for STEADY_S.
-                full = expected_limit_a(100)
-                wait_until(lambda: all(v is not None and abs(v - full) < 0.05 for v in sim.limits().values())
-                           and all_online(api.get("cmd=get_dev_info"), boxes),
-                           WARM_UP_TIMEOUT_S, f"every box at {full} A and online")
-                warm_s = time.monotonic() - connect_t0
-                time.sleep(STEADY_S)
+        with gridcharge_run(config, tmp) as (proc, log_path):
+            api = Api(http_port)
+            api.wait_up(proc, CONNECT_TIMEOUT_S)
+            connect_t0 = time.monotonic()
+            sim.request(f"boxes ws://127.0.0.1:{ocpp_port}/ocpp {boxes} {BOX_PASSWORD}", timeout_s=120)
+            wait_until(lambda: fleet_ready(sim.request("state"), boxes), CONNECT_TIMEOUT_S,
+                       f"all {boxes} boxes connected, configured, with a profile")
+            all_connected_s = time.monotonic() - connect_t0
+            # Warm-up: every box at AVAIL=100's limit, every device online, no change for STEADY_S.
+            full = expected_limit_a(100)
+            wait_until(lambda: all(v is not None and abs(v - full) < 0.05 for v in sim.limits().values())
+                       and all_online(api.get("cmd=get_dev_info"), boxes),
+                       WARM_UP_TIMEOUT_S, f"every box at {full} A and online")
+            warm_s = time.monotonic() - connect_t0
+            time.sleep(STEADY_S)
 
-                # Steady window.
-                info0, state0 = api.get("cmd=get_dev_info"), sim.request("state")
-                ticks0, sim_ticks0, t0 = cpu_ticks(proc.pid), cpu_ticks(sim.pid), time.monotonic()
-                time.sleep(window_s)
-                ticks1, sim_ticks1, t1 = cpu_ticks(proc.pid), cpu_ticks(sim.pid), time.monotonic()
-                info1, state1 = api.get("cmd=get_dev_info"), sim.request("state")
-                memory = proc_status_mib(proc.pid)
-                wall_s = t1 - t0
+            # Steady window.
+            info0, state0 = api.get("cmd=get_dev_info"), sim.request("state")
+            ticks0, sim_ticks0, t0 = cpu_ticks(proc.pid), cpu_ticks(sim.pid), time.monotonic()
+            time.sleep(window_s)
+            ticks1, sim_ticks1, t1 = cpu_ticks(proc.pid), cpu_ticks(sim.pid), time.monotonic()
+            info1, state1 = api.get("cmd=get_dev_info"), sim.request("state")
+            memory = proc_status_mib(proc.pid)
+            wall_s = t1 - t0
 
-                # Variable changes over HTTP.
-                for i in range(changes):
-                    avail = 40 if i % 2 == 0 else 100
-                    sim.request("arm")
-                    t_set = time.monotonic()
-                    api.get(f"cmd=set_cm_vars&name=AVAIL&val={avail}")
-                    answer = sim.request(f"wait {CHANGE_TIMEOUT_S}", timeout_s=CHANGE_TIMEOUT_S + 20)
-                    if not answer["done"]:
-                        raise RuntimeError(f"change {i + 1} (AVAIL={avail}): only {answer['changed']} of {boxes} "
-                                           f"boxes accepted a new limit within {CHANGE_TIMEOUT_S:g} s")
-                    reactions["decrease" if avail == 40 else "increase"].append(answer["last_s"] - t_set)
-                    want = expected_limit_a(avail)
-                    wrong += [f"change {i + 1}: {cid} got {a} A, expected {want} A"
-                              for cid, a in answer["limits"].items() if a is None or abs(a - want) > 0.05]
-                    time.sleep(rng.uniform(1.0, 2.0))
-                info2, state2 = api.get("cmd=get_dev_info"), sim.request("state")
-                proc.send_signal(signal.SIGTERM)
-                rc = proc.wait(timeout=STOP_TIMEOUT_S)
-            finally:
-                if proc.poll() is None:
-                    proc.kill()
-                    proc.wait()
+            # Variable changes over HTTP.
+            for i in range(changes):
+                avail = 40 if i % 2 == 0 else 100
+                sim.request("arm")
+                t_set = time.monotonic()
+                api.get(f"cmd=set_cm_vars&name=AVAIL&val={avail}")
+                answer = sim.request(f"wait {CHANGE_TIMEOUT_S}", timeout_s=CHANGE_TIMEOUT_S + 20)
+                if not answer["done"]:
+                    raise RuntimeError(f"change {i + 1} (AVAIL={avail}): only {answer['changed']} of {boxes} "
+                                       f"boxes accepted a new limit within {CHANGE_TIMEOUT_S:g} s")
+                reactions["decrease" if avail == 40 else "increase"].append(answer["last_s"] - t_set)
+                want = expected_limit_a(avail)
+                wrong += [f"change {i + 1}: {cid} got {a} A, expected {want} A"
+                          for cid, a in answer["limits"].items() if a is None or abs(a - want) > 0.05]
+                time.sleep(rng.uniform(1.0, 2.0))
+            info2, state2 = api.get("cmd=get_dev_info"), sim.request("state")
+            proc.send_signal(signal.SIGTERM)
+            rc = proc.wait(timeout=STOP_TIMEOUT_S)
         log_tail = log_path.read_text().splitlines()[-5:]
     cpu_percent = 100.0 * (ticks1 - ticks0) / clk_tck / wall_s
     sim_cpu_percent = 100.0 * (sim_ticks1 - sim_ticks0) / clk_tck / wall_s

@@ -119,6 +119,15 @@ class SessionSite:
                 return rows
             time.sleep(0.05)
 
+    def charging_box(self, cleanup: list[Callable[[], None]]) -> SimOcppBox:
+        """A box with its profile and a car charging at 16 A for a second."""
+        box = box_for(self.port, cleanup)
+        assert box.wait_for(lambda: box.has_profile)
+        box.plug(SimCar(max_current_a=16))
+        run_until(self.service, self.clock, lambda s: box.wallbox.phase_currents_a()[0] == 16.0)
+        self.charge(1.0)
+        return box
+
     def charge(self, seconds: float) -> None:
         """Cycles for ``seconds`` of real time (the box's energy register counts real time)."""
         end = time.monotonic() + seconds
@@ -167,11 +176,7 @@ def test_a_reboot_that_keeps_the_transaction_is_still_one_session(cleanup: list,
     boots again, gets its profile again, and its StopTransaction closes the one session, with the
     energy charged across the reboot."""
     site = SessionSite(cleanup)
-    box = box_for(site.port, cleanup)
-    assert box.wait_for(lambda: box.has_profile)
-    box.plug(SimCar(max_current_a=16))
-    run_until(site.service, site.clock, lambda s: box.wallbox.phase_currents_a()[0] == 16.0)
-    site.charge(1.0)
+    box = site.charging_box(cleanup)
     box.reboot()
     assert box.wait_for(lambda: box.boots == 2 and box.has_profile)
     site.charge(1.0)
@@ -191,11 +196,7 @@ def test_a_reboot_that_forgets_the_transaction_closes_the_old_session(cleanup: l
     start (its end meter, hence its energy, unknown: null, never a guess and never negative), the
     new one is the only open session, and it ends with the energy between its own start and stop."""
     site = SessionSite(cleanup)
-    box = box_for(site.port, cleanup)
-    assert box.wait_for(lambda: box.has_profile)
-    box.plug(SimCar(max_current_a=16))
-    run_until(site.service, site.clock, lambda s: box.wallbox.phase_currents_a()[0] == 16.0)
-    site.charge(1.0)
+    box = site.charging_box(cleanup)
     assert len(site.wait_sessions(lambda rows: len(rows) == 1)) == 1
     box.reboot()
     box._transaction_id = None  # what this box forgets with its power (the simulator keeps it)
