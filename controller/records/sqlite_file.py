@@ -1,20 +1,21 @@
-"""A record's SQLite file in the state directory (the grid log, the session log): open it for
-writing, check it, and keep aside a file that cannot be used, so that a bad file never stops the
-record (it goes on in a new file) and is never deleted (someone may want to rescue it).
+"""A record's SQLite file in the state directory (the grid log, the session log, the backend
+outbox): open it for writing, check it, and keep aside a file that cannot be used, so that a bad
+file never stops the record (it goes on in a new file) and is never deleted (someone may want to
+rescue it).
 
-Each record describes its file with a ``FileSpec`` (its table, columns, ``user_version`` and the
+Each record describes its file with a ``FileSpec`` (its tables, columns, ``user_version`` and the
 words its log lines use); everything else is the same for all of them. What a writer can rely on
 after ``open_for_writing``: the path is a regular file that SQLite opened read-write (a write was
 committed to prove it), in WAL mode with ``synchronous=FULL``, ``user_version`` is the spec's
-version, the spec's table has exactly its columns, and ``PRAGMA quick_check`` found nothing (or
-did not finish within its time budget).
+version, each of the spec's tables has exactly its columns, and ``PRAGMA quick_check`` found
+nothing (or did not finish within its time budget).
 
 An existing file is renamed aside (``controller.records.statedir.set_aside``, with its ``-wal``/``-shm``):
 
 - ``<name>.corrupt-<UTC>``: not a regular file (a directory, a broken link), not a database, or
   corrupt (SQLite says "malformed", or ``quick_check`` lists problems);
 - ``<name>.foreign-<UTC>``: a database with another ``user_version`` (a newer gridcharge after a
-  downgrade, another program) or other columns in the table.
+  downgrade, another program) or other columns in one of its tables.
 
 Anything else (a read-only file system, no permission, a full card, an I/O error) raises the
 spec's error: that is not a property of the file, and a new file would fail the same way.
@@ -45,6 +46,10 @@ CHECK_STEP_OPS = 10_000
 MAX_PROBLEMS = 5  # quick_check lines kept for the log and the status
 
 
+#: A table's columns as ``PRAGMA table_info`` gives them: (name, declared type in upper case).
+Columns = tuple[tuple[str, str], ...]
+
+
 class RecordFileError(Exception):
     """A record's file cannot be opened for writing, for a reason a new file would not cure (a
     read-only file system, no permission, no space, an I/O error). ``str()`` is one line."""
@@ -54,19 +59,26 @@ class RecordFileError(Exception):
 class FileSpec:
     """What makes one record's file its own: the table the checks look at, its columns (name,
     declared type) and the statements that create it, the ``user_version`` it is written with, the
-    words for log and status lines (``label``: "grid log"), the logger, and the error to raise."""
+    words for log and status lines (``label``: "grid log"), the logger, and the error to raise.
+    A file of several tables names the others in ``more_tables``; they are checked the same way."""
 
     label: str
     table: str
-    columns: tuple[tuple[str, str], ...]
+    columns: Columns
     schema: tuple[str, ...]
     version: int
     logger: str
     error: type[RecordFileError] = RecordFileError
+    more_tables: tuple[tuple[str, Columns], ...] = ()
 
     @property
     def log(self) -> logging.Logger:
         return logging.getLogger(self.logger)
+
+    @property
+    def tables(self) -> tuple[tuple[str, Columns], ...]:
+        """Every table the checks look at, with its columns: ``table`` first."""
+        return ((self.table, self.columns), *self.more_tables)
 
 
 @dataclass(frozen=True)
@@ -141,11 +153,11 @@ def inspect(spec: FileSpec, path: Path, budget_s: float = CHECK_BUDGET_S) -> Unu
             return None
         if version != spec.version:
             return Unusable("foreign", f"user_version {version}, this version writes {spec.version}")
-        columns = tuple((str(r[1]), str(r[2]).upper())
-                        for r in conn.execute(f"PRAGMA table_info({spec.table})"))
-        if columns != spec.columns:
-            found = ", ".join(f"{n} {t}" for n, t in columns) or "none"
-            return Unusable("foreign", f"table {spec.table} has the columns ({found}), not ours")
+        for table, expected in spec.tables:
+            columns = tuple((str(r[1]), str(r[2]).upper()) for r in conn.execute(f"PRAGMA table_info({table})"))
+            if columns != expected:
+                found = ", ".join(f"{n} {t}" for n, t in columns) or "none"
+                return Unusable("foreign", f"table {table} has the columns ({found}), not ours")
         problems = quick_check(conn, budget_s, spec.label, spec.log)
         return Unusable("corrupt", f"quick_check: {problems}") if problems else None
     except sqlite3.DatabaseError as exc:
@@ -213,5 +225,5 @@ def used_bytes(conn: sqlite3.Connection) -> int:
     return int((page_count - free) * page_size)
 
 
-__all__ = ["CHECK_BUDGET_S", "FILE_MODE", "FileSpec", "RecordFileError", "SIDECARS", "SetAside", "Unusable",
+__all__ = ["CHECK_BUDGET_S", "Columns", "FILE_MODE", "FileSpec", "RecordFileError", "SIDECARS", "SetAside", "Unusable",
            "connect", "inspect", "is_corrupt", "open_for_writing", "quick_check", "set_aside", "used_bytes"]
