@@ -1,10 +1,10 @@
 """The state directory's ground rules: it must be writable at start, renames in it are made
 durable, and a file that cannot be used is renamed aside, never deleted.
 
-The variables file (``controller.records.persistence``), the grid log and the session log
-(``controller.records.sqlite_file``) all keep an unusable file under a new name and start afresh, so that the service keeps
-controlling the site while the old content stays on the card for whoever investigates (the grid
-log is a §14a EnWG record). ``set_aside`` is the one place that does this rename (and
+The variables file (``controller.records.persistence``), the grid log, the session log and the
+backend outbox (``controller.records.sqlite_file``) all keep an unusable file under a new name and
+start afresh, so that the service keeps controlling the site while the old content stays on the
+card for whoever investigates (the grid log is a §14a EnWG record). ``set_aside`` is the one place that does this rename (and
 ``put_back`` the one that undoes it); both sync the directory, so the new names survive a power cut.
 """
 
@@ -22,6 +22,7 @@ PROBE_NAME = ".gridcharge-write-probe"
 VARIABLES_FILE = "variables.json"  # controller.records.persistence
 GRID_LOG_FILE = "gridlog.sqlite3"  # controller.records.gridlog
 SESSIONS_FILE = "sessions.sqlite3"  # controller.records.sessions
+BACKEND_OUTBOX_FILE = "backend_outbox.sqlite3"  # controller.records.backend_outbox
 TLS_DIR = "tls"  # web.tls: the SMGW pair uploaded over the API
 TLS_CERT_FILE = "cm.pem"
 TLS_KEY_FILE = "cm.key"
@@ -117,5 +118,6 @@ def _rename_with_sidecars(source: Path, target: Path, sidecars: Sequence[str]) -
     fsync_dir(source.parent)
 
 
-__all__ = ["GRID_LOG_FILE", "PROBE_NAME", "SESSIONS_FILE", "TLS_CERT_FILE", "TLS_DIR", "TLS_KEY_FILE", "VARIABLES_FILE",
-           "StateDirError", "check_writable", "fsync_dir", "one_line", "put_back", "set_aside", "utc_text"]
+__all__ = ["BACKEND_OUTBOX_FILE", "GRID_LOG_FILE", "PROBE_NAME", "SESSIONS_FILE", "TLS_CERT_FILE", "TLS_DIR",
+           "TLS_KEY_FILE", "VARIABLES_FILE", "StateDirError", "check_writable", "fsync_dir", "one_line", "put_back",
+           "set_aside", "utc_text"]
