@@ -10,7 +10,7 @@ The supplier bills from these messages, so what this module promises is about no
   has changed nothing; a status fault says so until a write works again.
 - **Order per charge point.** Each message gets ``seq``, the global order of enqueueing (never
   reused). ``first(charge_point)`` is the charge point's oldest message; the next one comes only
-  after it was ``delivered``, ``dropped`` (a backend that refuses it forever must not block the
+  after it was ``delivered`` or ``dropped`` (a backend that refuses it forever must not block the
   queue behind it), so the backend sees each charge point's messages in the order they happened.
 - **No StartTransaction twice.** ``delivered`` of a StartTransaction deletes it and stores the
   backend's ``transactionId`` on its transaction in the same SQLite transaction: after a restart
@@ -312,6 +312,7 @@ class BackendOutbox:
             return self._dropped
 
     def transaction(self, tx_key: int) -> Transaction | None:
+        """The transaction ``tx_key`` (open or closed, until pruned), or None."""
         row = self._read_one(f"SELECT {TRANSACTION_FIELDS} FROM transactions WHERE tx_key = ?", (tx_key,))
         return None if row is None else _transaction(row)
 
@@ -328,6 +329,7 @@ class BackendOutbox:
         return None if row is None else _transaction(row)
 
     def get_state(self, charge_point: str, key: str) -> Any | None:
+        """The value ``set_state`` kept under (charge point, key), or None."""
         row = self._read_one("SELECT value FROM state WHERE charge_point = ? AND key = ?", (charge_point, key))
         return None if row is None else json.loads(row[0])
 
@@ -425,8 +427,9 @@ class BackendOutbox:
 
     def _prune(self, conn: sqlite3.Connection) -> None:
         """Delete transactions closed longer than the retention that have no pending message.
-        Under the lock; a failure is logged and retried at the next write."""
+        Under the lock; a failure is logged and tried again when the next prune is due."""
         now = self._clock()
+        self._next_prune = now + self._prune_every_s  # a failure is not retried at every write
         try:
             with conn:
                 deleted = conn.execute(
@@ -435,7 +438,6 @@ class BackendOutbox:
         except sqlite3.Error as exc:
             log.warning("%s: pruning old transactions failed: %s", LABEL, one_line(exc))
             return
-        self._next_prune = now + self._prune_every_s
         if deleted:
             log.info("%s: deleted %d transaction(s) closed before %s", LABEL, deleted,
                      utc_text(now - self.retention_s))

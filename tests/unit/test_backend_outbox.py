@@ -448,7 +448,7 @@ def session_log_in_its_place(path: Path) -> None:
     conn.close()
 
 
-UNUSABLE: list[tuple[str, Callable[[Path], None], str, str]] = [
+UNUSABLE: list[tuple[str, Callable[[Path], object], str, str]] = [
     ("garbage", lambda p: p.write_bytes(b"not a database at all " * 200), "corrupt", "file is not a database"),
     ("damaged page", damage_a_page, "corrupt", "quick_check: "),
     ("directory", lambda p: p.mkdir(), "corrupt", "not a regular file but a directory"),
@@ -459,7 +459,7 @@ UNUSABLE: list[tuple[str, Callable[[Path], None], str, str]] = [
 
 @pytest.mark.parametrize("make_bad, label, why", [u[1:] for u in UNUSABLE], ids=[u[0] for u in UNUSABLE])
 def test_an_unusable_file_is_kept_aside_and_a_new_one_started(outboxes: Outboxes, path: Path,
-                                                              make_bad: Callable[[Path], None], label: str,
+                                                              make_bad: Callable[[Path], object], label: str,
                                                               why: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     make_bad(path)
