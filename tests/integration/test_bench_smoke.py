@@ -4,7 +4,8 @@ The benchmarks are scripts that print figures (``make bench``), not timed tests,
 checks a performance target: only that each script still runs against the real controller and
 simulators, exits 0 and ends with its JSON line carrying sane figures. The scripts run in
 parallel (they mostly wait on 1 s control cycles; ``bench_api`` loads the CPU for its 2 s of
-``get_cm_vars``; ``bench_gridlog`` writes a small log), so the whole module takes about 15 s.
+``get_cm_vars``; ``bench_gridlog`` writes a small log, ``bench_backend_outbox`` a small outbox),
+so the whole module takes about 15 s.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ TINY: dict[str, list[str]] = {
     "listener_attack": ["--seconds", "1", "--scenarios", "baseline,stalled_tls", "--settle", "0.2"],
     "gridlog": ["--rows", "20000", "--checks", "20", "--clear", "200"],
     "ocpp": ["--boxes", "3", "--window-s", "3", "--changes", "3"],
+    "backend_outbox": ["--transactions", "5", "--meters", "2", "--pending", "50"],
 }
 
 
@@ -142,3 +144,15 @@ def test_ocpp_runs(runs: dict[str, subprocess.CompletedProcess[str]]) -> None:
     assert data["changes"] == 3 and 0 < data["ack_s"]["p50"] <= data["ack_s"]["max"] < 10
     assert data["cycles_in_window"] >= 1 and data["cpu_percent"] > 0 and 5 < data["rss_mib"] < 1000
     assert 0.5 <= data["meter_values_per_box_s"] <= 1.5  # MeterValues at the 1 s cycle
+
+
+def test_backend_outbox_runs(runs: dict[str, subprocess.CompletedProcess[str]]) -> None:
+    data = figures(runs["backend_outbox"])
+    assert data["bench"] == "backend_outbox" and data["in_order"]
+    for kinds in data["calls_ms"].values():
+        assert {kind: s["n"] for kind, s in kinds.items()} == {"start": 5, "meter": 10, "stop": 5, "first": 21,
+                                                               "delivered": 20}
+        assert all(0 < s["p50"] <= s["max"] < 5000 for s in kinds.values())
+    size = data["size"]
+    assert size["pending"] == 50 and size["counted"] == size["reopened"] == 51
+    assert 0 < size["closed_bytes"] <= size["open_bytes"] and size["bytes_per_message"] > size["payload_bytes"] / 2
