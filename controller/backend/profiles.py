@@ -44,10 +44,9 @@ When a profile gives a limit (:func:`cap_at`):
 * it is valid from ``validFrom`` (inclusive; without one, from any time: a wrong clock at boot
   must not hold a profile back) to ``validTo`` (exclusive; without one, until it is replaced);
 * its schedule starts at ``startSchedule`` (Absolute), at the start of the running transaction
-  (Relative; while none runs, a Relative profile gives no limit), or at ``startSchedule`` and
-  again every 24 h (Daily) or 7 × 24 h (Weekly) after it (Recurring; before ``startSchedule`` it
-  gives no limit). A day is 86 400 s of UTC: a daily profile does not move with daylight saving
-  time. Before the start it gives no limit;
+  (Relative: while none runs it gives no limit), or at ``startSchedule`` and again every 24 h
+  (Daily) or 7 × 24 h (Weekly) after it (Recurring). Before its (first) start it gives no
+  limit. A day is 86 400 s of UTC: a daily profile does not move with daylight saving time;
 * ``duration`` (seconds from the start, or from the start of each recurrence) ends the schedule:
   from then on it gives no limit (until the next recurrence);
 * the period in force is the last one whose ``startPeriod`` has been reached;
@@ -174,7 +173,7 @@ def _check_kind(p: ChargingProfile) -> None:
     if p.charging_profile_kind == "Recurring" and p.recurrency_kind is None:
         raise ProfileError("a Recurring profile needs recurrencyKind (Daily or Weekly)")
     if p.charging_profile_kind != "Relative" and p.start_schedule_ts is None:
-        raise ProfileError(f"startSchedule is missing: a {p.charging_profile_kind} profile needs one")
+        raise ProfileError(f"startSchedule is missing: {p.charging_profile_kind} profiles need one")
 
 
 def _check_times(p: ChargingProfile) -> None:
@@ -583,7 +582,6 @@ def _changes(p: ChargingProfile, now: float, tx_start: float | None) -> Iterator
     start = _schedule_start(p, now, tx_start)
     if start is None:
         return
-    yield start
     yield from (start + x.start_period for x in p.charging_schedule_period)
     if p.duration is not None:
         yield start + p.duration
