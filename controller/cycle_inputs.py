@@ -86,11 +86,12 @@ def _outcome(rr: RuleResult) -> RuleOutcome:
 
 
 def caps(ev: Evaluated, overrides: Mapping[str, Override], chargers: Mapping[str, Loadpoint],
-         readings: Mapping[str, ChargerReading | None], voltage_v: float) -> dict[str, tuple[float | None, str | None]]:
-    """Every charger's cap from the rules and the overrides (``allocation.rules``)."""
+         readings: Mapping[str, ChargerReading | None], voltage_v: float,
+         external: Mapping[str, tuple[float, str]] | None = None) -> dict[str, tuple[float | None, str | None]]:
+    """Every charger's cap from the rules, the overrides and other sources (``allocation.rules``)."""
     facts = {cid: CapFacts(cc.phases, voltage_v, cc.min_current_a, _charging(readings.get(cid)))
              for cid, cc in chargers.items()}
-    return cycle_caps(rule_outcomes(ev), overrides, facts)
+    return cycle_caps(rule_outcomes(ev), overrides, facts, external)
 
 
 def _charging(reading: ChargerReading | None) -> bool:
@@ -166,9 +167,9 @@ def charger_input(cid: str, cc: Loadpoint, reading: ChargerReading | None, maxim
 
 def charger_inputs(ev: Evaluated, chargers: Mapping[str, Loadpoint], readings: Mapping[str, ChargerReading | None],
                    boxes: Mapping[str, BoxFacts], overrides: Mapping[str, Override], site: Site,
-                   now_s: float) -> dict[str, ChargerInput]:
-    """Every charger as allocate() sees it this cycle."""
-    capped = caps(ev, overrides, chargers, readings, site.voltage_v)
+                   now_s: float, external: Mapping[str, tuple[float, str]] | None = None) -> dict[str, ChargerInput]:
+    """Every charger as allocate() sees it this cycle (``external``: caps of other sources)."""
+    capped = caps(ev, overrides, chargers, readings, site.voltage_v, external)
     out: dict[str, ChargerInput] = {}
     for cid, cc in chargers.items():
         reading = readings.get(cid)

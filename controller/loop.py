@@ -115,6 +115,7 @@ class ControlLoop:
         self._stop = threading.Event()
         self._status: Status = EMPTY_STATUS
         self._listeners: list[Callable[[Status], None]] = []
+        self._cap_sources: list[Callable[[], Mapping[str, tuple[float, str]]]] = []
         self._faults = FaultLog()
         self._cycle_count = 0
         self.reading_cycles = 0  # cycles that read the buses (ticks and extra full cycles)
@@ -132,6 +133,12 @@ class ControlLoop:
     def add_cycle_listener(self, callback: Callable[[Status], None]) -> None:
         """Called on the loop thread after every cycle (sd_notify watchdog, demo view, logs)."""
         self._listeners.append(callback)
+
+    def add_cap_source(self, source: Callable[[], Mapping[str, tuple[float, str]]]) -> None:
+        """Ask ``source`` every cycle (on the loop thread; it must answer at once, from memory)
+        for caps of its own: charger id → (cap_a, reason), e.g. the supplier's backend's
+        charging profiles. The lowest of all caps in force wins, its reason is the ``lreason``."""
+        self._cap_sources.append(source)
 
     def wake(self, reason: str = "") -> None:
         """Run a cycle at once (a grid signal arrived); see the module docstring."""
@@ -237,7 +244,7 @@ class ControlLoop:
         site = cycle_inputs.site_input(self.site, grid, grid_fault, ev, grid_fault_key)
         readings: dict[str, ChargerReading | None] = {cid: self._fresh(cid, now) for cid in self.hw.chargers}
         chargers = cycle_inputs.charger_inputs(ev, self.cfg.chargers, readings, self._box_facts(readings),
-                                               self._cycle_overrides, self.site, now)
+                                               self._cycle_overrides, self.site, now, self._external_caps())
         alloc = allocate(site, list(chargers.values()), self.settings, self._alloc_state, now)
         commands = {cid: cmd.current_a for cid, cmd in alloc.commands.items()}
         observed = {cid: Observed(c.online, c.draw_a if c.online else 0.0, self.trackers[cid].read_seq)
@@ -258,6 +265,15 @@ class ControlLoop:
             started_s=now, ended_s=self.clock.monotonic(), site=site, chargers=chargers, allocation=alloc,
             evaluated=ev, faults=faults, held=self._report.held, overrides=self._cycle_overrides,
             stale_s=self.site.stale_s), self.hw, self.trackers, self.writer.written_a)
+
+    def _external_caps(self) -> dict[str, tuple[float, str]]:
+        """The lowest cap per charger that the cap sources ask for now (``add_cap_source``)."""
+        lowest: dict[str, tuple[float, str]] = {}
+        for source in self._cap_sources:
+            for cid, (cap_a, reason) in source().items():
+                if cid not in lowest or cap_a < lowest[cid][0]:
+                    lowest[cid] = (cap_a, reason)
+        return lowest
 
     def _take_overrides(self) -> None:
         with self._lock:

@@ -28,7 +28,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from controller.backend.gateway import Gateway
 from controller.build import build_hardware
+from controller.records.backend_outbox import BackendOutbox
 from controller.hardware import Hardware
 from controller.clock import Clock
 from controller.records.gridlog import GridLog, GridLogFileError, GridSignalRecorder
@@ -38,7 +40,7 @@ from controller.records.sessions import SessionLog
 from controller.records.sqlite_file import RecordFileError
 from controller.records.persistence import SavedVariables, VariableFile, VariableSaver, initial_variables
 from controller.sdnotify import Notifier
-from controller.records.statedir import GRID_LOG_FILE, SESSIONS_FILE, check_writable, one_line
+from controller.records.statedir import BACKEND_OUTBOX_FILE, GRID_LOG_FILE, SESSIONS_FILE, check_writable, one_line
 from controller.status import Status
 from controller.records.variables import VariableStore
 
@@ -62,6 +64,7 @@ class Service:
         self.variable_file = VariableFile(self.state_dir)
         self.grid_log = GridLog(self.state_dir / GRID_LOG_FILE, max_bytes=cfg.grid_log.max_bytes)
         self.sessions = SessionLog(self.state_dir / SESSIONS_FILE)
+        self.outbox = BackendOutbox(self.state_dir / BACKEND_OUTBOX_FILE) if cfg.ocpp_backend is not None else None
         try:
             check_writable(self.state_dir)
             try:
@@ -71,14 +74,19 @@ class Service:
                                  f"{one_line(exc)}") from exc
             self.grid_log.open()
             self.sessions.open()
+            if self.outbox is not None:
+                self.outbox.open()
         except (OSError, GridLogFileError, RecordFileError) as exc:
             self.grid_log.close()
+            self.sessions.close()
             raise StartError(str(exc)) from exc
         try:
             self._build(cfg, saved, clock, pin_factory)
         except BaseException:
             self.grid_log.close()
             self.sessions.close()
+            if self.outbox is not None:
+                self.outbox.close()
             raise
 
     def _build(self, cfg: Config, saved: SavedVariables | None, clock: Clock | None,
@@ -103,17 +111,33 @@ class Service:
         self._ready = False
         self._failed_cycles = 0
         self.loop.add_cycle_listener(self._notify_systemd)
+        self.gateway: Gateway | None = None
+        if cfg.ocpp_backend is not None and self.outbox is not None:
+            self.gateway = Gateway(cfg, self.outbox, self.sessions, record=self._record_backend,
+                                   wake_loop=self.loop.wake,
+                                   models={cid: h.model for cid, h in self.hw.chargers.items()})
+            self.session_recorder.add_row_listener(self.gateway.on_session)
+            self.loop.add_cap_source(self.gateway.caps)
+            self.loop.add_cycle_listener(self.gateway.on_cycle)
+
+    def _record_backend(self, kind: str, name: str, old: object, new: object, source: str) -> None:
+        """A change the backend made to a charger's cap, in the grid log (with the grid power now)."""
+        self.grid_log.record(kind, name, old, new, source, self.loop.status.grid_power_w)
 
     def faults(self) -> tuple[str, ...]:
         """Status lines of the state directory, the grid log and the session log (empty when all
         is well)."""
         kept = self.variable_file.set_aside_note
-        return ((kept,) if kept else ()) + self.saver.faults() + self.grid_log.faults() + self.sessions.faults()
+        outbox = self.outbox.faults() if self.outbox is not None else ()
+        return ((kept,) if kept else ()) + self.saver.faults() + self.grid_log.faults() + self.sessions.faults() \
+            + outbox
 
     def status(self) -> Status:
         """The loop's latest status with ``faults()`` appended to its ``faults``."""
         status = self.loop.status
         extra = self.faults()
+        if self.gateway is not None:
+            status = replace(status, backend=self.gateway.status())
         return replace(status, faults=status.faults + extra) if extra else status
 
     def _notify_systemd(self, status: Status) -> None:
@@ -156,6 +180,8 @@ class Service:
         try:
             self.grid_log.start()
             self.sessions.start()
+            if self.gateway is not None:
+                self.gateway.start()
             self.saver.start()
             self.loop.run_forever()
         finally:
@@ -171,12 +197,16 @@ class Service:
                 hook()
             except Exception:
                 log.exception("stop hook %r failed", hook)
+        if self.gateway is not None:
+            self.gateway.close()  # before the session log closes: it sets backend transaction ids there
         self.saver.stop()  # flushes a pending save, also when never started
         self.grid_log.close()  # writes what is queued when its writer runs (under run())
         if not self._sessions_closed:  # once: a second close must not save into a closed log
             self._sessions_closed = True
             self.session_recorder.save_open()
             self.sessions.close()
+        if self.outbox is not None:
+            self.outbox.close()
         self.hw.close()
         self.loop.executor.shutdown()
 

@@ -72,6 +72,39 @@ class FormulaStatus:
 
 
 @dataclass(frozen=True)
+class ChargePointStatus:
+    """One charger as the supplier's OCPP backend sees it (the gateway, docs/backend.md)."""
+
+    charger_id: str
+    backend_id: str
+    connected: bool  # the WebSocket is open and BootNotification was accepted
+    state: str  # "connected", "connecting", "reconnecting in 8 s", "boot pending", "off"
+    reason: str | None  # why not connected (the last error, in plain words)
+    since: float | None  # unix time of the last change of ``connected``
+    queued: int  # transaction messages stored and not yet delivered
+    ocpp_status: str | None  # the last StatusNotification status sent
+    transaction_id: int | None  # the backend's transactionId of the running transaction
+    cap_a: float | None  # the backend's cap in force (profile, remote stop, availability)
+    cap_reason: str | None
+
+
+@dataclass(frozen=True)
+class BackendStatus:
+    """The gateway to the supplier's OCPP backend, for ``get_dev_info`` params ``backend``."""
+
+    url: str
+    proxy: str | None
+    enabled: bool
+    reason: str | None  # why it is off (None: it runs)
+    charge_points: tuple[ChargePointStatus, ...] = ()
+    dropped: int = 0  # transaction messages the backend refused for good
+
+    @property
+    def connected(self) -> int:
+        return sum(1 for cp in self.charge_points if cp.connected)
+
+
+@dataclass(frozen=True)
 class Status:
     cycle_count: int
     overruns: int
@@ -95,6 +128,7 @@ class Status:
     links: tuple[LinkStats, ...] = ()  # every bus or other channel, with its driver's own details
     faults: tuple[str, ...] = field(default=())  # every fault in force, one line each
     failsafe_causes: tuple[str, ...] = ()  # the fail-safe's causes, each the same while it lasts
+    backend: BackendStatus | None = None  # the gateway to the supplier's backend (None: not configured)
 
     def charger(self, id: str) -> ChargerStatus:
         return next(c for c in self.chargers if c.device.id == id)

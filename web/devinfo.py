@@ -35,7 +35,7 @@ import math
 from typing import Any
 
 from controller.cfos import CFOS_OFFLINE, cfos_state
-from controller.status import ChargerStatus, DeviceStatus, Status
+from controller.status import BackendStatus, ChargerStatus, DeviceStatus, Status
 
 OFFLINE_STATE = CFOS_OFFLINE
 OFFLINE_TEXT = "offline"
@@ -167,6 +167,32 @@ def params(status: Status, version: str, main_fuse_a: float | None = None) -> di
         "cycle_count": status.cycle_count,
         "main_fuse_cur": milliamps(main_fuse_a),
         **_phases(status.grid_current_a, milliamps, "grid_current"),
+        **({"backend": backend_info(status.backend)} if status.backend is not None else {}),
+    }
+
+
+def backend_info(backend: BackendStatus) -> dict[str, Any]:
+    """params ``backend``: the gateway to the supplier's OCPP backend, one entry per charger."""
+    return {
+        "url": backend.url,
+        "proxy": backend.proxy,
+        "enabled": backend.enabled,
+        "reason": backend.reason,
+        "connected": backend.connected,
+        "charge_points": len(backend.charge_points),
+        "dropped": backend.dropped,
+        "chargers": {cp.charger_id: {
+            "backend_id": cp.backend_id,
+            "connected": cp.connected,
+            "state": cp.state,
+            "reason": cp.reason,
+            "since": whole(cp.since),
+            "queued": cp.queued,
+            "ocpp_status": cp.ocpp_status,
+            "transaction_id": cp.transaction_id,
+            "cap": milliamps(cp.cap_a),
+            "cap_reason": cp.cap_reason,
+        } for cp in backend.charge_points},
     }
 
 

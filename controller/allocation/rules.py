@@ -147,8 +147,10 @@ def _lower(current: tuple[float | None, str | None], cap_a: float, reason: str) 
 
 
 def cycle_caps(outcomes: Sequence[RuleOutcome], overrides: Mapping[str, Override],
-               chargers: Mapping[str, CapFacts]) -> dict[str, tuple[float | None, str | None]]:
-    """Every charger's cap this cycle from the rules, their fail-safe and the overrides."""
+               chargers: Mapping[str, CapFacts],
+               external: Mapping[str, tuple[float, str]] | None = None) -> dict[str, tuple[float | None, str | None]]:
+    """Every charger's cap this cycle from the rules, their fail-safe, the overrides and the
+    caps of other sources (``external``: id → (cap_a, reason), e.g. the supplier's backend)."""
     specs: list[tuple[RuleSpec, bool | None, str | None]] = []
     forced: dict[str, list[tuple[float, str]]] = {}
     for outcome in outcomes:
@@ -167,5 +169,7 @@ def cycle_caps(outcomes: Sequence[RuleOutcome], overrides: Mapping[str, Override
             forced.setdefault(cid, []).append((0.0, "disabled by override (flags=C)"))
         elif override.current_a is not None:
             forced.setdefault(cid, []).append((override.current_a, f"override {override.current_a:g} A"))
+    for cid, (cap_a, reason) in (external or {}).items():
+        forced.setdefault(cid, []).append((cap_a, reason))
     lowest = {cid: min(items, key=lambda item: item[0]) for cid, items in forced.items()}
     return rule_caps(specs, {cid: (f.phases, f.voltage_v) for cid, f in chargers.items()}, lowest)

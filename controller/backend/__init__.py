@@ -1,1 +1,1 @@
-"""gridcharge as an OCPP 1.6J charge point towards the energy supplier's backend: the pure parts."""
+"""gridcharge as an OCPP 1.6J charge point towards the energy supplier's backend: the gateway (``gateway``), one charger as a charge point (``charge_point``), what it is told (``ocpp_status``) and the backend's charging profiles as a cap (``profiles``)."""

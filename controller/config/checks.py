@@ -32,6 +32,7 @@ from controller.config.schema import (
     RtuBus,
     RtuOverTcpBus,
     TcpBus,
+    runs_through_smgw,
 )
 from hal.modbus import profile as profiles
 
@@ -123,6 +124,39 @@ def _check_ocpp(parts: Parts) -> Iterator[Problem]:
                 continue
             if other.host == server.host or other.host in wildcard or server.host in wildcard:
                 yield Problem(("ocpp", "listen"), f"port {server.port} is already {name}.listen")
+
+
+def _check_backend(parts: Parts) -> Iterator[Problem]:
+    """The gateway to the supplier's backend: one charge point id per charger, client TLS as a
+    pair, and through the SMGW only with ``ocpp`` among its functions (else it stays off: a
+    warning, the rest of the site works)."""
+    backend = parts.ocpp_backend
+    owners: dict[str, str] = {}
+    for charger_id, charger in sorted(parts.chargers.items()):
+        if not parts.intact(("chargers", charger_id), "backend_id"):
+            continue
+        backend_id = charger.backend_id or charger_id
+        if backend_id in owners:
+            yield Problem(("chargers", charger_id, "backend_id"),
+                          f"'{backend_id}' is already the backend id of chargers.{owners[backend_id]}")
+        owners.setdefault(backend_id, charger_id)
+    if backend is None:
+        return
+    if parts.intact(("ocpp_backend",), "cert", "key") and (backend.cert is None) != (backend.key is None):
+        yield Problem(("ocpp_backend", "cert" if backend.cert is None else "key"),
+                      "give both cert and key (a client certificate), or neither")
+    if (backend.ca is not None or backend.cert is not None) and backend.url.startswith("ws://"):
+        yield Problem(("ocpp_backend", "url"), "ws:// uses no TLS: ca, cert and key need a wss:// url")
+    if not parts.intact(("ocpp_backend",), "proxy", "through_smgw") or not parts.intact(("smgw",), "functions"):
+        return
+    if backend.through_smgw and parts.smgw is None:
+        yield Problem(("ocpp_backend", "through_smgw"), "true, but there is no smgw: section")
+    elif runs_through_smgw(backend, parts.smgw) and parts.smgw is not None and "ocpp" not in parts.smgw.functions:
+        yield Problem(("ocpp_backend",), "runs through the SMGW (proxy "
+                      f"{backend.proxy or 'none'}), but smgw.functions does not list ocpp: the gateway "
+                      "stays off (add ocpp to smgw.functions, or through_smgw: false)", True)
+    if backend.password is not None and backend.url.startswith("ws://"):
+        yield Problem(("ocpp_backend", "password"), "sent in clear text over ws://: use a wss:// url", True)
 
 
 def _check_buses(parts: Parts) -> Iterator[Problem]:
@@ -310,7 +344,7 @@ def _check_cycles(parts: Parts) -> Iterator[Problem]:
 
 
 _CHECKS = (
-    _check_ids, _check_site, _check_listeners, _check_ocpp, _check_buses, _check_devices, _check_inputs, _check_rules,
+    _check_ids, _check_site, _check_listeners, _check_ocpp, _check_backend, _check_buses, _check_devices, _check_inputs, _check_rules,
     check_names, _check_cycles, _check_variable_count, check_plausibility,
 )
 

@@ -38,6 +38,7 @@ from controller.config.schema import (
     OcppServer,
     Rule,
     Site,
+    OcppBackend,
     Smgw,
     VariableValue,
     charger_model,
@@ -65,6 +66,7 @@ class Parts:
     present: dict[str, frozenset[str]]  # raw keys per section: what exists, valid or not
     max_variables: int | None = None  # None: the value given is invalid (reported by the schema)
     state_dir: Path | None = None
+    ocpp_backend: OcppBackend | None = None
     broken: frozenset[Loc] = field(default_factory=frozenset)  # fields whose default stands in
 
     def intact(self, path: Loc, *names: str) -> bool:
@@ -80,7 +82,8 @@ class Parts:
     def of(cls, cfg: Config) -> Parts:
         present = {s: frozenset(getattr(cfg, s)) for s in SECTIONS}
         return cls(cfg.site, cfg.http, cfg.smgw, cfg.ocpp, cfg.buses, cfg.meters, cfg.chargers, cfg.inputs,
-                   cfg.variables, dict(enumerate(cfg.rules)), present, cfg.max_variables, cfg.state_dir)
+                   cfg.variables, dict(enumerate(cfg.rules)), present, cfg.max_variables, cfg.state_dir,
+                   cfg.ocpp_backend)
 
     @classmethod
     def salvage(cls, data: Mapping[str, Any]) -> Parts:
@@ -109,6 +112,7 @@ class Parts:
             present=present,
             max_variables=_valid(_MAX_VARIABLES, data.get("max_variables", DEFAULT_MAX_VARIABLES)),
             state_dir=_valid(_STATE_DIR, data.get("state_dir", Config.model_fields["state_dir"].default)),
+            ocpp_backend=_salvage(OcppBackend, data.get("ocpp_backend"), ("ocpp_backend",), broken),
         )
         parts.broken = frozenset(broken)
         return parts

@@ -251,6 +251,66 @@ class OcppServer(_Listener):
     key: AbsPath | None = None
 
 
+def _backend_url(value: str) -> str:
+    """``ws://`` or ``wss://``, a host, no query: each charger connects to ``<url>/<backend_id>``."""
+    match = re.fullmatch(r"(wss?)://([^/?#\s]+)(/[^?#\s]*)?", value)
+    if match is None:
+        raise ValueError("must be ws://HOST[:PORT]/PATH or wss://HOST[:PORT]/PATH (each charger connects as "
+                         "<url>/<backend_id>)")
+    return value.rstrip("/")
+
+
+def _proxy_url(value: str) -> str:
+    """The SMGW's CLS proxy: ``socks5://[user:password@]HOST:PORT`` or ``http://HOST:PORT`` (HTTP CONNECT)."""
+    if not re.fullmatch(r"(socks5h?|http)://([^/@\s]+@)?[^/@\s:]+(:\d{1,5})?/?", value) \
+            and not re.fullmatch(r"(socks5h?|http)://([^/@\s]+@)?\[[0-9A-Fa-f:.]+\](:\d{1,5})?/?", value):
+        raise ValueError("must be socks5://HOST:PORT or http://HOST:PORT (HTTP CONNECT)")
+    return value.rstrip("/")
+
+
+def proxy_host(proxy: str) -> str:
+    """The host part of a proxy URL (what the SMGW rule compares)."""
+    rest = proxy.split("://", 1)[1].rsplit("@", 1)[-1]
+    if rest.startswith("["):
+        return rest[1:].split("]", 1)[0]
+    return rest.split(":", 1)[0]
+
+
+class OcppBackend(_Strict):
+    """The gateway to the energy supplier's OCPP 1.6J backend: every charger is one charge point
+    that connects to ``<url>/<backend_id>`` (docs/backend.md). ``proxy``: the smart meter
+    gateway's CLS proxy (SOCKS5 or HTTP CONNECT), none: direct. ``through_smgw``: the connection
+    runs through the SMGW (default: when a ``proxy`` and an ``smgw:`` section are both set); it
+    is then enabled only by ``ocpp`` in ``smgw.functions``."""
+
+    url: Annotated[str, Strict(), AfterValidator(_backend_url)]
+    proxy: Annotated[str, Strict(), AfterValidator(_proxy_url)] | None = None
+    through_smgw: Bool | None = None
+    password: Annotated[str, Strict(), Field(min_length=1, max_length=40)] | None = Field(None, repr=False)
+    ca: AbsPath | None = None
+    cert: AbsPath | None = None
+    key: AbsPath | None = None
+    id_tag: Annotated[str, Strict(), Field(min_length=1, max_length=20)] = "gridcharge"
+    meter_values_interval_s: Annotated[int, Strict(), Field(ge=1, le=3600)] = 60
+    heartbeat_s: Annotated[int, Strict(), Field(ge=30, le=86400)] = 300
+
+
+def runs_through_smgw(backend: OcppBackend, smgw: Smgw | None) -> bool:
+    """The gateway's connection goes through the SMGW: ``through_smgw`` as given, else when it
+    has a ``proxy`` and an ``smgw:`` section exists (the SMGW's CLS proxy is the usual proxy)."""
+    if backend.through_smgw is not None:
+        return backend.through_smgw
+    return backend.proxy is not None and smgw is not None
+
+
+def backend_disabled_reason(backend: OcppBackend, smgw: Smgw | None) -> str | None:
+    """Why the configured gateway stays off (None: it runs): through the SMGW it needs ``ocpp``
+    in ``smgw.functions``."""
+    if runs_through_smgw(backend, smgw) and (smgw is None or "ocpp" not in smgw.functions):
+        return "off: it runs through the SMGW, and smgw.functions does not list ocpp"
+    return None
+
+
 GRID_LOG_MAX_BYTES = 1_000_000_000  # 1 GB: years of a busy site's record on any SD card
 
 
@@ -361,6 +421,14 @@ def _failsafe_current(value: float) -> float:
     return value
 
 
+def _charge_box_id(value: str) -> str:
+    """OCPP CiString48, printable ASCII, and never a ``/``: it is the last segment of the URL."""
+    if not (1 <= len(value) <= 48) or not all(" " < ch < "\x7f" for ch in value) or "/" in value:
+        raise ValueError("1 to 48 printable characters without spaces or '/' (OCPP CiString48, "
+                         "the last part of the box's URL)")
+    return value
+
+
 class Loadpoint(_Strict):
     """What load management needs of a charger, whatever protocol reaches it: how it is wired
     (phases) and what it may be given. Each driver's charger entry is a subclass that adds how
@@ -374,6 +442,8 @@ class Loadpoint(_Strict):
     failsafe_current_a: Annotated[
         float, Strict(), Field(ge=0, le=MAX_CURRENT_A), AfterValidator(_failsafe_current)
     ] = 6.0
+    #: The charge point id at the supplier's OCPP backend (``ocpp_backend:``); default: the charger's name.
+    backend_id: Annotated[str, Strict(), AfterValidator(_charge_box_id)] | None = None
 
     @property
     def phase_index(self) -> int:
@@ -397,14 +467,6 @@ class ModbusChargerConfig(Loadpoint, _ProfileDevice):
     def connection_text(self) -> str:
         where = self.bus if self.bus is not None else f"{self.host}:{self.tcp_port}"
         return f"{where} unit {self.unit}"
-
-
-def _charge_box_id(value: str) -> str:
-    """OCPP CiString48, printable ASCII, and never a ``/``: it is the last segment of the URL."""
-    if not (1 <= len(value) <= 48) or not all(" " < ch < "\x7f" for ch in value) or "/" in value:
-        raise ValueError("1 to 48 printable characters without spaces or '/' (OCPP CiString48, "
-                         "the last part of the box's URL)")
-    return value
 
 
 IdTag = Annotated[str, Strict(), Field(min_length=1, max_length=20)]  # OCPP IdToken: CiString20
@@ -514,6 +576,7 @@ class Config(_Strict):
     http: Http | None = None
     smgw: Smgw | None = None
     ocpp: OcppServer | None = None
+    ocpp_backend: OcppBackend | None = None
     buses: dict[Text, BusConfig] = Field(default_factory=dict)
     meters: dict[Text, MeterConfig] = Field(default_factory=dict)
     chargers: dict[Text, ChargerConfig] = Field(default_factory=dict)
@@ -521,6 +584,11 @@ class Config(_Strict):
     variables: dict[Text, VariableValue] = Field(default_factory=dict)
     rules: tuple[Rule, ...] = ()
     max_variables: MaxVariables = DEFAULT_MAX_VARIABLES  # the API refuses to add more (VariableStore)
+
+    @property
+    def backend_ids(self) -> dict[str, str]:
+        """Charger id → its charge point id at the supplier's backend (``backend_id``, default the id)."""
+        return {cid: c.backend_id or cid for cid, c in self.chargers.items()}
 
     @property
     def device_ids(self) -> frozenset[str]:

@@ -44,7 +44,9 @@ and the observer that fills it:
   causes changed (an age that grows is no new cause); ``None`` = not in fail-safe; source
   ``loop``), ``gap`` (where the record is incomplete: ``new`` = ``{"dropped": n, "first_ts",
   "last_ts"}`` for rows lost to a full queue, or ``{"set_aside": file name, "label", "why"}``
-  when the earlier record is in a file kept aside; source ``gridlog``).
+  when the earlier record is in a file kept aside; source ``gridlog``), ``backend`` (the supplier's
+  OCPP backend changed a charger's cap: ``name`` = the charger, ``old``/``new`` =
+  ``{"cap_a", "reason"}`` or ``None`` = no cap; source ``backend:<backend_id>``).
 - **Start values**: ``GridSignalRecorder.attach`` records every variable in force, and the first
   cycle records each input, both limits and the fail-safe state, with their usual ``kind``,
   ``old`` = None and source ``start``. So the log alone tells the state at any moment since the
@@ -75,7 +77,7 @@ from hal.types import InputReading
 log = logging.getLogger(__name__)
 
 FILE_NAME = GRID_LOG_FILE
-KINDS = frozenset({"input", "variable", "limit", "failsafe", "gap"})
+KINDS = frozenset({"input", "variable", "limit", "failsafe", "gap", "backend"})
 RETENTION_S = (2 * 365 + 31) * DAY_S  # two years (§14a) and a month of margin
 MAX_QUEUE = 10_000
 MAX_BYTES = 1_000_000_000  # the default size budget (config grid_log.max_bytes)

@@ -43,6 +43,12 @@ class SessionRecorder:
         left_open = sessions.open_sessions()
         self._tracks: dict[str, Track] = {cid: resume(s) for cid, s in left_open.items()}
         self._box_open: dict[str, Session] = dict(left_open)
+        self._row_listeners: list[Callable[[Session], None]] = []
+
+    def add_row_listener(self, callback: Callable[[Session], None]) -> None:
+        """Called with every session row handed to the log, on the thread that made it (the
+        gateway to the supplier's backend turns them into transactions); it must not block."""
+        self._row_listeners.append(callback)
 
     def attach(self, loop: _CycleSource, reporting: Iterable[str]) -> None:
         """Know which chargers report their own sessions, and listen to the loop's cycles."""
@@ -82,6 +88,8 @@ class SessionRecorder:
     def _save(self, rows: Iterable[Session]) -> None:
         for session in rows:
             self._log.save(session)
+            for listener in self._row_listeners:
+                listener(session)
 
 
 class _CycleSource(Protocol):
