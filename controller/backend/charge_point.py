@@ -176,12 +176,12 @@ class BackendChargePoint:
             return
         if self.open_session is not None and self.open_session.id == session.id:
             self.open_session = None
+        self.next_id_tag = None
+        if self.facts.remote_paused:  # a remote stop lasts until the car leaves
+            self._set_facts(replace(self.facts, remote_paused=False), "the car left")
         if open_tx is not None and open_tx.session_id == session.id:
             self._stop(open_tx, meter_stop_wh(session), session.end_ts or self._clock(),
                        "EVDisconnected" if session.stop_reason in (None, "car gone") else "Other")
-            self.next_id_tag = None
-            if self.facts.remote_paused:
-                self._set_facts(replace(self.facts, remote_paused=False), "the car left")
             return
         if self.outbox.transaction_for_session(self.s.charger_id, session.id) is not None:
             return
@@ -336,17 +336,17 @@ class BackendChargePoint:
     def _on_SetChargingProfile(self, connector_id: int, cs_charging_profiles: dict[str, Any],
                                **_: Any) -> dict[str, Any]:
         open_tx = self.outbox.open_transaction(self.s.charger_id)
+        if connector_id not in (0, 1):
+            return {"status": "Rejected"}
         try:
             profile = profile_rules.parse_profile(
                 connector_id, cs_charging_profiles, self._clock(), transaction_active=open_tx is not None,
                 transaction_id=open_tx.backend_tx_id if open_tx is not None else None)
+            installed = profile_rules.install(self.facts.profiles, profile)
         except profile_rules.ProfileError as exc:
             log.warning("backend %s: charging profile rejected: %s", self.s.backend_id, exc)
             return {"status": "Rejected"}
-        if connector_id not in (0, 1):
-            return {"status": "Rejected"}
-        self._set_facts(replace(self.facts, profiles=profile_rules.install(self.facts.profiles, profile)),
-                        f"SetChargingProfile {profile.charging_profile_id}")
+        self._set_facts(replace(self.facts, profiles=installed), f"SetChargingProfile {profile.charging_profile_id}")
         return {"status": "Accepted"}
 
     def _on_ClearChargingProfile(self, id: int | None = None, connector_id: int | None = None,
