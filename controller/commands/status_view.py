@@ -185,6 +185,29 @@ def _inputs(inputs: Sequence[Mapping[str, Any]]) -> Text:
     return line
 
 
+def _backend(backend: Mapping[str, Any] | None) -> list[Text]:
+    """The supplier's OCPP backend: one line per charger (connected, or why not; messages waiting)."""
+    if not backend:
+        return []
+    head = Text.assemble(("backend ", "bold"))
+    if not backend.get("enabled"):
+        head.append(str(backend.get("reason") or "off"), style=WARN)
+        return [head]
+    head.append(f"{backend.get('connected', 0)}/{backend.get('charge_points', 0)} connected",
+                style=OK if backend.get("connected") == backend.get("charge_points") else BAD)
+    lines = [head]
+    for charger_id, cp in (backend.get("chargers") or {}).items():
+        line = Text(f"  {charger_id} as {cp.get('backend_id')}: ")
+        if cp.get("connected"):
+            line.append(f"connected, {cp.get('ocpp_status') or '-'}", style=OK)
+        else:
+            line.append(f"{cp.get('state')}: {cp.get('reason') or '-'}", style=BAD)
+        if cp.get("queued"):
+            line.append(f", {cp['queued']} message(s) waiting", style=WARN)
+        lines.append(line)
+    return lines
+
+
 def _faults(faults: Sequence[Any]) -> list[Text]:
     if not faults:
         return [Text.assemble(("faults  ", "bold"), ("none", OK))]
@@ -206,5 +229,5 @@ def render(info: Mapping[str, Any], *, source: str, notes: Sequence[Text | str] 
     parts: list[RenderableType] = [_title(params, source, time.time() if now is None else now)]
     parts += [Text(note, style=WARN) if isinstance(note, str) else note for note in notes]
     parts += ["", grid, *over, "", _limits(params), "", _chargers(info.get("devices") or []), "",
-              _inputs(info.get("inputs") or []), *_faults(params.get("faults") or [])]
+              _inputs(info.get("inputs") or []), *_backend(params.get("backend")), *_faults(params.get("faults") or [])]
     return Group(*parts)

@@ -228,6 +228,7 @@ class BackendLink:
         self._reset_asked = False
         self._sent_status: tuple[str, str, str] | None = None
         self.attempts = 0  # connection attempts so far (tests read it)
+        self._booted = False  # BootNotification accepted on the current connection
 
     def wake(self) -> None:
         """Something to send (a stored message, a status change); on the gateway's loop."""
@@ -254,25 +255,25 @@ class BackendLink:
         while True:
             self.attempts += 1
             self.delegate.link_changed(False, "connecting", None)
-            booted = False
+            self._booted = False
+            error: BaseException | None = None
             try:
                 async with connect(self.route.uri(self.cp_id), subprotocols=[SUBPROTOCOL],  # type: ignore[list-item]
                                    additional_headers=self._headers(), ssl=self.route.ssl_context,
                                    proxy=self.route.proxy, open_timeout=OPEN_TIMEOUT_S, ping_interval=30,
                                    ping_timeout=30, close_timeout=2, user_agent_header="gridcharge") as ws:
-                    booted = await self._talk(ws)
-                    error: BaseException | None = None
+                    await self._talk(ws)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # every failure is a reason to retry; none may end the gateway
                 error = exc
-            if booted:
+            if self._booted:  # a connection that booted and later broke starts a new streak
                 failures = 0
             reason = describe_failure(error) if error is not None else "the connection ended"
             if self._reset_asked:
                 self._reset_asked = False
                 reason = "reset by the backend"
-            delay = backoff_s(failures) if not booted else FIRST_BACKOFF_S * random.uniform(*JITTER)
+            delay = backoff_s(failures)
             failures += 1
             if failures == 1:
                 log.warning("backend %s: %s; retrying in %.0f s", self.cp_id, reason, delay)
@@ -281,13 +282,14 @@ class BackendLink:
             self.delegate.link_changed(False, f"reconnecting in {delay:.0f} s", reason)
             await self._sleep(delay)
 
-    async def _talk(self, ws: ClientConnection) -> bool:
-        """One connection's life; True when BootNotification was accepted on it."""
+    async def _talk(self, ws: ClientConnection) -> None:
+        """One connection's life (``_booted`` once BootNotification was accepted on it)."""
         handlers = _Handlers(self.cp_id, ws, self, self.route.call_timeout_s)
         self._handlers = handlers
         receiver = asyncio.create_task(handlers.start())
         try:
             interval = await self._boot(handlers)
+            self._booted = True
             log.info("backend %s: connected to %s%s", self.cp_id, self.route.uri(self.cp_id),
                      f" through {self.route.proxy}" if self.route.proxy else "")
             self.delegate.link_changed(True, "connected", None)
@@ -300,7 +302,6 @@ class BackendLink:
                 await receiver
             except (asyncio.CancelledError, ConnectionClosed):
                 pass
-        return True
 
     async def _boot(self, handlers: _Handlers) -> float:
         """BootNotification until Accepted; the heartbeat interval to use."""

@@ -114,6 +114,13 @@ def test_through_the_smgw_proxy(sim: SimulatedSite, csms: BackendCsms, sites: li
         assert site.backend()["E1"].reason
         proxy.start()
         site.run_until(lambda: site.backend()["E1"].connected, timeout_s=15, what="link back")
+        sim.unplug("E1")  # the session ends: its StopTransaction comes through the proxy too
+        site.run_until(lambda: csms.of("StopTransaction", "E1"), what="StopTransaction")
+        start, stop = csms.of("StartTransaction", "E1")[0].payload, csms.of("StopTransaction", "E1")[0].payload
+        site.service.sessions.flush()
+        session = [s for s in site.service.sessions.query() if s.charger_id == "E1"][-1]
+        assert stop["meter_stop"] - start["meter_start"] == pytest.approx(session.energy_wh, abs=1)
+        assert len(csms.of("StartTransaction", "E1")) == 1
     finally:
         proxy.stop()
 

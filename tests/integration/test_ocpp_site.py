@@ -490,7 +490,9 @@ def test_the_fuse_holds_with_modbus_and_ocpp_boxes_under_base_load_and_dimming(c
     commands = site.commands()
     assert all(6.0 <= a <= 8.0 for a in commands.values()) and sum(commands.values()) <= 22 + EPS, commands
     assert site.draws() == pytest.approx(commands, abs=0.05)
-    assert site.over and not site.overloads_not_caused_by_a_step(reaction_s=site.CYCLE_S + 0.5), (
+    # The answer to a step is the next cycle's decrease; the test thread that runs the cycles may
+    # itself be a cycle late on a busy machine (two shared cores), so two cycles and the write.
+    assert site.over and not site.overloads_not_caused_by_a_step(reaction_s=2 * site.CYCLE_S + 0.5), (
         site.over, site.steps_s)
     assert max(site.sim.physics.grid_currents_a()) <= FUSE_A + EPS
 

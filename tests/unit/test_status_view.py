@@ -134,3 +134,27 @@ def test_wide_terminal_keeps_a_long_reason_on_one_line() -> None:
     status = site(chargers=(charger("E2", reason='rule "E2 slower at the normal tariff"'),))
     line = next(line for line in text(info(status), width=120).splitlines() if line.startswith("E2"))
     assert line.rstrip().endswith('rule "E2 slower at the normal tariff"')
+
+
+def test_the_suppliers_backend_per_charger() -> None:
+    from controller.status import BackendStatus, ChargePointStatus
+
+    def cp(cid: str, connected: bool, **kw: Any) -> ChargePointStatus:
+        fields: dict[str, Any] = dict(charger_id=cid, backend_id=f"DE-{cid}", connected=connected,
+                                      state="connected" if connected else "reconnecting in 8 s", reason=None,
+                                      since=NOW, queued=0, ocpp_status="Charging" if connected else None,
+                                      transaction_id=None, cap_a=None, cap_reason=None)
+        fields.update(kw)
+        return ChargePointStatus(**fields)
+
+    backend = BackendStatus(url="wss://b.example/cs", proxy=None, enabled=True, reason=None, charge_points=(
+        cp("E1", True), cp("E2", False, reason="the backend refused the password (HTTP 401)", queued=3)))
+    frame = text(info(site(backend=backend)))
+    assert "backend 1/2 connected" in frame
+    assert "E1 as DE-E1: connected, Charging" in frame
+    assert "E2 as DE-E2: reconnecting in 8 s: the backend refused the password (HTTP 401), 3 message(s) waiting" \
+        in frame.replace("\n  ", " ").replace("\n", " ")
+    off = BackendStatus(url="wss://b.example/cs", proxy="socks5://10.0.0.1:1080", enabled=False,
+                        reason="off: it runs through the SMGW, and smgw.functions does not list ocpp")
+    assert "backend off: it runs through the SMGW" in text(info(site(backend=off)))
+    assert "backend" not in text(info(site()))
