@@ -217,11 +217,13 @@ class BackendLink:
     """One charge point's connection, kept up for as long as ``run()`` runs (module doc)."""
 
     def __init__(self, cp_id: str, route: Route, delegate: ChargePointDelegate, *,
-                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
+                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+                 min_boot_retry_s: float = MIN_BOOT_RETRY_S) -> None:
         self.cp_id = cp_id
         self.route = route
         self.delegate = delegate
         self._sleep = sleep
+        self.min_boot_retry_s = min_boot_retry_s
         self._wake = asyncio.Event()
         self._handlers: _Handlers | None = None
         self._pending_triggers: list[str] = []
@@ -311,7 +313,7 @@ class BackendLink:
             if answer.status == RegistrationStatus.accepted:
                 return interval if interval > 0 else float(self.delegate.heartbeat_s())
             self.delegate.link_changed(False, f"boot {answer.status.lower()}", f"BootNotification {answer.status}")
-            await self._sleep(max(MIN_BOOT_RETRY_S, interval))
+            await self._sleep(max(self.min_boot_retry_s, interval))
 
     async def _serve(self, handlers: _Handlers, heartbeat_s: float, receiver: asyncio.Task[Any]) -> None:
         next_heartbeat = time.monotonic() + heartbeat_s
