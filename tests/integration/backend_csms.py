@@ -40,10 +40,9 @@ import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
-from loop_thread import LoopThread
+from loop_thread import LoopServer
 from ocpp.exceptions import InternalError
 from ocpp.routing import on
 from ocpp.v16 import ChargePoint, call_result
@@ -61,8 +60,6 @@ PATH_PREFIX = "/cs/"
 SUBPROTOCOL = Subprotocol("ocpp1.6")
 REALM = "test backend"
 FIRST_TRANSACTION_ID = 1000
-START_TIMEOUT_S = 5.0
-STOP_TIMEOUT_S = 5.0
 POLL_S = 0.02
 
 
@@ -179,8 +176,10 @@ class _RecordingChargePoint(ChargePoint):
         return call_result.DiagnosticsStatusNotification()
 
 
-class BackendCsms:
+class BackendCsms(LoopServer[Server]):
     """The test backend (see the module docstring). ``start()`` before use, or ``with``."""
+
+    label = "test backend"
 
     def __init__(self, *, password: str | None = None, ssl_context: ssl.SSLContext | None = None,
                  boot_status: str = "Accepted", heartbeat_s: int = 300, port: int = 0) -> None:
@@ -189,7 +188,8 @@ class BackendCsms:
         self.ssl_context = ssl_context
         self.boot_status = boot_status
         self.heartbeat_s = heartbeat_s
-        self._port = port
+        super().__init__(port)
+        self._abort = False
         self._lock = threading.Lock()
         self._messages: list[Received] = []
         self._refused: list[tuple[str, int]] = []
@@ -198,44 +198,17 @@ class BackendCsms:
         self._charge_points: dict[str, _RecordingChargePoint] = {}
         self._faults = _Faults()
         self._transaction_ids = itertools.count(FIRST_TRANSACTION_ID)
-        self._loop_thread: LoopThread | None = None
-        self._server: Server | None = None
 
     # ---- life -------------------------------------------------------------------------------------
-    def start(self) -> BackendCsms:
-        """Listen (on a free port the first time, on that same port after a ``stop()``)."""
-        if self._loop_thread is not None:
-            return self
-        loop_thread = LoopThread(f"backend-csms:{self._port}")
-        try:
-            self._server = loop_thread.run(self._open(), START_TIMEOUT_S)
-        except BaseException:
-            loop_thread.stop()
-            raise
-        self._loop_thread = loop_thread
-        log.info("test backend listening on %s", self.url)
-        return self
-
     def stop(self, *, abort: bool = False) -> None:
         """Close every connection (a close frame, 1001 going away; or, with ``abort``, a cut TCP
         connection as when the backend's host dies) and the server."""
-        loop_thread, server = self._loop_thread, self._server
-        if loop_thread is None or server is None:
-            return
-        self._loop_thread, self._server = None, None
-        try:
-            loop_thread.run(self._close(server, abort), STOP_TIMEOUT_S)
-        finally:
-            loop_thread.stop()
-            with self._lock:
-                self._charge_points.clear()
+        self._abort = abort
+        super().stop()
 
-    def __enter__(self) -> BackendCsms:
-        return self.start()
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.stop()
+    def _after_stop(self) -> None:
+        with self._lock:
+            self._charge_points.clear()
 
     async def _open(self) -> Server:
         server = await serve(self._serve, HOST, self._port, subprotocols=[SUBPROTOCOL],
@@ -243,8 +216,8 @@ class BackendCsms:
         self._port = server.sockets[0].getsockname()[1]
         return server
 
-    async def _close(self, server: Server, abort: bool) -> None:
-        if abort:
+    async def _close(self, server: Server) -> None:
+        if self._abort:
             with self._lock:
                 charge_points = list(self._charge_points.values())
             for charge_point in charge_points:

@@ -6,6 +6,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from backend_csms import BackendCsms
 from fake_clock import FakeClock
 from site_helpers import home_site, make_config
 
@@ -44,3 +45,11 @@ def cleanup() -> Iterator[list[Callable[[], None]]]:
     yield stops
     for stop in reversed(stops):
         stop()
+
+
+@pytest.fixture()
+def csms() -> Iterator[BackendCsms]:
+    """A real OCPP 1.6J backend on loopback for the gateway's tests (``backend_csms``)."""
+    backend = BackendCsms().start()
+    yield backend
+    backend.stop()

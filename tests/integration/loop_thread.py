@@ -18,11 +18,14 @@ import concurrent.futures
 import logging
 import threading
 from collections.abc import Coroutine
-from typing import Any, TypeVar
+from types import TracebackType
+from typing import Any, Generic, Self, TypeVar
 
 T = TypeVar("T")
+S = TypeVar("S")
 log = logging.getLogger(__name__)
 
+START_TIMEOUT_S = 5.0
 STOP_TIMEOUT_S = 5.0
 
 
@@ -79,3 +82,59 @@ def _quiet_about_dropped_clients(loop: asyncio.AbstractEventLoop, context: dict[
         log.debug("%s: %r", context["message"], context["exception"])
         return
     loop.default_exception_handler(context)
+
+
+class LoopServer(Generic[S]):
+    """A test server on a :class:`LoopThread` of its own: ``start()`` runs ``_open()`` on a fresh
+    loop (a free port the first time, the same port after a ``stop()``), ``stop()`` runs
+    ``_close(server)`` and ends the loop; usable in ``with``. Subclasses set ``_port`` in
+    ``_open`` and may clean up their records in ``_after_stop``."""
+
+    label = "test server"
+
+    def __init__(self, port: int = 0) -> None:
+        self._port = port
+        self._loop_thread: LoopThread | None = None
+        self._server: S | None = None
+
+    def start(self) -> Self:
+        """Listen (on a free port the first time, on that same port after a ``stop()``)."""
+        if self._loop_thread is not None:
+            return self
+        loop_thread = LoopThread(f"{type(self).__name__}:{self._port}")
+        try:
+            self._server = loop_thread.run(self._open(), START_TIMEOUT_S)
+        except BaseException:
+            loop_thread.stop()
+            raise
+        self._loop_thread = loop_thread
+        log.info("%s listening on port %d", self.label, self._port)
+        return self
+
+    def stop(self) -> None:
+        """Close the server (``_close``) and end its loop."""
+        loop_thread, server = self._loop_thread, self._server
+        if loop_thread is None or server is None:
+            return
+        self._loop_thread, self._server = None, None
+        try:
+            loop_thread.run(self._close(server), STOP_TIMEOUT_S)
+        finally:
+            loop_thread.stop()
+            self._after_stop()
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
+
+    async def _open(self) -> S:
+        raise NotImplementedError
+
+    async def _close(self, server: S) -> None:
+        raise NotImplementedError
+
+    def _after_stop(self) -> None:
+        """What to forget once stopped (the server's connections)."""

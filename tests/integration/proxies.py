@@ -25,16 +25,12 @@ import socket
 import threading
 import urllib.parse
 from enum import IntEnum
-from types import TracebackType
-from typing import Self
 
-from loop_thread import LoopThread
+from loop_thread import STOP_TIMEOUT_S, LoopServer
 
 log = logging.getLogger(__name__)
 
 HOST = "127.0.0.1"
-START_TIMEOUT_S = 5.0
-STOP_TIMEOUT_S = 5.0
 HANDSHAKE_TIMEOUT_S = 10.0  # a client that connects and says nothing is dropped after this
 CONNECT_TIMEOUT_S = 5.0  # connecting to the target
 CHUNK = 65536
@@ -43,60 +39,27 @@ MAX_HEAD = 16384  # the longest CONNECT request head the HTTP proxy reads
 Streams = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 
 
-class _Proxy:
+class _Proxy(LoopServer[asyncio.Server]):
     """What both proxies share: the thread, the listener, the tunnels and their splicing, and
     the records. A subclass speaks its protocol in :meth:`_negotiate`."""
 
     scheme = ""
+    label = "test proxy"
 
     def __init__(self, *, username: str | None = None, password: str | None = None, port: int = 0) -> None:
         if (username is None) != (password is None):
             raise ValueError("give both username and password, or neither")
         self.username = username
         self.password = password
-        self._port = port
+        super().__init__(port)
         self._lock = threading.Lock()
         self._tunnels = 0
         self._targets: list[tuple[str, int]] = []
         self._auth_failures = 0
         self._streams: set[asyncio.StreamWriter] = set()  # every open connection, both sides (the loop's)
         self._handlers: set[asyncio.Task[None]] = set()  # one per client connection (the loop's)
-        self._loop_thread: LoopThread | None = None
-        self._server: asyncio.Server | None = None
 
     # ---- life -------------------------------------------------------------------------------------
-    def start(self) -> Self:
-        """Listen (on a free port the first time, on that same port after a ``stop()``)."""
-        if self._loop_thread is not None:
-            return self
-        loop_thread = LoopThread(f"{type(self).__name__}:{self._port}")
-        try:
-            self._server = loop_thread.run(self._open(), START_TIMEOUT_S)
-        except BaseException:
-            loop_thread.stop()
-            raise
-        self._loop_thread = loop_thread
-        log.info("test proxy listening on %s", self.url)
-        return self
-
-    def stop(self) -> None:
-        """Close the listener and cut every tunnel."""
-        loop_thread, server = self._loop_thread, self._server
-        if loop_thread is None or server is None:
-            return
-        self._loop_thread, self._server = None, None
-        try:
-            loop_thread.run(self._close(server), STOP_TIMEOUT_S)
-        finally:
-            loop_thread.stop()
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.stop()
-
     async def _open(self) -> asyncio.Server:
         server = await asyncio.start_server(self._client, HOST, self._port)
         self._port = server.sockets[0].getsockname()[1]

@@ -17,7 +17,7 @@ package) on loopback, reached directly, through a SOCKS5 proxy or an HTTP CONNEC
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,24 +32,10 @@ from hal.sim.physics import SimCar
 from hal.sim.site import SimulatedSite
 
 
-@pytest.fixture()
-def csms() -> Iterator[BackendCsms]:
-    backend = BackendCsms().start()
-    yield backend
-    backend.stop()
-
-
-@pytest.fixture()
-def sites() -> Iterator[list[GatewaySite]]:
-    made: list[GatewaySite] = []
-    yield made
-    for site in made:
-        site.close()
-
-
-def gateway_site(sites: list[GatewaySite], sim: SimulatedSite, backend: dict[str, Any], **kw: Any) -> GatewaySite:
+def gateway_site(cleanup: list[Callable[[], None]], sim: SimulatedSite, backend: dict[str, Any],
+                 **kw: Any) -> GatewaySite:
     site = GatewaySite(sim, backend, **kw)
-    sites.append(site)
+    cleanup.append(site.close)
     return site
 
 
@@ -59,8 +45,8 @@ def server_context(pki: Pki) -> Any:
 
 
 def test_a_full_session_reaches_the_backend_in_order_with_the_register_energy(
-        sim: SimulatedSite, csms: BackendCsms, sites: list[GatewaySite]) -> None:
-    site = gateway_site(sites, sim, backend_section(csms), chargers={"E1": {"backend_id": "DE-GC-0001-E1"}})
+        sim: SimulatedSite, csms: BackendCsms, cleanup: list[Callable[[], None]]) -> None:
+    site = gateway_site(cleanup, sim, backend_section(csms), chargers={"E1": {"backend_id": "DE-GC-0001-E1"}})
     csms.wait_connected("DE-GC-0001-E1", 10)
     csms.wait_connected("E2", 10)  # the default backend_id is the charger's name
     site.run_until(lambda: csms.of("StartTransaction", "DE-GC-0001-E1"), what="StartTransaction")
@@ -97,12 +83,12 @@ def test_a_full_session_reaches_the_backend_in_order_with_the_register_energy(
 
 
 @pytest.mark.parametrize("kind", ["socks5", "http-connect"])
-def test_through_the_smgw_proxy(sim: SimulatedSite, csms: BackendCsms, sites: list[GatewaySite],
+def test_through_the_smgw_proxy(sim: SimulatedSite, csms: BackendCsms, cleanup: list[Callable[[], None]],
                                 tmp_path: Path, kind: str) -> None:
     proxy = (Socks5Proxy() if kind == "socks5" else HttpConnectProxy()).start()
     try:
         smgw = smgw_section(tmp_path, functions=["vars", "ocpp"])
-        site = gateway_site(sites, sim, backend_section(csms, proxy=proxy.url), smgw=smgw)
+        site = gateway_site(cleanup, sim, backend_section(csms, proxy=proxy.url), smgw=smgw)
         csms.wait_connected("E1", 10)
         site.run_until(lambda: csms.of("StartTransaction", "E1"), what="StartTransaction")
         assert proxy.tunnels >= 2  # one per charger
@@ -132,9 +118,9 @@ def smgw_section(tmp_path: Path, functions: list[str]) -> dict[str, Any]:
 
 
 def test_through_an_smgw_without_the_ocpp_function_the_gateway_stays_off(
-        sim: SimulatedSite, csms: BackendCsms, sites: list[GatewaySite], tmp_path: Path) -> None:
+        sim: SimulatedSite, csms: BackendCsms, cleanup: list[Callable[[], None]], tmp_path: Path) -> None:
     smgw = smgw_section(tmp_path, functions=["vars"])
-    site = gateway_site(sites, sim, backend_section(csms, proxy="socks5://127.0.0.1:9"), smgw=smgw)
+    site = gateway_site(cleanup, sim, backend_section(csms, proxy="socks5://127.0.0.1:9"), smgw=smgw)
     site.cycle(3)
     status = site.service.status().backend
     assert status is not None and not status.enabled
@@ -143,8 +129,8 @@ def test_through_an_smgw_without_the_ocpp_function_the_gateway_stays_off(
 
 
 def test_the_backend_away_while_cars_come_and_go_gets_everything_in_order_once(
-        sim: SimulatedSite, csms: BackendCsms, sites: list[GatewaySite]) -> None:
-    site = gateway_site(sites, sim, backend_section(csms, meter_values_interval_s=2))
+        sim: SimulatedSite, csms: BackendCsms, cleanup: list[Callable[[], None]]) -> None:
+    site = gateway_site(cleanup, sim, backend_section(csms, meter_values_interval_s=2))
     csms.wait_connected("E1", 10)
     site.run_until(lambda: csms.of("StartTransaction", "E1"), what="first StartTransaction")
     csms.stop()
@@ -176,9 +162,9 @@ def test_the_backend_away_while_cars_come_and_go_gets_everything_in_order_once(
 
 
 def test_a_backend_profile_caps_the_charger_and_its_clearing_lifts_the_cap(
-        sim: SimulatedSite, csms: BackendCsms, sites: list[GatewaySite]) -> None:
+        sim: SimulatedSite, csms: BackendCsms, cleanup: list[Callable[[], None]]) -> None:
     sim.set_base_load(0, 0, 0)  # 25 A for two 16 A cars: 12.5 A each
-    site = gateway_site(sites, sim, backend_section(csms))
+    site = gateway_site(cleanup, sim, backend_section(csms))
     csms.wait_connected("E1", 10)
     site.run_until(lambda: site.service.status().charger("E1").command_a >= 10, what="E1 charging")
     profile = {"charging_profile_id": 7, "stack_level": 1, "charging_profile_purpose": "TxDefaultProfile",
@@ -202,8 +188,8 @@ def test_a_backend_profile_caps_the_charger_and_its_clearing_lifts_the_cap(
 
 
 def test_remote_stop_pauses_and_remote_start_resumes(sim: SimulatedSite, csms: BackendCsms,
-                                                     sites: list[GatewaySite]) -> None:
-    site = gateway_site(sites, sim, backend_section(csms))
+                                                     cleanup: list[Callable[[], None]]) -> None:
+    site = gateway_site(cleanup, sim, backend_section(csms))
     csms.wait_connected("E1", 10)
     site.run_until(lambda: site.backend()["E1"].transaction_id, what="transaction id known")
     tx_id = site.backend()["E1"].transaction_id
@@ -223,10 +209,10 @@ def test_remote_stop_pauses_and_remote_start_resumes(sim: SimulatedSite, csms: B
 
 
 def test_availability_configuration_trigger_reset_and_what_is_not_offered(
-        sim: SimulatedSite, csms: BackendCsms, sites: list[GatewaySite]) -> None:
+        sim: SimulatedSite, csms: BackendCsms, cleanup: list[Callable[[], None]]) -> None:
     from ocpp.exceptions import NotSupportedError
 
-    site = gateway_site(sites, sim, backend_section(csms))
+    site = gateway_site(cleanup, sim, backend_section(csms))
     csms.wait_connected("E2", 10)
     site.cycle(2)
     assert csms.call("E2", call.ChangeAvailability(connector_id=0, type="Inoperative")).status == "Accepted"
@@ -256,11 +242,11 @@ def test_availability_configuration_trigger_reset_and_what_is_not_offered(
         csms.call("E2", call.UnlockConnector(connector_id=1))
 
 
-def test_wss_with_the_suppliers_own_ca(sim: SimulatedSite, sites: list[GatewaySite], tmp_path: Path) -> None:
+def test_wss_with_the_suppliers_own_ca(sim: SimulatedSite, cleanup: list[Callable[[], None]], tmp_path: Path) -> None:
     pki = make_pki(tmp_path / "pki")
     backend = BackendCsms(ssl_context=server_context(pki)).start()
     try:
-        site = gateway_site(sites, sim, backend_section(backend, ca=str(pki.ca_path)))
+        site = gateway_site(cleanup, sim, backend_section(backend, ca=str(pki.ca_path)))
         backend.wait_connected("E1", 10)
         site.run_until(lambda: site.backend()["E1"].connected, what="wss connected")
         assert backend.url.startswith("wss://")
@@ -268,12 +254,12 @@ def test_wss_with_the_suppliers_own_ca(sim: SimulatedSite, sites: list[GatewaySi
         backend.stop()
 
 
-def test_wss_without_the_ca_says_the_certificate_is_not_trusted(sim: SimulatedSite, sites: list[GatewaySite],
+def test_wss_without_the_ca_says_the_certificate_is_not_trusted(sim: SimulatedSite, cleanup: list[Callable[[], None]],
                                                                  tmp_path: Path) -> None:
     pki = make_pki(tmp_path / "pki")
     backend = BackendCsms(ssl_context=server_context(pki)).start()
     try:
-        site = gateway_site(sites, sim, backend_section(backend))
+        site = gateway_site(cleanup, sim, backend_section(backend))
         site.run_until(lambda: "not trusted" in (site.backend()["E1"].reason or ""), what="untrusted")
         assert backend.connections == 0
     finally:
@@ -281,10 +267,10 @@ def test_wss_without_the_ca_says_the_certificate_is_not_trusted(sim: SimulatedSi
 
 
 def test_a_wrong_password_is_said_clearly_and_retried_with_growing_waits(
-        sim: SimulatedSite, sites: list[GatewaySite]) -> None:
+        sim: SimulatedSite, cleanup: list[Callable[[], None]]) -> None:
     backend = BackendCsms(password="the-right-one").start()
     try:
-        site = gateway_site(sites, sim, backend_section(backend, password="a-wrong-one"))
+        site = gateway_site(cleanup, sim, backend_section(backend, password="a-wrong-one"))
         site.run_until(lambda: len([c for c, _ in backend.refused if c == "E1"]) >= 3, timeout_s=15,
                        what="three refused attempts")
         reason = site.backend()["E1"].reason or ""
@@ -298,10 +284,10 @@ def test_a_wrong_password_is_said_clearly_and_retried_with_growing_waits(
         backend.stop()
 
 
-def test_get_dev_info_shows_the_backend(sim: SimulatedSite, csms: BackendCsms, sites: list[GatewaySite]) -> None:
+def test_get_dev_info_shows_the_backend(sim: SimulatedSite, csms: BackendCsms, cleanup: list[Callable[[], None]]) -> None:
     from web.devinfo import dev_info
 
-    site = gateway_site(sites, sim, backend_section(csms))
+    site = gateway_site(cleanup, sim, backend_section(csms))
     site.run_until(lambda: site.backend()["E1"].connected and site.backend()["E2"].connected, what="both connected")
     params = dev_info(site.service.status(), "test")["params"]
     backend = params["backend"]

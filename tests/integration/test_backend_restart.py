@@ -17,11 +17,10 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import pytest
 import requests
 import yaml
 from backend_csms import BackendCsms
@@ -90,32 +89,17 @@ class Run:
             self.proc.wait(10)
 
 
-@pytest.fixture()
-def csms() -> Iterator[BackendCsms]:
-    backend = BackendCsms().start()
-    yield backend
-    backend.stop()
-
-
-@pytest.fixture()
-def runs() -> Iterator[list[Run]]:
-    made: list[Run] = []
-    yield made
-    for run in made:
-        run.close()
-
-
 def test_sigkill_loses_no_transaction_message_and_sends_no_start_twice(
-        tmp_path: Path, sim: SimulatedSite, csms: BackendCsms, runs: list[Run]) -> None:
+        tmp_path: Path, sim: SimulatedSite, csms: BackendCsms, cleanup: list[Callable[[], None]]) -> None:
     first = Run(tmp_path, sim, csms, 1)
-    runs.append(first)
+    cleanup.append(first.close)
     first.until("StartTransaction of E1", lambda: csms.of("StartTransaction", "E1"))
     first.until("transaction id known", lambda: first.backend("E1")["transaction_id"])
     tx_id = first.backend("E1")["transaction_id"]
     first.kill()  # 1. while the car charges
 
     second = Run(tmp_path, sim, csms, 2)
-    runs.append(second)
+    cleanup.append(second.close)
     second.until("connected again", lambda: second.backend("E1")["connected"])
     meters_before = len(csms.of("MeterValues", "E1"))
     second.until("meter values go on", lambda: len(csms.of("MeterValues", "E1")) >= meters_before + 2)
@@ -134,7 +118,7 @@ def test_sigkill_loses_no_transaction_message_and_sends_no_start_twice(
 
     csms.start()
     third = Run(tmp_path, sim, csms, 3)
-    runs.append(third)
+    cleanup.append(third.close)
     third.until("StopTransaction delivered", lambda: csms.of("StopTransaction", "E1"))
     third.until("queue empty", lambda: third.backend("E1")["queued"] == 0)
     stops = csms.of("StopTransaction", "E1")

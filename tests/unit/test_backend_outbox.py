@@ -432,20 +432,21 @@ def damage_a_page(path: Path) -> None:
         handle.write(b"\xa5" * size)
 
 
-def foreign_file(path: Path) -> None:
+def other_database(path: Path, table: str) -> None:
+    """A database of another schema (version 1) at ``path``."""
     conn = sqlite3.connect(path)
-    conn.execute("CREATE TABLE messages(seq INTEGER PRIMARY KEY, body TEXT)")
+    conn.execute(f"CREATE TABLE {table}")
     conn.execute("PRAGMA user_version=1")
     conn.commit()
     conn.close()
+
+
+def foreign_file(path: Path) -> None:
+    other_database(path, "messages(seq INTEGER PRIMARY KEY, body TEXT)")
 
 
 def session_log_in_its_place(path: Path) -> None:
-    conn = sqlite3.connect(path)
-    conn.execute("CREATE TABLE sessions(id INTEGER PRIMARY KEY, charger_id TEXT)")
-    conn.execute("PRAGMA user_version=1")
-    conn.commit()
-    conn.close()
+    other_database(path, "sessions(id INTEGER PRIMARY KEY, charger_id TEXT)")
 
 
 UNUSABLE: list[tuple[str, Callable[[Path], object], str, str]] = [
