@@ -19,8 +19,8 @@ should not hold the admin password (it can read the site, it can change nothing)
 listener never serves it, but its requests are counted.
 
 The ``command`` label: the ``cmd`` of a ``/cnf`` request when it is one of the API's commands,
-``unknown`` for any other ``cmd`` (or none), the route for other paths (``/metrics``), and
-``unmatched`` for a path nobody serves. It never carries request data, so a client cannot grow
+``unknown`` for any other ``cmd`` (or none), the route for other paths (``/metrics``, also when
+the method is refused), and ``unmatched`` for a path nobody serves. It never carries request data, so a client cannot grow
 the number of series.
 """
 
@@ -156,8 +156,9 @@ class Metrics:
 def command_label(commands: Collection[str]) -> str:
     """The ``command`` label of the request being answered (see the module docstring)."""
     rule = request.url_rule
-    if rule is None:
-        return "unmatched"
+    if rule is None:  # no route for this path, or none for this method (405): tell them apart
+        served = {r.rule for r in flask.current_app.url_map.iter_rules()}
+        return request.path if request.path in served else "unmatched"
     if rule.rule == "/cnf":
         cmd = request.args.get("cmd")
         return cmd if cmd is not None and cmd in commands else "unknown"

@@ -227,12 +227,14 @@ def test_every_answer_is_counted_by_listener_command_and_status(start_site: Star
     assert site.cnf("get_cm_vars", auth=(USER, "wrong-password")).status_code == 401
     assert site.cnf("no_such_command").status_code == 400
     assert requests.get(f"{site.base}/nowhere", auth=(USER, PASSWORD), timeout=TIMEOUT_S).status_code == 404
+    assert requests.post(f"{site.base}/metrics", auth=(USER, PASSWORD), timeout=TIMEOUT_S).status_code == 405
     second = site.scrape()
     assert requests_total(second, "get_cm_vars", "200") == requests_total(first, "get_cm_vars", "200") + 3
     assert requests_total(second, "get_cm_vars", "401") == requests_total(first, "get_cm_vars", "401") + 1
     assert requests_total(second, "unknown", "400") == 1  # the cmd itself is never a label
     assert requests_total(second, "unmatched", "404") == 1
     assert requests_total(second, "/metrics", "200") == 1  # the first scrape (a scrape is counted once answered)
+    assert requests_total(second, "/metrics", "405") == 1
     assert not any("no_such_command" in str(labels) for _, labels in second)
 
 
