@@ -47,6 +47,9 @@ Decisions where the cFos documentation is silent (also in docs/api.md):
 
 The request parsing lives in ``web.parsing`` and the answer shaping in ``web.render``; this module
 keeps the listener's app, the command table and what each command does.
+
+With an ``ApiContext.metrics``, the LAN app also serves ``GET /metrics`` (``web.metrics``: basic auth
+unless ``http.metrics_auth`` is false) and both apps count every answer for it.
 """
 
 from __future__ import annotations
@@ -68,6 +71,7 @@ from controller.records.variables import VariableStore
 from web.auth import Authenticator, Principal, Scope
 from web.devinfo import dev_info
 from web.errors import ApiError, bad_request, error_response, json_response, short
+from web.metrics import METRICS_PATH, Metrics, install_metrics, open_to_all
 from web.parsing import (
     flag,
     log_query,
@@ -116,6 +120,7 @@ class ApiContext:
     save_failing: Callable[[], bool] = _saving_works
     main_fuse_a: float | None = None
     sessions: SessionLog | None = None  # the session log (get_sessions); None: not enabled
+    metrics: Metrics | None = None  # GET /metrics on the LAN and the request counter; None: neither
 
 
 # --------------------------------------------------------------------------- the API
@@ -333,15 +338,23 @@ def create_app(ctx: ApiContext, *, listener: str, auth: Authenticator) -> flask.
     api = Api(ctx, listener)
     app.extensions["gridcharge.api"] = api
 
+    metrics_open = open_to_all(ctx.metrics, listener)
+
     @app.before_request
     def _authenticate() -> None:
         read_body()
         client = request.remote_addr or "unknown"
+        if metrics_open and request.path == METRICS_PATH:  # http.metrics_auth: false
+            flask.g.principal = Principal("metrics scraper", frozenset())
+            return
         flask.g.principal = auth.authenticate(request.environ, client)
 
     @app.route("/cnf", methods=["GET", "POST"])
     def cnf() -> Response:
         return api.dispatch(flask.g.principal)
+
+    if ctx.metrics is not None:
+        install_metrics(app, ctx.metrics, listener=listener, commands=api.commands)
 
     @app.after_request
     def _no_store(response: Response) -> Response:

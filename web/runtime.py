@@ -13,6 +13,7 @@ from typing import Any
 from controller.service import Service
 from controller.version import version
 from web.app import ApiContext
+from web.metrics import Metrics
 from web.server import WebServers
 from web.tls import TlsStore
 
@@ -29,6 +30,11 @@ def start_web(service: Service, *, http: Any = None, smgw: Any = None) -> WebSer
     http = http if http is not None else cfg.http
     smgw = smgw if smgw is not None else cfg.smgw
     tls = TlsStore(smgw, service.state_dir) if smgw is not None else None
+    metrics = None
+    if http is not None:  # /metrics is on the LAN listener; its histogram needs every cycle from now on
+        metrics = Metrics(service.status, version=version(), main_fuse_a=cfg.site.main_fuse_a,
+                          auth_required=http.metrics_auth)
+        service.loop.add_cycle_listener(metrics.cycles.observe)
     ctx = ApiContext(
         store=service.store,
         status=service.status,  # the loop's status plus the state directory's and grid log's faults
@@ -39,6 +45,7 @@ def start_web(service: Service, *, http: Any = None, smgw: Any = None) -> WebSer
         save_failing=lambda: service.saver.failing,
         main_fuse_a=cfg.site.main_fuse_a,
         sessions=service.sessions,
+        metrics=metrics,
     )
     servers = WebServers(ctx, http, smgw, tls)
     servers.start()

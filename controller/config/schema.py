@@ -227,6 +227,9 @@ class Http(_Listener):
     user: Annotated[str, Strict(), AfterValidator(_user)] = "admin"
     password: Annotated[str, Strict(), Field(min_length=8, max_length=256)] | None = Field(None, repr=False)
     password_hash: Annotated[str, Strict(), AfterValidator(_password_hash)] | None = Field(None, repr=False)
+    #: ``GET /metrics`` (Prometheus) asks for the same basic auth as the API; false: it answers
+    #: without a password, for a Prometheus on the LAN that should not hold the admin password.
+    metrics_auth: Bool = True
 
 
 SmgwFunction = Literal["vars", "status", "admin", "ocpp"]

@@ -242,11 +242,13 @@ class ModbusBus:
                 wire_time_s=self._wire_total_s, wire_time_last_s=self._wire_last_s)
 
     def link_stats(self) -> LinkStats:
-        """For the status (``hal.types.Link``); an RS485 line adds its wire time since the last call."""
+        """For the status (``hal.types.Link``): the bus's timeouts (a counter); an RS485 line adds
+        its wire time since the last call and in total (seconds, a counter)."""
         st = self.stats()
-        details: dict[str, float] = {}
+        details: dict[str, float] = {"timeouts": float(st.timeouts)}
         if self.is_rtu:
             details["wire_time_s_per_cycle"] = st.wire_time_s - self._wire_reported_s
+            details["wire_time_s"] = st.wire_time_s
             self._wire_reported_s = st.wire_time_s
         return LinkStats(self.name, st.requests, st.errors, st.latency_p95_s, st.last_error, details)
 

@@ -34,6 +34,7 @@ TINY: dict[str, list[str]] = {
     "gridlog": ["--rows", "20000", "--checks", "20", "--clear", "200"],
     "ocpp": ["--boxes", "3", "--window-s", "3", "--changes", "3"],
     "backend_outbox": ["--transactions", "5", "--meters", "2", "--pending", "50"],
+    "metrics": ["--seconds", "1", "--renders", "3", "--chargers", "10", "--observes", "1000"],
 }
 
 
@@ -156,3 +157,14 @@ def test_backend_outbox_runs(runs: dict[str, subprocess.CompletedProcess[str]]) 
     size = data["size"]
     assert size["pending"] == 50 and size["counted"] == size["reopened"] == 51
     assert 0 < size["closed_bytes"] <= size["open_bytes"] and size["bytes_per_message"] > size["payload_bytes"] / 2
+
+
+def test_metrics_runs(runs: dict[str, subprocess.CompletedProcess[str]]) -> None:
+    data = figures(runs["metrics"])
+    assert data["bench"] == "metrics"
+    home, many = data["home"], data["many"]
+    assert home["render"]["samples"] > 50 and home["render"]["cpu_ms"]["p50"] > 0
+    assert home["http"]["scrapes"] >= 1 and home["http"]["round_trip_ms"]["p50"] > 0
+    assert home["loop"]["failed_cycles"] == 0
+    assert many["chargers"] == 10 and many["render"]["samples"] > home["render"]["samples"]
+    assert data["observe"]["us_per_cycle"] > 0

@@ -185,7 +185,7 @@ CASES: list[tuple[str, list[tuple[str, Any]], list[tuple[str, str]]]] = [
     ("unknown modbus input key", [("inputs.RSE2.gpioo", 3)], [("inputs.RSE2.gpioo", "unknown key")]),
     ("unknown rule key", [("rules.0.chargerz", ["E1"])], [("rules.0.chargerz", "did you mean 'chargers'?")]),
     ("unknown smgw key", [("smgw.functionz", [])], [("smgw.functionz", "did you mean 'functions'?")]),
-    ("unknown key lists the allowed", [("http.zzz", 1)], [("http.zzz", "allowed: listen, user, password, password_hash")]),
+    ("unknown key lists the allowed", [("http.zzz", 1)], [("http.zzz", "allowed: listen, user, password, password_hash, metrics_auth")]),
     # wrong types and ranges
     ("number as text", [("site.main_fuse_a", "35")], [("site.main_fuse_a", "valid number")]),
     ("bool as number", [("site.cycle_s", True)], [("site.cycle_s", "valid number")]),
@@ -294,6 +294,7 @@ CASES: list[tuple[str, list[tuple[str, Any]], list[tuple[str, str]]]] = [
     ("password as number", [("http.password", 12345678)], [("http.password", "valid string")]),
     ("bad hash", [("http.password", DELETE), ("http.password_hash", "md5$x$y")], [("http.password_hash", "must be a werkzeug hash")]),
     ("user with colon", [("http.user", "ad:min")], [("http.user", "without ':' or spaces")]),
+    ("metrics_auth as text", [("http.metrics_auth", "no")], [("http.metrics_auth", "valid boolean")]),
     ("listeners on one port", [("smgw.listen", "0.0.0.0:80")], [("smgw.listen", "port 80 is already http.listen")]),
     # the grid log's size budget
     ("grid log budget as text", [("grid_log", {"max_bytes": "1 GB"})], [("grid_log.max_bytes", "valid integer")]),
