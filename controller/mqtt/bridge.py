@@ -13,7 +13,8 @@ Three threads meet here, and only the first is the control loop's:
 - **paho's network thread** (``hal.mqtt_client``) reports connects and messages: a set on
   ``<prefix>/set/<VAR>`` goes to the variable store with the source ``mqtt`` (the grid signal log
   records it so), ``online`` from Home Assistant makes the configs go out again, and a retained
-  config of this node that is not ours any more is deleted.
+  config of this node that is not ours any more is deleted (every one of them when
+  ``homeassistant`` is false).
 
 A refused set (``commands``) changes nothing: it is logged (once per streak of the same
 refusal), its reason is published on ``<prefix>/set/<VAR>/error`` (not retained) and the
@@ -101,9 +102,11 @@ class MqttBridge:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._last_refusal: tuple[str, str] | None = None
-        subscriptions = [self.names.set_filter]
+        # The node's retained configs come back on subscribing: those not ours any more are
+        # deleted (all of them when discovery is switched off: its entities leave Home Assistant).
+        subscriptions = [self.names.set_filter, self.names.config_filter]
         if cfg.homeassistant:
-            subscriptions += [self.names.ha_status, self.names.config_filter]
+            subscriptions.append(self.names.ha_status)
         tls = cfg.tls
         settings = MqttSettings(
             host=cfg.host, port=cfg.port, client_id=client_id(cfg.prefix), will_topic=self.names.status,

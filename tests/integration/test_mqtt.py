@@ -332,6 +332,33 @@ def test_home_assistant_online_gets_the_configs_again_and_stale_ones_are_deleted
             watcher.close()
 
 
+def test_discovery_switched_off_deletes_the_configs_of_an_earlier_run(broker: Mosquitto) -> None:
+    with running_web(mqtt=mqtt_section(broker)) as web:  # an earlier run, with discovery
+        assert web.service.mqtt is not None
+        web.service.mqtt.start()
+        configs = set(web.service.mqtt.discovery)
+        watcher = watch(broker, "homeassistant/#")
+        try:
+            watcher.wait_for(lambda m: configs <= set(m), what="the configs")
+        finally:
+            watcher.close()
+    with running_web(mqtt=mqtt_section(broker, homeassistant=False)) as web:
+        assert web.service.mqtt is not None and web.service.mqtt.discovery == {}
+        web.service.mqtt.start()
+        watcher = watch(broker, "homeassistant/#")
+        try:
+            watcher.wait_for(lambda m: all(m[t].payload == "" for t in configs if t in m) and
+                             not any(r.retained and r.payload for r in m.values()), what="every config deleted")
+        finally:
+            watcher.close()
+    later = watch(broker, "homeassistant/#")
+    try:
+        time.sleep(0.3)  # a retained config would arrive at once on subscribing
+        assert later.messages == {}
+    finally:
+        later.close()
+
+
 # --------------------------------------------------------------------------- the last will
 
 
