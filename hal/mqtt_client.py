@@ -12,12 +12,18 @@ only keeps a connection to the broker:
   subscriptions are made again there.
 - ``publish`` refuses (returns None) while not connected: paho would otherwise keep QoS 1
   messages for the next connection, a backlog without bound while the broker is away.
-- Failures are logged once per streak (the first failed try, then the reconnect).
+- Failures are logged once per streak (the first failed try, a change of reason, then the
+  reconnect), with the reason in words (refused, unknown host, certificate not trusted).
+- TLS files that cannot be loaded (missing, unreadable, not PEM) leave MQTT off, with the reason
+  as ``problem()``: the rest of the controller runs; ``check-config`` warns about them first.
 """
 
 from __future__ import annotations
 
 import logging
+import socket
+import ssl
+import sys
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -75,8 +81,13 @@ class MqttConnection:
         client.will_set(settings.will_topic, "offline", qos=1, retain=True)
         if settings.user is not None:
             client.username_pw_set(settings.user, settings.password)
+        self._unusable: str | None = None  # why this connection can never work (its TLS files)
         if settings.tls:
-            client.tls_set(ca_certs=settings.ca, certfile=settings.cert, keyfile=settings.key)
+            try:
+                client.tls_set(ca_certs=settings.ca, certfile=settings.cert, keyfile=settings.key)
+            except (OSError, ValueError, ssl.SSLError) as exc:  # a missing or bad file: MQTT stays off,
+                files = ", ".join(f for f in (settings.ca, settings.cert, settings.key) if f)  # the rest runs
+                self._unusable = f"TLS files unusable ({files or 'the system CAs'}): {exc}"
         client.on_connect = self._connect_done
         client.on_connect_fail = self._connect_failed
         client.on_disconnect = self._disconnected
@@ -96,20 +107,22 @@ class MqttConnection:
         with self._lock:
             return self._problem
 
-    def wait_connected(self, timeout_s: float) -> bool:
-        return self._connected.wait(timeout_s)
-
     def start(self) -> None:
         """Connect in the background and stay connected until ``stop()``."""
         if self._started:
             return
         self._started = True
+        if self._unusable is not None:
+            log.error("mqtt: %s; MQTT stays off until the config is fixed", self._unusable)
+            with self._lock:
+                self._problem = self._unusable
+            return
         self._client.connect_async(self.settings.host, self.settings.port, keepalive=self.settings.keepalive_s)
         self._client.loop_start()
 
     def stop(self, timeout_s: float = 2.0) -> None:
         """Say ``offline`` (retained), disconnect, end paho's thread. Idempotent."""
-        if not self._started or self._stopping:
+        if not self._started or self._stopping or self._unusable is not None:
             return
         self._stopping = True
         if self.connected:
@@ -150,7 +163,8 @@ class MqttConnection:
             log.exception("mqtt: on_connected failed")
 
     def _connect_failed(self, client: mqtt.Client, userdata: Any) -> None:
-        self._failed("cannot reach the broker")
+        # paho calls this inside the ``except OSError`` of its connect: the error is still there.
+        self._failed(connect_failure(sys.exc_info()[1]))
 
     def _disconnected(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any,
                       properties: Any) -> None:
@@ -171,7 +185,7 @@ class MqttConnection:
             self._problem = why
             first = self._failures == 1
         if first or changed:
-            log.warning("mqtt: %s at %s; trying again every %d to %d s", why, self.address,
+            log.warning("mqtt: %s (%s); trying again every %d to %d s", why, self.address,
                         MIN_RECONNECT_S, MAX_RECONNECT_S)
 
     def _message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
@@ -179,3 +193,21 @@ class MqttConnection:
             self._on_message(message.topic, bytes(message.payload), bool(message.retain))
         except Exception:
             log.exception("mqtt: handling a message on %s failed", message.topic)
+
+
+def connect_failure(exc: BaseException | None) -> str:
+    """Why a connect failed, in words for the status line (the same words for the same cause, so
+    a streak of failures is logged once)."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"cannot reach the broker: its certificate is not trusted ({exc.verify_message})"
+    if isinstance(exc, ssl.SSLError):
+        return f"cannot reach the broker: TLS failed ({exc.reason or exc})"
+    if isinstance(exc, ConnectionRefusedError):
+        return "cannot reach the broker: connection refused (is it running, is the port right?)"
+    if isinstance(exc, socket.gaierror):
+        return "cannot reach the broker: unknown host name"
+    if isinstance(exc, TimeoutError):
+        return "cannot reach the broker: no answer"
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"cannot reach the broker: {exc.strerror}"
+    return "cannot reach the broker"

@@ -64,8 +64,9 @@ class Connection(Protocol):
 
 
 def _written(info: Published, timeout_s: float) -> bool:
-    """Whether paho has written ``info`` (and so every message before it), waiting at most
-    ``timeout_s``; a message paho gave up on counts as written (there is nothing to wait for)."""
+    """Whether paho has written ``info``, the batch's last message (its QoS 0 messages go out
+    in order; its QoS 1 configs are a few dozen at most), waiting at most ``timeout_s``; a
+    message paho gave up on counts as written (there is nothing to wait for)."""
     try:
         info.wait_for_publish(timeout_s)
     except (RuntimeError, ValueError):

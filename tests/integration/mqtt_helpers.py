@@ -4,7 +4,9 @@
 one listener on 127.0.0.1, anonymous clients allowed, no persistence (so a restarted broker has
 lost every retained message, as a real one without a persistence file has). ``stop()`` and
 ``start()`` again use the same port: the controller's client reconnects to the same address.
-``pause()``/``resume()`` (SIGSTOP/SIGCONT) make a broker that accepts nothing: a slow one.
+``pause()``/``resume()`` (SIGSTOP/SIGCONT) make a broker that accepts nothing: a slow one. With
+``tls`` (CA, certificate, key) a second listener on ``tls_port`` speaks TLS and requires a client
+certificate from that CA.
 
 ``Watcher`` is a paho client of the test's own, subscribed to a filter, keeping the last message
 of every topic (payload and retain flag) and letting the test wait for a condition on them.
@@ -39,14 +41,23 @@ def free_port() -> int:
 class Mosquitto:
     """One mosquitto process on ``127.0.0.1:port`` (see the module text)."""
 
-    def __init__(self, workdir: Path, port: int | None = None) -> None:
+    def __init__(self, workdir: Path, port: int | None = None, *, tls: tuple[Path, Path, Path] | None = None) -> None:
         binary = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if os.path.exists("/usr/sbin/mosquitto") else None)
         if binary is None:  # CI installs it (.ci/run); a machine without it must fail, not skip
             raise RuntimeError("mosquitto is not installed: apt-get install mosquitto")
         self.binary = binary
         self.port = port or free_port()
+        self.tls_port: int | None = None
+        lines = [f"listener {self.port} 127.0.0.1", "allow_anonymous true", "persistence false"]
+        if tls is not None:  # a second listener: TLS, and a client certificate from the CA required
+            ca, cert, key = tls
+            self.tls_port = free_port()
+            lines += [f"listener {self.tls_port} 127.0.0.1", f"cafile {ca}", f"certfile {cert}", f"keyfile {key}",
+                      "require_certificate true"]
+            if os.geteuid() == 0:  # as root mosquitto would read the files as user mosquitto: tmp_path is 0700
+                lines.insert(0, "user root")
         self.config = workdir / "mosquitto.conf"
-        self.config.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
+        self.config.write_text("\n".join(lines) + "\n")
         self.log = workdir / "mosquitto.log"
         self.proc: subprocess.Popen[bytes] | None = None
 

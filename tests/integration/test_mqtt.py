@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 import yaml
 from mqtt_helpers import Mosquitto, Received, Watcher
+from pki import make_pki
 from site_helpers import BASE_SITE, make_config
 from web_helpers import running_web
 
@@ -357,6 +358,32 @@ def test_discovery_switched_off_deletes_the_configs_of_an_earlier_run(broker: Mo
         assert later.messages == {}
     finally:
         later.close()
+
+
+def test_tls_with_a_client_certificate_and_what_refuses_it(tmp_path: Path) -> None:
+    pki = make_pki(tmp_path / "pki")
+    broker = Mosquitto(tmp_path, tls=(pki.ca_path, *pki.server_paths))
+    broker.start()
+    watcher = watch(broker, "#")  # on the plain listener
+    cert, key = (str(p) for p in pki.client_paths)
+    try:
+        good = {"host": "127.0.0.1", "port": broker.tls_port, "tls": {"ca": str(pki.ca_path), "cert": cert, "key": key}}
+        with running_web(mqtt=good) as web:
+            assert web.service.mqtt is not None
+            web.service.mqtt.start()
+            watcher.wait_for(matches({f"{P}/status": "online", f"{P}/E1/state": "C (charging)"}), what="over TLS")
+        untrusted = {**good, "prefix": "untrusted", "tls": {"ca": str(pki.rogue_ca_path), "cert": cert, "key": key}}
+        missing = {**good, "prefix": "missing", "tls": {"ca": str(tmp_path / "gone.pem")}}
+        with running_web(mqtt=untrusted) as web, running_web(mqtt=missing) as web2:
+            for service, why in ((web.service, "cannot reach the broker"), (web2.service, "TLS files unusable")):
+                assert service.mqtt is not None
+                service.mqtt.start()  # the controller runs on: MQTT only is off, and the status says why
+                wait_until(lambda: any(f.startswith(f"mqtt: {why}") for f in service.status().faults), what=why)
+            web.cycles(1)
+        assert not any(t.startswith(("untrusted/", "missing/")) for t in watcher.messages)
+    finally:
+        watcher.close()
+        broker.stop()
 
 
 # --------------------------------------------------------------------------- the last will

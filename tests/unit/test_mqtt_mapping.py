@@ -1,12 +1,13 @@
 """Unit tests of the pure parts of the MQTT bridge: the topics and payloads of a status, the
-Home Assistant discovery configs, what a set may do, the latest-wins slot, and the ``mqtt:``
-section of the config. The bridge with its connection is tested against a real mosquitto in
+Home Assistant discovery configs, what a set may do, the latest-wins slot, the ``mqtt:``
+section of the config, and the connection's failures in words. The bridge with its connection is tested against a real mosquitto in
 tests/integration/test_mqtt.py."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import socket
 import threading
 from typing import Any
 
@@ -20,6 +21,7 @@ from controller.mqtt.discovery import CHARGER_STATES, ChargerDevice, discovery_c
 from controller.mqtt.slot import LatestSlot
 from controller.mqtt.topics import TopicNames, number, state_payloads
 from controller.status import EMPTY_STATUS, ChargerStatus, DeviceStatus, Status, VariableStatus
+from hal.mqtt_client import MqttConnection, MqttSettings, connect_failure
 from hal.types import ChargerReading, IecState, InputReading
 
 NAMES = TopicNames("gc", "homeassistant")
@@ -339,3 +341,27 @@ def test_mqtt_warnings() -> None:
     cfg = parse_config({**BASE, "mqtt": {"host": "broker.lan", "user": "u", "password": "p"}})
     assert config_warnings(cfg) == ["mqtt.password: sent in clear text to broker.lan: add tls: (port 8883)"]
     assert config_warnings(parse_config({**BASE, "mqtt": {"host": "127.0.0.1", "user": "u", "password": "p"}})) == []
+
+
+# --------------------------------------------------------------------------- connect failures in words
+
+
+@pytest.mark.parametrize(("exc", "words"), [
+    (ConnectionRefusedError(111, "Connection refused"), "connection refused (is it running, is the port right?)"),
+    (socket.gaierror(-2, "Name or service not known"), "unknown host name"),
+    (TimeoutError(), "no answer"),
+    (OSError(113, "No route to host"), "No route to host"),
+    (None, "cannot reach the broker"),
+])
+def test_why_a_connect_failed_in_words(exc: BaseException | None, words: str) -> None:
+    assert connect_failure(exc).startswith("cannot reach the broker") and connect_failure(exc).endswith(words)
+
+
+def test_unusable_tls_files_leave_mqtt_off_without_stopping_anything(tmp_path: Any) -> None:
+    connection = MqttConnection(MqttSettings("127.0.0.1", 1883, "t", "t/status", tls=True,
+                                             ca=str(tmp_path / "gone.pem")),
+                                subscriptions=(), on_connected=lambda: None, on_message=lambda *a: None)
+    connection.start()
+    connection.stop()
+    assert not connection.connected
+    assert (connection.problem() or "").startswith(f"TLS files unusable ({tmp_path / 'gone.pem'}): ")
