@@ -343,15 +343,15 @@ def test_discovery_switched_off_deletes_the_configs_of_an_earlier_run(broker: Mo
             watcher.wait_for(lambda m: configs <= set(m), what="the configs")
         finally:
             watcher.close()
-    with running_web(mqtt=mqtt_section(broker, homeassistant=False)) as web:
-        assert web.service.mqtt is not None and web.service.mqtt.discovery == {}
-        web.service.mqtt.start()
-        watcher = watch(broker, "homeassistant/#")
-        try:
-            watcher.wait_for(lambda m: all(m[t].payload == "" for t in configs if t in m) and
-                             not any(r.retained and r.payload for r in m.values()), what="every config deleted")
-        finally:
-            watcher.close()
+    watcher = watch(broker, "homeassistant/#")  # gets the configs of the earlier run, retained
+    try:
+        watcher.wait_for(lambda m: configs <= set(m), what="the earlier configs")
+        with running_web(mqtt=mqtt_section(broker, homeassistant=False)) as web:
+            assert web.service.mqtt is not None and web.service.mqtt.discovery == {}
+            web.service.mqtt.start()
+            watcher.wait_for(lambda m: all(m[t].payload == "" for t in configs), what="every config deleted")
+    finally:
+        watcher.close()
     later = watch(broker, "homeassistant/#")
     try:
         time.sleep(0.3)  # a retained config would arrive at once on subscribing
@@ -418,8 +418,11 @@ def test_the_last_will_says_offline_when_the_process_dies(broker: Mosquitto, sim
 # --------------------------------------------------------------------------- a broker that goes away
 
 
+CYCLE_S = 0.4  # a few cycles per phase of the broker; long enough that a busy CI machine does not overrun
+
+
 def test_a_slow_or_stopped_broker_never_slows_the_loop(broker: Mosquitto, sim: SimulatedSite) -> None:
-    cfg = make_config(sim, site={"cycle_s": 0.25, "stale_s": 1.0}, mqtt=mqtt_section(broker))
+    cfg = make_config(sim, site={"cycle_s": CYCLE_S, "stale_s": 2.0}, mqtt=mqtt_section(broker))
     service = Service(cfg)  # the real clock: the loop runs on its own thread, as in production
     assert service.mqtt is not None
     cycles: list[tuple[float, float, int]] = []  # (when, cycle time, overruns)
@@ -453,7 +456,7 @@ def test_a_slow_or_stopped_broker_never_slows_the_loop(broker: Mosquitto, sim: S
     before = [c for when, c, _ in cycles if t0 <= when < t1]
     during = [c for when, c, _ in cycles if t1 <= when < t2]
     overruns = [o for when, _, o in cycles if t0 <= when < t2]
-    assert len(before) >= 3 and len(during) >= 8, (len(before), len(during))
+    assert len(before) >= 2 and len(during) >= 6, (len(before), len(during))
     assert overruns[-1] == overruns[0], "no cycle overran while the broker was slow or away"
-    assert max(during) < 0.25 and sorted(during)[len(during) // 2] <= 2 * sorted(before)[len(before) // 2] + 0.02, \
-        (before, during)
+    median = sorted(during)[len(during) // 2]
+    assert max(during) < CYCLE_S and median <= 2 * sorted(before)[len(before) // 2] + 0.02, (before, during)
