@@ -40,6 +40,8 @@ from controller.records.sessions import SessionLog
 from controller.records.sqlite_file import RecordFileError
 from controller.records.persistence import SavedVariables, VariableFile, VariableSaver, initial_variables
 from controller.sdnotify import Notifier
+from controller.mqtt.bridge import MqttBridge, charger_devices
+from controller.version import version
 from controller.records.statedir import BACKEND_OUTBOX_FILE, GRID_LOG_FILE, SESSIONS_FILE, check_writable, one_line
 from controller.status import Status
 from controller.records.variables import VariableStore
@@ -119,6 +121,11 @@ class Service:
             self.session_recorder.add_row_listener(self.gateway.on_session)
             self.loop.add_cap_source(self.gateway.caps)
             self.loop.add_cycle_listener(self.gateway.on_cycle)
+        self.mqtt: MqttBridge | None = None  # the MQTT bridge (docs/mqtt.md): after the session recorder
+        if cfg.mqtt is not None:
+            self.mqtt = MqttBridge(cfg.mqtt, store=self.store, chargers=charger_devices(cfg), inputs=tuple(cfg.inputs),
+                                   version=version(), session_energy_wh=self.session_recorder.session_energy_wh)
+            self.loop.add_cycle_listener(self.mqtt.on_cycle)
 
     def _record_backend(self, kind: str, name: str, old: object, new: object, source: str) -> None:
         """A change the backend made to a charger's cap, in the grid log (with the grid power now)."""
@@ -129,8 +136,9 @@ class Service:
         is well)."""
         kept = self.variable_file.set_aside_note
         outbox = self.outbox.faults() if self.outbox is not None else ()
+        mqtt = self.mqtt.faults() if self.mqtt is not None else ()
         return ((kept,) if kept else ()) + self.saver.faults() + self.grid_log.faults() + self.sessions.faults() \
-            + outbox
+            + outbox + mqtt
 
     def status(self) -> Status:
         """The loop's latest status with ``faults()`` appended to its ``faults``."""
@@ -182,6 +190,8 @@ class Service:
             self.sessions.start()
             if self.gateway is not None:
                 self.gateway.start()
+            if self.mqtt is not None:
+                self.mqtt.start()
             self.saver.start()
             self.loop.run_forever()
         finally:
@@ -199,6 +209,8 @@ class Service:
                 log.exception("stop hook %r failed", hook)
         if self.gateway is not None:
             self.gateway.close()  # before the session log closes: it sets backend transaction ids there
+        if self.mqtt is not None:
+            self.mqtt.close()  # the last cycle's state, then offline (retained)
         self.saver.stop()  # flushes a pending save, also when never started
         self.grid_log.close()  # writes what is queued when its writer runs (under run())
         if not self._sessions_closed:  # once: a second close must not save into a closed log

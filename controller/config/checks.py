@@ -29,6 +29,7 @@ from controller.config.schema import (
     ModbusDeviceConfig,
     ModbusInputConfig,
     OcppChargerConfig,
+    MQTT_RESERVED_LEVELS,
     RtuBus,
     RtuOverTcpBus,
     TcpBus,
@@ -157,6 +158,51 @@ def _check_backend(parts: Parts) -> Iterator[Problem]:
                       "stays off (add ocpp to smgw.functions, or through_smgw: false)", True)
     if backend.password is not None and backend.url.startswith("ws://"):
         yield Problem(("ocpp_backend", "password"), "sent in clear text over ws://: use a wss:// url", True)
+
+
+def _check_mqtt(parts: Parts) -> Iterator[Problem]:
+    """The MQTT bridge: credentials and client TLS as pairs, topic trees that do not overlap,
+    charger ids that are not topic levels of their own, and writable names that a set can
+    really use (a name no formula reads is a warning: the set would change nothing)."""
+    mqtt = parts.mqtt
+    if mqtt is None:
+        return
+    path: Loc = ("mqtt",)
+    if parts.intact(path, "user", "password") and mqtt.password is not None and mqtt.user is None:
+        yield Problem(path + ("password",), "needs user (the broker's account name)")
+    tls = mqtt.tls
+    if tls is not None and parts.intact(path, "tls") and (tls.cert is None) != (tls.key is None):
+        yield Problem(path + ("tls", "cert" if tls.cert is None else "key"),
+                      "give both cert and key (a client certificate), or neither")
+    if tls is None and mqtt.password is not None and parts.intact(path, "host", "tls", "password") \
+            and mqtt.host not in _LOOPBACK:
+        yield Problem(path + ("password",), f"sent in clear text to {mqtt.host}: add tls: (port 8883)", True)
+    if mqtt.homeassistant and parts.intact(path, "prefix", "discovery_prefix"):
+        a, b = mqtt.prefix, mqtt.discovery_prefix
+        if a == b or a.startswith(b + "/") or b.startswith(a + "/"):
+            yield Problem(path + ("prefix",), f"'{a}' overlaps discovery_prefix '{b}': give them "
+                          "separate topic trees")
+    for charger_id in sorted(parts.present["chargers"] & MQTT_RESERVED_LEVELS):
+        yield Problem(("chargers", charger_id), f"'{charger_id}' is an MQTT topic of its own "
+                      f"(<prefix>/{charger_id}): give the charger another id")
+    if not parts.intact(path, "writable"):
+        return
+    seen: set[str] = set()
+    reserved = parts.present["meters"] | parts.present["chargers"] | parts.present["inputs"]
+    for index, name in enumerate(mqtt.writable):
+        where = path + ("writable", index)
+        if name in seen:
+            yield Problem(where, f"'{name}' is listed twice")
+            continue
+        seen.add(name)
+        try:
+            formulas.check_name(name, reserved)
+        except formulas.FormulaError as exc:
+            yield Problem(where, str(exc))
+            continue
+        if name not in parts.present["variables"]:
+            yield Problem(where, f"'{name}' is not under variables: no formula reads it, so a set "
+                          "over MQTT would change nothing", True)
 
 
 def _check_buses(parts: Parts) -> Iterator[Problem]:
@@ -345,7 +391,7 @@ def _check_cycles(parts: Parts) -> Iterator[Problem]:
 
 _CHECKS = (
     _check_ids, _check_site, _check_listeners, _check_ocpp, _check_backend, _check_buses, _check_devices, _check_inputs, _check_rules,
-    check_names, _check_cycles, _check_variable_count, check_plausibility,
+    check_names, _check_cycles, _check_variable_count, check_plausibility, _check_mqtt,
 )
 
 

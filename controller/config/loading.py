@@ -55,6 +55,7 @@ from controller.config.schema import (
     ModbusChargerConfig,
     ModbusDeviceConfig,
     ModbusInputConfig,
+    Mqtt,
     OcppChargerConfig,
     OcppServer,
     Rule,
@@ -97,7 +98,7 @@ def _clean_loc(loc: Loc) -> Loc:
 
 
 _SECTION_MODELS: dict[str, type[BaseModel]] = {"site": Site, "http": Http, "smgw": Smgw,
-                                               "ocpp": OcppServer, "grid_log": GridLogConfig}
+                                               "ocpp": OcppServer, "grid_log": GridLogConfig, "mqtt": Mqtt}
 _ITEM_MODELS: dict[str, type[BaseModel]] = {"meters": MeterConfig, "rules": Rule}
 
 
@@ -239,6 +240,11 @@ def _machine_warnings(parts: Parts, gpiochip_glob: str) -> list[Problem]:
             file = getattr(parts.ocpp, name)
             if file is not None and parts.intact(("ocpp",), name) and not file.is_file():
                 warnings.append(Problem(("ocpp", name), f"{file} does not exist on this machine", True))
+    if parts.mqtt is not None and parts.mqtt.tls is not None and parts.intact(("mqtt",), "tls"):
+        for name in ("ca", "cert", "key"):
+            file = getattr(parts.mqtt.tls, name)
+            if file is not None and not file.is_file():
+                warnings.append(Problem(("mqtt", "tls", name), f"{file} does not exist on this machine", True))
     if parts.state_dir is not None and not _state_dir_writable(parts.state_dir):
         warnings.append(Problem(("state_dir",), f"{parts.state_dir} is not writable by this user", True))
     gpio_inputs = sorted(i for i, d in parts.inputs.items()

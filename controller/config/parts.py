@@ -35,6 +35,7 @@ from controller.config.schema import (
     MaxVariables,
     MeterConfig,
     ModbusInputConfig,
+    Mqtt,
     OcppServer,
     Rule,
     Site,
@@ -68,6 +69,7 @@ class Parts:
     state_dir: Path | None = None
     ocpp_backend: OcppBackend | None = None
     broken: frozenset[Loc] = field(default_factory=frozenset)  # fields whose default stands in
+    mqtt: Mqtt | None = None
 
     def intact(self, path: Loc, *names: str) -> bool:
         """True when none of the fields ``names`` of the entry at ``path`` is broken."""
@@ -83,7 +85,7 @@ class Parts:
         present = {s: frozenset(getattr(cfg, s)) for s in SECTIONS}
         return cls(cfg.site, cfg.http, cfg.smgw, cfg.ocpp, cfg.buses, cfg.meters, cfg.chargers, cfg.inputs,
                    cfg.variables, dict(enumerate(cfg.rules)), present, cfg.max_variables, cfg.state_dir,
-                   cfg.ocpp_backend)
+                   cfg.ocpp_backend, mqtt=cfg.mqtt)
 
     @classmethod
     def salvage(cls, data: Mapping[str, Any]) -> Parts:
@@ -113,6 +115,7 @@ class Parts:
             max_variables=_valid(_MAX_VARIABLES, data.get("max_variables", DEFAULT_MAX_VARIABLES)),
             state_dir=_valid(_STATE_DIR, data.get("state_dir", Config.model_fields["state_dir"].default)),
             ocpp_backend=_salvage(OcppBackend, data.get("ocpp_backend"), ("ocpp_backend",), broken),
+            mqtt=_salvage(Mqtt, data.get("mqtt"), ("mqtt",), broken),
         )
         parts.broken = frozenset(broken)
         return parts
@@ -130,6 +133,7 @@ _STAND_INS: dict[tuple[type[BaseModel], str], Any] = {
     (Rule, "name"): "?",
     (GpioInputConfig, "gpio"): 0,
     (Smgw, "cert"): "/", (Smgw, "key"): "/", (Smgw, "client_ca"): "/",
+    (Mqtt, "host"): "localhost",
 }
 
 

@@ -325,6 +325,45 @@ class GridLogConfig(_Strict):
     max_bytes: Annotated[int, Strict(), Field(ge=1_000_000, le=1_000_000_000_000)] = GRID_LOG_MAX_BYTES
 
 
+def _topic_prefix(value: str) -> str:
+    """An MQTT topic prefix: levels of letters, digits, ``_ - .`` joined by ``/``; no wildcard
+    (``+``, ``#``), no empty level, no ``/`` at either end."""
+    if len(value) > 100 or not re.fullmatch(r"[A-Za-z0-9_.-]+(?:/[A-Za-z0-9_.-]+)*", value):
+        raise ValueError("must be topic levels of letters, digits, '_', '-' or '.' joined by '/' "
+                         f"(no '+', '#', spaces or '/' at either end), at most 100 characters, not '{value}'")
+    return value
+
+
+TopicPrefix = Annotated[str, Strict(), AfterValidator(_topic_prefix)]
+#: Topic levels of their own under ``<prefix>/``: a charger may not have one as its id.
+MQTT_RESERVED_LEVELS = frozenset({"site", "set", "status"})
+
+
+class MqttTls(_Strict):
+    """TLS to the broker: ``ca`` (default: the system's trusted CAs), a client certificate as
+    ``cert`` and ``key`` (both or neither)."""
+
+    ca: AbsPath | None = None
+    cert: AbsPath | None = None
+    key: AbsPath | None = None
+
+
+class Mqtt(_Strict):
+    """The MQTT bridge (docs/mqtt.md): state out as retained topics under ``prefix``, Home
+    Assistant discovery under ``discovery_prefix`` when ``homeassistant``, and sets of the
+    variables named in ``writable`` (default: none) from ``<prefix>/set/<VAR>``."""
+
+    host: Host
+    port: Port = 1883
+    user: Annotated[str, Strict(), Field(min_length=1, max_length=256)] | None = None
+    password: Annotated[str, Strict(), Field(min_length=1, max_length=256)] | None = Field(None, repr=False)
+    tls: MqttTls | None = None
+    prefix: TopicPrefix = "gridcharge"
+    homeassistant: Bool = True
+    discovery_prefix: TopicPrefix = "homeassistant"
+    writable: tuple[Text, ...] = ()
+
+
 Baudrate = Annotated[Literal[1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200], IntOnly]
 Parity = Literal["N", "E", "O"]
 Stopbits = Annotated[Literal[1, 2], IntOnly]
@@ -587,6 +626,7 @@ class Config(_Strict):
     variables: dict[Text, VariableValue] = Field(default_factory=dict)
     rules: tuple[Rule, ...] = ()
     max_variables: MaxVariables = DEFAULT_MAX_VARIABLES  # the API refuses to add more (VariableStore)
+    mqtt: Mqtt | None = None  # the MQTT bridge and Home Assistant discovery (docs/mqtt.md)
 
     @property
     def backend_ids(self) -> dict[str, str]:

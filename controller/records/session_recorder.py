@@ -44,6 +44,7 @@ class SessionRecorder:
         self._tracks: dict[str, Track] = {cid: resume(s) for cid, s in left_open.items()}
         self._box_open: dict[str, Session] = dict(left_open)
         self._row_listeners: list[Callable[[Session], None]] = []
+        self._last_energy: dict[str, float | None] = {}  # each charger's last ended session (this run)
 
     def add_row_listener(self, callback: Callable[[Session], None]) -> None:
         """Called with every session row handed to the log, on the thread that made it (the
@@ -78,6 +79,28 @@ class SessionRecorder:
                 self._box_open[event.charger_id] = open_session
         self._save(rows)
 
+    def session_energy_wh(self, status: Status) -> dict[str, float | None]:
+        """Each charger's session energy now, in Wh, for the live views (MQTT): the open
+        session's (one derived here is counted every cycle; a box's own is its register now
+        minus its register at the start, None when either is unknown), else the energy of its
+        last session since the service started (until the next car arrives), else 0."""
+        out: dict[str, float | None] = {}
+        with self._lock:
+            for charger in status.chargers:
+                charger_id = charger.device.id
+                box = self._box_open.get(charger_id) if charger_id in self._reporting else None
+                track = self._tracks.get(charger_id) if charger_id not in self._reporting else None
+                if box is not None:
+                    reading = charger_reading(charger)
+                    now = reading.energy_wh if reading is not None else None
+                    start = box.start_wh
+                    out[charger_id] = now - start if now is not None and start is not None and now >= start else None
+                elif track is not None and track.session is not None:
+                    out[charger_id] = track.session.energy_wh
+                else:
+                    out[charger_id] = self._last_energy.get(charger_id, 0.0)
+        return out
+
     def save_open(self) -> None:
         """Save every open session as it is now (at stop: the energy since the last save)."""
         with self._lock:
@@ -87,6 +110,9 @@ class SessionRecorder:
 
     def _save(self, rows: Iterable[Session]) -> None:
         for session in rows:
+            if not session.open:
+                with self._lock:
+                    self._last_energy[session.charger_id] = session.energy_wh
             self._log.save(session)
             for listener in self._row_listeners:
                 listener(session)

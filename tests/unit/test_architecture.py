@@ -61,3 +61,9 @@ def test_allocation_sees_only_the_generic_hal_types() -> None:
     bad = {p: {n for n in names if n.split(".")[0] == "hal" and n != "hal.types"}
            for p, names in full_imports("controller/allocation").items()}
     assert not {p: n for p, n in bad.items() if n}, bad
+
+
+def test_paho_is_imported_by_the_mqtt_connection_only() -> None:
+    """paho-mqtt stays in hal/mqtt_client.py; the bridge (controller/mqtt/) only sees its interface."""
+    users = {p for pkg in ("hal", "controller", "web") for p, n in imports(pkg).items() if "paho" in n}
+    assert users == {"hal/mqtt_client.py"}, users

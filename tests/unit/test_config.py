@@ -478,7 +478,7 @@ def test_duplicate_yaml_keys_are_errors(tmp_path: Path) -> None:
 def test_yaml_anchors_and_merge_keys_work(tmp_path: Path) -> None:
     text = FULL_TEXT.replace("chargers:\n", "x-box: &box {model: alfen, bus: garage}\nchargers:\n", 1)
     errors = yaml_errors(tmp_path, text)
-    assert errors == ["x-box: unknown key (allowed: site, state_dir, grid_log, http, smgw, ocpp, ocpp_backend, buses, meters, chargers, inputs, variables, rules, max_variables)"]
+    assert errors == ["x-box: unknown key (allowed: site, state_dir, grid_log, http, smgw, ocpp, ocpp_backend, buses, meters, chargers, inputs, variables, rules, max_variables, mqtt)"]
     text = FULL_TEXT.replace("  E3: {", "  E4: {<<: {model: alfen, bus: garage}, unit: 2}\n  E3: {")
     assert load_config(_write(tmp_path, text)).chargers["E4"].model == "alfen"
 

@@ -196,3 +196,25 @@ def test_a_session_takes_about_130_bytes(make_log: Callable[..., SessionLog], pa
         conn.close()
     print(f"bytes per session: {per_session:.0f}")
     assert 100 <= per_session <= 160
+
+
+def test_session_energy_now_for_the_live_views(make_log: Callable[..., SessionLog]) -> None:
+    """The open session's energy (derived ones counted every cycle, a box's own from its register),
+    the last session's after it ended, until the next car; 0 before any session."""
+    recorder = SessionRecorder(make_log(), reporting={"OC1"})
+    recorder.on_cycle(cycle(T0, E1=ChargerReading(IecState.A, energy_wh=10.0), E2=None, OC1=None))
+    status = cycle(T0, E1=ChargerReading(IecState.A, energy_wh=10.0), E2=None, OC1=None)
+    assert recorder.session_energy_wh(status) == {"E1": 0.0, "E2": 0.0, "OC1": 0.0}
+    recorder.on_cycle(cycle(T0 + 1, E1=ChargerReading(IecState.C, energy_wh=10.0)))
+    recorder.on_cycle(cycle(T0 + 2, E1=ChargerReading(IecState.C, energy_wh=35.0)))
+    recorder.record_event(SessionEvent("OC1", SessionEventKind.START, T0 + 2, 500.0))
+    status = cycle(T0 + 2, E1=ChargerReading(IecState.C, energy_wh=35.0), OC1=ChargerReading(IecState.C, energy_wh=620.0))
+    assert recorder.session_energy_wh(status) == {"E1": 25.0, "OC1": 120.0}
+    offline = cycle(T0 + 2, OC1=None)  # a box's register cannot be read: the energy is not known now
+    assert recorder.session_energy_wh(offline) == {"OC1": None}
+    recorder.on_cycle(cycle(T0 + 3, E1=ChargerReading(IecState.A, energy_wh=40.0)))
+    recorder.record_event(SessionEvent("OC1", SessionEventKind.STOP, T0 + 4, 700.0))
+    status = cycle(T0 + 4, E1=ChargerReading(IecState.A, energy_wh=40.0), OC1=ChargerReading(IecState.A, energy_wh=700.0))
+    assert recorder.session_energy_wh(status) == {"E1": 30.0, "OC1": 200.0}  # kept after the car left
+    recorder.on_cycle(cycle(T0 + 5, E1=ChargerReading(IecState.B, energy_wh=40.0)))  # the next car
+    assert recorder.session_energy_wh(cycle(T0 + 5, E1=ChargerReading(IecState.B, energy_wh=40.0))) == {"E1": 0.0}
