@@ -32,6 +32,7 @@ from controller.backend.gateway import Gateway
 from controller.build import build_hardware
 from controller.records.backend_outbox import BackendOutbox
 from controller.hardware import Hardware
+from controller.history import History
 from controller.clock import Clock
 from controller.records.gridlog import GridLog, GridLogFileError, GridSignalRecorder
 from controller.loop import ControlLoop
@@ -119,6 +120,8 @@ class Service:
             self.session_recorder.add_row_listener(self.gateway.on_session)
             self.loop.add_cap_source(self.gateway.caps)
             self.loop.add_cycle_listener(self.gateway.on_cycle)
+        self.history = History(voltage_v=cfg.site.voltage_v)  # the status page's 24 h chart
+        self.loop.add_cycle_listener(self.history.on_cycle)
 
     def _record_backend(self, kind: str, name: str, old: object, new: object, source: str) -> None:
         """A change the backend made to a charger's cap, in the grid log (with the grid power now)."""
