@@ -149,6 +149,10 @@ class History:
         self._open: _OpenBucket | None = None
         self._last_cycle = -1
 
+    def now(self) -> float:
+        """The history's clock (unix seconds): the answer's ``now`` beside its buckets."""
+        return self._clock()
+
     @property
     def capacity(self) -> int:
         """The most buckets kept (the ring's size)."""

@@ -52,7 +52,7 @@ keeps the listener's app, the command table and what each command does.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -68,6 +68,8 @@ from controller.records.variables import VariableStore
 from web.auth import Authenticator, Principal, Scope
 from web.devinfo import dev_info
 from web.errors import ApiError, bad_request, error_response, json_response, short
+from web.history import history_body
+from web.page import register_page
 from web.parsing import (
     flag,
     log_query,
@@ -75,14 +77,16 @@ from web.parsing import (
     parse_cert_body,
     parse_enable_flag,
     parse_mamps,
+    parse_time,
     required,
     vars_to_set,
 )
 from web.render import event_row, grid_log_csv, json_value, session_row, sessions_csv, vars_body
 
 if TYPE_CHECKING:
+    from controller.history import History
     from controller.records.gridlog import GridLog
-    from controller.records.sessions import SessionLog
+    from controller.records.sessions import Session, SessionLog
     from web.tls import TlsStore
 
 log = logging.getLogger(__name__)
@@ -116,6 +120,12 @@ class ApiContext:
     save_failing: Callable[[], bool] = _saving_works
     main_fuse_a: float | None = None
     sessions: SessionLog | None = None  # the session log (get_sessions); None: not enabled
+    #: The status page's additions: the 24 h history (``get_history``; None: not kept), the
+    #: configured cycle (how often the page asks) and each charger's open session (its energy in
+    #: ``get_dev_info``).
+    history: History | None = None
+    cycle_s: float | None = None
+    open_sessions: Callable[[], Mapping[str, Session]] | None = None
 
 
 # --------------------------------------------------------------------------- the API
@@ -141,6 +151,7 @@ class Api:
             "get_dev_info": Command(self.get_dev_info, Scope.STATUS),
             "get_grid_log": Command(self.get_grid_log, Scope.STATUS),
             "get_sessions": Command(self.get_sessions, Scope.STATUS),
+            "get_history": Command(self.get_history, Scope.STATUS),
             "override_device": Command(self.override_device, Scope.ADMIN, mutates=True),
             "set_tls_cert": Command(self.set_tls_cert, Scope.ADMIN, mutates=True, post_only=True),
         }
@@ -189,7 +200,9 @@ class Api:
 
     # ---- status ---------------------------------------------------------------------------
     def get_dev_info(self, principal: Principal) -> Response:
-        return json_response(dev_info(self.ctx.status(), self.ctx.version, main_fuse_a=self.ctx.main_fuse_a))
+        sessions = self.ctx.open_sessions() if self.ctx.open_sessions is not None else None
+        return json_response(dev_info(self.ctx.status(), self.ctx.version, main_fuse_a=self.ctx.main_fuse_a,
+                                      sessions=sessions))
 
     def get_grid_log(self, principal: Principal) -> Response:
         return _download("get_grid_log", self.ctx.grid_log, "the grid signal log", event_row, grid_log_csv,
@@ -198,6 +211,16 @@ class Api:
     def get_sessions(self, principal: Principal) -> Response:
         return _download("get_sessions", self.ctx.sessions, "the session log", session_row, sessions_csv,
                          "sessions")
+
+    def get_history(self, principal: Principal) -> Response:
+        """The last 24 h in buckets (``web.history``); ``from``: only buckets starting then or later."""
+        text_from = one("from")
+        since = None if text_from is None else parse_time("from", text_from)
+        history = self.ctx.history
+        if history is None:
+            raise bad_request("the history is not kept on this controller")
+        return json_response(history_body(history.snapshot(since), bucket_s=history.bucket_s,
+                                          span_s=history.span_s, cycle_s=self.ctx.cycle_s, now=history.now()))
 
     # ---- admin ----------------------------------------------------------------------------
     def override_device(self, principal: Principal) -> Response:
@@ -265,7 +288,7 @@ def _download(cmd: str, record: Any, what: str, to_row: Callable[[Any], dict[str
     except TimeoutError:
         log.warning("%s: the %s writer is behind; answering without its queue", cmd, record.spec.label)
     try:
-        found = record.query(q.from_ts, q.to_ts, limit=q.limit + 1)
+        found = record.query(q.from_ts, q.to_ts, limit=q.limit + 1, newest_first=q.newest_first)
     except RecordUnavailable as exc:
         raise ApiError(503, str(exc), {"Retry-After": "5"}) from None
     rows = [to_row(item) for item in found[:q.limit]]
@@ -343,9 +366,12 @@ def create_app(ctx: ApiContext, *, listener: str, auth: Authenticator) -> flask.
     def cnf() -> Response:
         return api.dispatch(flask.g.principal)
 
+    if listener == "lan":
+        register_page(app)  # the status page at / (the SMGW listener serves the API only)
+
     @app.after_request
     def _no_store(response: Response) -> Response:
-        response.headers["Cache-Control"] = "no-store"
+        response.headers.setdefault("Cache-Control", "no-store")  # the page's files revalidate instead
         return response
 
     @app.errorhandler(ApiError)
