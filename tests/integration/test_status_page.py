@@ -11,7 +11,8 @@ What is proven (docs/api.md, "The status page"):
 - an admin edits AVAIL in the page: the store has it and the chargers get their new limits; an
   invalid formula shows the API's error next to the field and changes nothing;
 - it is laid out for 360 px and 1280 px (no sideways scrolling), with screenshots of both saved
-  to ``$GRIDCHARGE_SCREENSHOTS`` (default: the test's temporary directory);
+  to ``$GRIDCHARGE_SCREENSHOTS`` (default: the test's temporary directory); every form control
+  has a name and all text has a contrast of at least 4.5:1 (WCAG AA), from the computed styles;
 - no console errors but the deliberate 400 of the invalid formula;
 - a wrong password gets a 401 and nothing of the page.
 
@@ -67,6 +68,35 @@ return {
   max_total_current: raw("max-total-current"), limiting: raw("limiting"), phases: fields(document.getElementById("phases")),
   chargers: byDevice("#chargers [data-dev]"), inputs: byDevice("#inputs [data-dev]"),
 };
+"""
+#: WCAG checks in the browser: form controls without a name, and text whose contrast against its
+#: (first opaque) background is below 4.5:1 (AA for normal text), from the computed styles.
+ACCESSIBILITY = """
+const rgb = (text) => (text.match(/[0-9.]+/g) || []).map(Number);
+const luminance = ([r, g, b]) => {
+  const f = (c) => { c /= 255; return c <= 0.03928 ? c / 12.92 : Math.pow((c + 0.055) / 1.055, 2.4); };
+  return 0.2126 * f(r) + 0.7152 * f(g) + 0.0722 * f(b);
+};
+const background = (el) => {
+  for (; el; el = el.parentElement) {
+    const c = rgb(getComputedStyle(el).backgroundColor);
+    if (c.length === 3 || (c.length === 4 && c[3] > 0.99)) return c.slice(0, 3);
+  }
+  return [255, 255, 255];
+};
+const unnamed = [...document.querySelectorAll("input, button, select, textarea")]
+  .filter((e) => !(e.labels && e.labels.length) && !e.textContent.trim() && !e.getAttribute("aria-label"))
+  .map((e) => e.outerHTML);
+const low = [];
+for (const el of document.body.querySelectorAll("*")) {
+  if (el.closest("svg") || !el.offsetParent) continue;
+  const own = [...el.childNodes].some((n) => n.nodeType === 3 && n.textContent.trim());
+  if (!own) continue;
+  const a = luminance(rgb(getComputedStyle(el).color)), b = luminance(background(el));
+  const ratio = (Math.max(a, b) + 0.05) / (Math.min(a, b) + 0.05);
+  if (ratio < 4.5) low.push(el.tagName + " " + el.textContent.trim().slice(0, 30) + " " + ratio.toFixed(2));
+}
+return {unnamed: unnamed, low_contrast: low, lang: document.documentElement.lang};
 """
 CHARGER_FIELDS = ("current_l1", "current_l2", "current_l3", "cur_charging_power", "assigned_cur", "lreason",
                   "last_set_charging_cur", "state_text")
@@ -254,6 +284,7 @@ def test_360_and_1280_pixels_screenshots_and_no_console_errors(live: Live, brows
         for section in ("grid-section", "limits-section", "chargers-section", "chart-section", "inputs-section",
                         "vars-section", "signals-section"):
             assert browser.find_element(By.ID, section).is_displayed()
+        assert browser.execute_script(ACCESSIBILITY) == {"unnamed": [], "low_contrast": [], "lang": "en"}
         path = screenshot(browser, folder / f"status-{width}.png")
         assert path.stat().st_size > 10_000
     errors = [e for e in console_errors(browser)
