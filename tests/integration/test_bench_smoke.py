@@ -34,6 +34,7 @@ TINY: dict[str, list[str]] = {
     "gridlog": ["--rows", "20000", "--checks", "20", "--clear", "200"],
     "ocpp": ["--boxes", "3", "--window-s", "3", "--changes", "3"],
     "backend_outbox": ["--transactions", "5", "--meters", "2", "--pending", "50"],
+    "status_page": ["--browsers", "1", "--seconds", "2"],
 }
 
 
@@ -156,3 +157,11 @@ def test_backend_outbox_runs(runs: dict[str, subprocess.CompletedProcess[str]]) 
     size = data["size"]
     assert size["pending"] == 50 and size["counted"] == size["reopened"] == 51
     assert 0 < size["closed_bytes"] <= size["open_bytes"] and size["bytes_per_message"] > size["payload_bytes"] / 2
+
+
+def test_status_page_runs(runs: dict[str, subprocess.CompletedProcess[str]]) -> None:
+    data = figures(runs["status_page"])
+    assert data["bench"] == "status_page" and data["browsers"] == 1 and data["exit_code"] == 0
+    for window in (data["without"], data["with"]):
+        assert window["cycles"] >= 1 and window["failed_cycles"] == 0 and window["cpu_percent"] > 0
+    assert data["without"]["page_requests_per_s"] == 0 and data["with"]["page_requests_per_s"] > 0

@@ -2,7 +2,7 @@
  *
  * get_dev_info every cycle (the cycle comes with get_history), get_cm_vars every 5 s and after an
  * edit, get_grid_log (the last signals, newest first) every 10 s, get_history every 30 s (only
- * the buckets since the last one it has). A hidden tab asks nothing. Every value from the API is
+ * the buckets since the last one it has), one request at a time. A hidden tab asks nothing. Every value from the API is
  * put in the page as text (textContent), never as HTML. Each number shown carries the API's own
  * value in data-raw, so a test can compare the page with get_dev_info exactly.
  */
@@ -36,7 +36,16 @@
     }
   }
 
-  async function api(cmd, params, init) {
+  // One request at a time: the browser then keeps one connection to the box, not one per poll
+  // (the LAN listener allows 16 per address; several pages on one computer share them).
+  let queue = Promise.resolve();
+  function api(cmd, params, init) {
+    const answer = queue.then(() => request(cmd, params, init));
+    queue = answer.catch(() => null);
+    return answer;
+  }
+
+  async function request(cmd, params, init) {
     // location.origin never carries user:password@, which fetch() refuses in a URL
     const url = new URL("/cnf", location.origin);
     url.searchParams.set("cmd", cmd);
