@@ -42,6 +42,11 @@ Decisions where the cFos documentation is silent (also in docs/api.md):
   unless saving recovers (it is retried every second). The key is absent while saving works.
 - ``get_grid_log`` answers 503 (``Retry-After: 5``) when the log file cannot be read now; a
   damaged file is then being kept aside and replaced, so asking again reads the new log.
+- ``get_grid_log`` and ``get_sessions`` take ``order=newest`` (an addition): newest first, so
+  that ``limit=12`` gives the last twelve (the status page's last signals).
+- ``get_history`` (status scope): the controller's last 24 h in 30 s buckets (``web.history``),
+  ``from`` to get only the newer buckets; 400 when the controller keeps no history.
+- The LAN listener also serves the status page at ``/`` (``web.page``); the SMGW listener does not.
 - ``set_tls_cert`` (POST, admin): ``{"cert": PEM, "key": PEM}``, or the two PEMs concatenated
   as the raw body (``curl --data-binary @cm.pem``). A listener without a TLS store answers 400.
 

@@ -36,9 +36,8 @@ Decisions where the cFos documentation is silent (also in docs/api.md):
 from __future__ import annotations
 
 import math
-from typing import Any
-
 from collections.abc import Mapping
+from typing import Any
 
 from controller.cfos import CFOS_OFFLINE, cfos_state
 from controller.records.sessions import Session

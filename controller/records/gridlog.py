@@ -218,8 +218,9 @@ class GridLog(RecordWriter):
     def query(self, from_ts: float | None = None, to_ts: float | None = None,
               limit: int = 10000, *, newest_first: bool = False) -> list[GridEvent]:
         """Events with ``from_ts <= ts < to_ts`` (either bound may be None), oldest first (newest
-        first with ``newest_first``: the last ``limit`` events), at most ``limit``. Runs on the caller's thread with its own connection; an empty list when
-        the database does not exist yet. What is still queued is not seen (``flush`` first).
+        first with ``newest_first``: the last ``limit`` events), at most ``limit``. Runs on the
+        caller's thread with its own connection; an empty list when the database does not exist
+        yet. What is still queued is not seen (``flush`` first).
 
         Raises GridLogUnavailable when the file cannot be read; a damaged one also wakes the
         writer, which checks it and sets it aside, so that the next query reads the new log.

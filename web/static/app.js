@@ -548,7 +548,9 @@
     }).join("");
     if (band) svg.append(s("path", { class: "band", d: band }));
     const line = (get, cls) => {
-      const d = runs(get).map((run) => "M" + run.map((p) => x(p.t + half).toFixed(1) + "," + y(get(p)).toFixed(1)).join("L")).join("");
+      const d = runs(get).map((run) => (run.length === 1 // a lone bucket: a dash across it
+        ? "M" + x(run[0].t).toFixed(1) + "," + y(get(run[0])).toFixed(1) + "H" + x(run[0].t + state.bucketS).toFixed(1)
+        : "M" + run.map((p) => x(p.t + half).toFixed(1) + "," + y(get(p)).toFixed(1)).join("L"))).join("");
       if (d) svg.append(s("path", { class: "line " + cls, d: d }));
     };
     const steps = (get, cls) => {
