@@ -8,6 +8,7 @@ What is proven (docs/api.md, "The status page"):
   the limits in force and what limits, each charger's state, currents, limit, lreason and
   written current, the inputs;
 - it follows a change of the site within two cycles;
+- a red banner says why while the fail-safe limit is in force, and goes when it ends;
 - an admin edits AVAIL in the page: the store has it and the chargers get their new limits; an
   invalid formula shows the API's error next to the field and changes nothing;
 - it is laid out for 360 px and 1280 px (no sideways scrolling), with screenshots of both saved
@@ -269,6 +270,20 @@ def test_an_invalid_value_shows_its_error_inline_and_changes_nothing(live: Live,
     assert field.get_attribute("aria-invalid") == "true" and field.get_attribute("value") == wrong
     assert avail_expr(live) == 50  # nothing changed
     live.api("set_cm_vars", name="AVAIL", val="100")
+
+
+def test_a_fail_safe_shows_its_banner_with_the_reason(live: Live, browser: WebDriver) -> None:
+    banner = browser.find_element(By.ID, "failsafe")
+    assert not banner.is_displayed()
+    live.sim.set_silent("M1")  # the grid meter stops answering: after stale_s (3 s) the fail-safe
+    try:
+        wait_for(banner.is_displayed, 8, "the fail-safe banner")
+        reason = live.api("get_dev_info")["params"]["failsafe"]
+        assert reason and reason in banner.text and banner.text.startswith("Fail-safe in force:")
+        assert browser.find_element(By.ID, "faults").is_displayed()
+    finally:
+        live.sim.set_silent("M1", False)
+    wait_for(lambda: not banner.is_displayed(), 8, "the banner to go")
 
 
 def test_360_and_1280_pixels_screenshots_and_no_console_errors(live: Live, browser: WebDriver,
