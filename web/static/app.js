@@ -23,6 +23,7 @@
     lastCycleAt: 0,
     history: null, // {now, points: [{t, gMin, gAvg, gMax, cMin, cAvg, cMax, gLim, cLim, fs}]}
     connState: "",
+    stopped: false, // after a 401 or 429: asking on with a wrong password would lock this address out
   };
 
   const $ = (id) => document.getElementById(id);
@@ -139,6 +140,7 @@
 
   function failed(err) {
     const lost = $("lost");
+    if (err.status === 401 || err.status === 429) state.stopped = true;
     if (err.status === 401) lost.textContent = "Not logged in (any more): reload the page to log in again.";
     else if (err.status === 429) lost.textContent = "Too many failed logins from this address: wait a minute, then reload.";
     else lost.textContent = "No answer from the controller since " + clock(new Date(state.lastCycleAt || Date.now()), true) +
@@ -590,10 +592,10 @@
       busy = true;
       const started = Date.now();
       try {
-        if (!document.hidden) await poll();
+        if (!document.hidden && !state.stopped) await poll();
       } finally {
         busy = false;
-        timer = setTimeout(run, Math.max(100, seconds() * 1000 - (Date.now() - started)));
+        if (!state.stopped) timer = setTimeout(run, Math.max(100, seconds() * 1000 - (Date.now() - started)));
       }
     };
     return run;
