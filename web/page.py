@@ -79,5 +79,6 @@ def register_page(app: flask.Flask) -> None:
     def static_file(name: str) -> Response:
         asset = assets.get(name)
         if asset is None or name == "index.html":
-            raise ApiError(404, f"no such file {name[:60]!r} of the status page")
+            raise ApiError(404, f"no such path {('/static/' + name)[:80]!r}: the status page is /, "
+                                "the API is /cnf?cmd=...")
         return _serve(asset)
