@@ -258,7 +258,8 @@ def run_demo(
         )
         if port is not None:
             output.write(f"HTTP API on http://127.0.0.1:{port} (user admin, password {password}); try:\n"
-                         f"{curl_lines(port, password)}")
+                         f"{curl_lines(port, password)}\n"
+                         f"Status page: open http://127.0.0.1:{port}/ in a browser (user admin, the same password)")
         if on_signal is not None:
             on_signal(service.stop)
         with output.screen:

@@ -32,6 +32,7 @@ from controller.backend.gateway import Gateway
 from controller.build import build_hardware
 from controller.records.backend_outbox import BackendOutbox
 from controller.hardware import Hardware
+from controller.history import History
 from controller.clock import Clock
 from controller.records.gridlog import GridLog, GridLogFileError, GridSignalRecorder
 from controller.loop import ControlLoop
@@ -126,6 +127,8 @@ class Service:
             self.mqtt = MqttBridge(cfg.mqtt, store=self.store, chargers=charger_devices(cfg), inputs=tuple(cfg.inputs),
                                    version=version(), session_energy_wh=self.session_recorder.session_energy_wh)
             self.loop.add_cycle_listener(self.mqtt.on_cycle)
+        self.history = History(voltage_v=cfg.site.voltage_v)  # the status page's 24 h chart
+        self.loop.add_cycle_listener(self.history.on_cycle)
 
     def _record_backend(self, kind: str, name: str, old: object, new: object, source: str) -> None:
         """A change the backend made to a charger's cap, in the grid log (with the grid power now)."""

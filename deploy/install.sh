@@ -450,6 +450,9 @@ summary() {
     fi
     log ""
     log "  HTTP API: ${url:-none (the config has no http: section)}"
+    if [[ $url == http://*/cnf ]]; then
+        log "  status page: ${url%cnf} (a browser on the same network, same user and password)"
+    fi
     if [[ -n $ADMIN_PASSWORD ]]; then
         log "  user:     $ADMIN_USER"
         log "  password: $ADMIN_PASSWORD"

@@ -42,6 +42,11 @@ Decisions where the cFos documentation is silent (also in docs/api.md):
   unless saving recovers (it is retried every second). The key is absent while saving works.
 - ``get_grid_log`` answers 503 (``Retry-After: 5``) when the log file cannot be read now; a
   damaged file is then being kept aside and replaced, so asking again reads the new log.
+- ``get_grid_log`` and ``get_sessions`` take ``order=newest`` (an addition): newest first, so
+  that ``limit=12`` gives the last twelve (the status page's last signals).
+- ``get_history`` (status scope): the controller's last 24 h in 30 s buckets (``web.history``),
+  ``from`` to get only the newer buckets; 400 when the controller keeps no history.
+- The LAN listener also serves the status page at ``/`` (``web.page``); the SMGW listener does not.
 - ``set_tls_cert`` (POST, admin): ``{"cert": PEM, "key": PEM}``, or the two PEMs concatenated
   as the raw body (``curl --data-binary @cm.pem``). A listener without a TLS store answers 400.
 
@@ -55,7 +60,7 @@ unless ``http.metrics_auth`` is false) and both apps count every answer for it.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -72,6 +77,8 @@ from web.auth import Authenticator, Principal, Scope
 from web.devinfo import dev_info
 from web.errors import ApiError, bad_request, error_response, json_response, short
 from web.metrics import METRICS_PATH, Metrics, install_metrics, open_to_all
+from web.history import history_body
+from web.page import register_page
 from web.parsing import (
     flag,
     log_query,
@@ -79,14 +86,16 @@ from web.parsing import (
     parse_cert_body,
     parse_enable_flag,
     parse_mamps,
+    parse_time,
     required,
     vars_to_set,
 )
 from web.render import event_row, grid_log_csv, json_value, session_row, sessions_csv, vars_body
 
 if TYPE_CHECKING:
+    from controller.history import History
     from controller.records.gridlog import GridLog
-    from controller.records.sessions import SessionLog
+    from controller.records.sessions import Session, SessionLog
     from web.tls import TlsStore
 
 log = logging.getLogger(__name__)
@@ -121,6 +130,12 @@ class ApiContext:
     main_fuse_a: float | None = None
     sessions: SessionLog | None = None  # the session log (get_sessions); None: not enabled
     metrics: Metrics | None = None  # GET /metrics on the LAN and the request counter; None: neither
+    #: The status page's additions: the 24 h history (``get_history``; None: not kept), the
+    #: configured cycle (how often the page asks) and each charger's open session (its energy in
+    #: ``get_dev_info``).
+    history: History | None = None
+    cycle_s: float | None = None
+    open_sessions: Callable[[], Mapping[str, Session]] | None = None
 
 
 # --------------------------------------------------------------------------- the API
@@ -146,6 +161,7 @@ class Api:
             "get_dev_info": Command(self.get_dev_info, Scope.STATUS),
             "get_grid_log": Command(self.get_grid_log, Scope.STATUS),
             "get_sessions": Command(self.get_sessions, Scope.STATUS),
+            "get_history": Command(self.get_history, Scope.STATUS),
             "override_device": Command(self.override_device, Scope.ADMIN, mutates=True),
             "set_tls_cert": Command(self.set_tls_cert, Scope.ADMIN, mutates=True, post_only=True),
         }
@@ -194,7 +210,9 @@ class Api:
 
     # ---- status ---------------------------------------------------------------------------
     def get_dev_info(self, principal: Principal) -> Response:
-        return json_response(dev_info(self.ctx.status(), self.ctx.version, main_fuse_a=self.ctx.main_fuse_a))
+        sessions = self.ctx.open_sessions() if self.ctx.open_sessions is not None else None
+        return json_response(dev_info(self.ctx.status(), self.ctx.version, main_fuse_a=self.ctx.main_fuse_a,
+                                      sessions=sessions))
 
     def get_grid_log(self, principal: Principal) -> Response:
         return _download("get_grid_log", self.ctx.grid_log, "the grid signal log", event_row, grid_log_csv,
@@ -203,6 +221,16 @@ class Api:
     def get_sessions(self, principal: Principal) -> Response:
         return _download("get_sessions", self.ctx.sessions, "the session log", session_row, sessions_csv,
                          "sessions")
+
+    def get_history(self, principal: Principal) -> Response:
+        """The last 24 h in buckets (``web.history``); ``from``: only buckets starting then or later."""
+        text_from = one("from")
+        since = None if text_from is None else parse_time("from", text_from)
+        history = self.ctx.history
+        if history is None:
+            raise bad_request("the history is not kept on this controller")
+        return json_response(history_body(history.snapshot(since), bucket_s=history.bucket_s,
+                                          span_s=history.span_s, cycle_s=self.ctx.cycle_s, now=history.now()))
 
     # ---- admin ----------------------------------------------------------------------------
     def override_device(self, principal: Principal) -> Response:
@@ -270,7 +298,7 @@ def _download(cmd: str, record: Any, what: str, to_row: Callable[[Any], dict[str
     except TimeoutError:
         log.warning("%s: the %s writer is behind; answering without its queue", cmd, record.spec.label)
     try:
-        found = record.query(q.from_ts, q.to_ts, limit=q.limit + 1)
+        found = record.query(q.from_ts, q.to_ts, limit=q.limit + 1, newest_first=q.newest_first)
     except RecordUnavailable as exc:
         raise ApiError(503, str(exc), {"Retry-After": "5"}) from None
     rows = [to_row(item) for item in found[:q.limit]]
@@ -355,10 +383,12 @@ def create_app(ctx: ApiContext, *, listener: str, auth: Authenticator) -> flask.
 
     if ctx.metrics is not None:
         install_metrics(app, ctx.metrics, listener=listener, commands=api.commands)
+    if listener == "lan":
+        register_page(app)  # the status page at / (the SMGW listener serves the API only)
 
     @app.after_request
     def _no_store(response: Response) -> Response:
-        response.headers["Cache-Control"] = "no-store"
+        response.headers.setdefault("Cache-Control", "no-store")  # the page's files revalidate instead
         return response
 
     @app.errorhandler(ApiError)

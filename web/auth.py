@@ -24,7 +24,7 @@ the per-address throttle of failed logins (docs/api.md):
   the configured ``smgw.functions`` as scopes. No password.
 
 Scopes: ``vars`` (set_cm_vars, get_cm_vars), ``status`` (get_dev_info, get_grid_log,
-get_sessions), ``admin`` (everything), ``ocpp`` (nothing in this API yet). The LAN admin has every scope.
+get_sessions, get_history), ``admin`` (everything), ``ocpp`` (nothing in this API yet). The LAN admin has every scope.
 """
 
 from __future__ import annotations

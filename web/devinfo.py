@@ -27,14 +27,20 @@ Decisions where the cFos documentation is silent (also in docs/api.md):
   grid meter's currents this cycle, null without a reading) and ``main_fuse_cur`` (mA, the
   config's ``main_fuse_a``; null when the caller does not know it); per charger ``iec_state``
   (``"A"``..``"F"``, null while offline), because cFos ``state`` 5 is both E and F.
+- Added for the status page: per charger ``session_energy`` (Wh charged in the session open now,
+  null when none is open or its energy is not known yet), from the session recorder's open
+  sessions. A box that reports its own sessions (OCPP) says its energy only at the stop; until
+  then it is the box's register now minus the register at the start.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any
 
 from controller.cfos import CFOS_OFFLINE, cfos_state
+from controller.records.sessions import Session
 from controller.status import BackendStatus, ChargerStatus, DeviceStatus, Status
 
 OFFLINE_STATE = CFOS_OFFLINE
@@ -93,7 +99,18 @@ def _live(dev: DeviceStatus, field: str) -> Any:
     return reading if hasattr(reading, field) else None
 
 
-def charger_info(ch: ChargerStatus) -> dict[str, Any]:
+def session_energy_wh(session: Session | None, register_wh: float | None) -> float | None:
+    """Wh charged so far in an open session (see the module docstring), None when not known."""
+    if session is None or not session.open:
+        return None
+    if session.energy_wh is not None:
+        return session.energy_wh
+    if session.start_wh is not None and register_wh is not None and register_wh >= session.start_wh:
+        return register_wh - session.start_wh
+    return None
+
+
+def charger_info(ch: ChargerStatus, session: Session | None = None) -> dict[str, Any]:
     dev = ch.device
     live = _live(dev, "state")
     out = _common(dev, "evse")
@@ -116,6 +133,7 @@ def charger_info(ch: ChargerStatus) -> dict[str, Any]:
         used_phases=7 if ch.phases == 3 else 1 << ch.phase,
         override_cur=milliamps(ch.override_a),
         assigned_cur=milliamps(ch.command_a),
+        session_energy=whole(session_energy_wh(session, live.energy_wh if live is not None else None)),
     )
     return out
 
@@ -196,13 +214,17 @@ def backend_info(backend: BackendStatus) -> dict[str, Any]:
     }
 
 
-def dev_info(status: Status, version: str, *, main_fuse_a: float | None = None) -> dict[str, Any]:
+def dev_info(status: Status, version: str, *, main_fuse_a: float | None = None,
+             sessions: Mapping[str, Session] | None = None) -> dict[str, Any]:
     """The ``get_dev_info`` body: ``{"params": ..., "devices": [...], "inputs": [...]}``.
 
     Devices are the chargers, then the meters, each in config order (as the loop publishes them).
     ``main_fuse_a`` is the config's fuse (the status does not carry it): ``params.main_fuse_cur``.
+    ``sessions``: each charger's open session (``session_energy``; None: not known).
     """
-    devices = [charger_info(ch) for ch in status.chargers] + [meter_info(m) for m in status.meters]
+    open_now = sessions or {}
+    devices = [charger_info(ch, open_now.get(ch.device.id)) for ch in status.chargers] \
+        + [meter_info(m) for m in status.meters]
     return {
         "params": params(status, version, main_fuse_a),
         "devices": devices,

@@ -77,11 +77,13 @@ class LogQuery:
     to_ts: float | None
     fmt: str  # "json" | "csv"
     limit: int
+    newest_first: bool = False  # order=newest: the last ``limit`` rows, newest first
 
 
 def log_query() -> LogQuery:
     """``from``/``to`` (unix seconds or ISO 8601, ``from`` not after ``to``), ``format``
-    (``json``, the default, or ``csv``) and ``limit`` of this request; 400 for anything else."""
+    (``json``, the default, or ``csv``), ``limit`` and ``order`` (``oldest``, the default, or
+    ``newest``) of this request; 400 for anything else."""
     text_from, text_to = one("from"), one("to")
     from_ts = None if text_from is None else parse_time("from", text_from)
     to_ts = None if text_to is None else parse_time("to", text_to)
@@ -90,7 +92,10 @@ def log_query() -> LogQuery:
     fmt = one("format") or "json"
     if fmt not in ("json", "csv"):
         raise bad_request(f"parameter format must be json or csv, not {short(fmt, 30)!r}")
-    return LogQuery(from_ts, to_ts, fmt, parse_limit(one("limit")))
+    order = one("order") or "oldest"
+    if order not in ("oldest", "newest"):
+        raise bad_request(f"parameter order must be oldest or newest, not {short(order, 30)!r}")
+    return LogQuery(from_ts, to_ts, fmt, parse_limit(one("limit")), newest_first=order == "newest")
 
 
 def parse_mamps(text: str) -> int:

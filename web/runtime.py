@@ -46,6 +46,9 @@ def start_web(service: Service, *, http: Any = None, smgw: Any = None) -> WebSer
         main_fuse_a=cfg.site.main_fuse_a,
         sessions=service.sessions,
         metrics=metrics,
+        history=service.history,
+        cycle_s=cfg.site.cycle_s,
+        open_sessions=service.session_recorder.open_sessions,
     )
     servers = WebServers(ctx, http, smgw, tls)
     servers.start()

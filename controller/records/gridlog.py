@@ -216,16 +216,18 @@ class GridLog(RecordWriter):
 
     # ---- reading -----------------------------------------------------------------------------
     def query(self, from_ts: float | None = None, to_ts: float | None = None,
-              limit: int = 10000) -> list[GridEvent]:
-        """Events with ``from_ts <= ts < to_ts`` (either bound may be None), oldest first, at
-        most ``limit``. Runs on the caller's thread with its own connection; an empty list when
-        the database does not exist yet. What is still queued is not seen (``flush`` first).
+              limit: int = 10000, *, newest_first: bool = False) -> list[GridEvent]:
+        """Events with ``from_ts <= ts < to_ts`` (either bound may be None), oldest first (newest
+        first with ``newest_first``: the last ``limit`` events), at most ``limit``. Runs on the
+        caller's thread with its own connection; an empty list when the database does not exist
+        yet. What is still queued is not seen (``flush`` first).
 
         Raises GridLogUnavailable when the file cannot be read; a damaged one also wakes the
         writer, which checks it and sets it aside, so that the next query reads the new log.
         """
         where, params = time_range(from_ts, to_ts)
-        rows = self._read(f"{_SELECT}{where} ORDER BY ts, id LIMIT ?", [*params, max(0, int(limit))])
+        order = "ts DESC, id DESC" if newest_first else "ts, id"
+        rows = self._read(f"{_SELECT}{where} ORDER BY {order} LIMIT ?", [*params, max(0, int(limit))])
         return [GridEvent(ts, kind, name, _decode(old), _decode(new), source, power)
                 for ts, kind, name, old, new, source, power in rows]
 

@@ -101,6 +101,16 @@ class SessionRecorder:
                     out[charger_id] = self._last_energy.get(charger_id, 0.0)
         return out
 
+    def open_sessions(self) -> dict[str, Session]:
+        """Each charger's open session as it is now (any thread): the status page shows its
+        energy so far. A derived session's energy is this cycle's; a box's own has none until
+        its STOP."""
+        with self._lock:
+            derived = {cid: track.session for cid, track in self._tracks.items()
+                       if track.session is not None and cid not in self._reporting}
+            reported = {cid: session for cid, session in self._box_open.items() if cid in self._reporting}
+        return {**derived, **reported}
+
     def save_open(self) -> None:
         """Save every open session as it is now (at stop: the energy since the last save)."""
         with self._lock:

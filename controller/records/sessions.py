@@ -190,13 +190,14 @@ class SessionLog(RecordWriter):
 
     # ---- reading -----------------------------------------------------------------------------
     def query(self, from_ts: float | None = None, to_ts: float | None = None,
-              limit: int = 10000) -> list[Session]:
+              limit: int = 10000, *, newest_first: bool = False) -> list[Session]:
         """Sessions that started in ``from_ts <= start < to_ts`` (a session whose start is not
-        known counts by its end), oldest first, at most ``limit``; open sessions included, as
-        last saved. What is still queued is not seen (``flush`` first). Raises
-        SessionLogUnavailable when the file cannot be read now."""
+        known counts by its end), oldest first (newest first with ``newest_first``), at most
+        ``limit``; open sessions included, as last saved. What is still queued is not seen
+        (``flush`` first). Raises SessionLogUnavailable when the file cannot be read now."""
         where, params = time_range(from_ts, to_ts, _ORDER)
-        rows = self._read(f"{_SELECT}{where} ORDER BY {_ORDER}, id LIMIT ?", [*params, max(0, int(limit))])
+        order = f"{_ORDER} DESC, id DESC" if newest_first else f"{_ORDER}, id"
+        rows = self._read(f"{_SELECT}{where} ORDER BY {order} LIMIT ?", [*params, max(0, int(limit))])
         return [_session(row) for row in rows]
 
 

@@ -480,6 +480,11 @@ def test_grid_log_time_range_formats_and_limit(logged_web: tuple[WebSite, GridLo
     assert [e["ts"] for e in r.json()["events"]] == [base + 60, base + 120]  # '+' arrived as a space
     body = web.client.get("get_grid_log", **{"from": str(base), "limit": "2"}).json()
     assert len(body["events"]) == 2 and body["truncated"] is True
+    newest = web.client.get("get_grid_log", **{"from": str(base), "to": str(base + 300), "limit": "2",
+                                               "order": "newest"}).json()  # the status page's last signals
+    assert [e["ts"] for e in newest["events"]] == [base + 240, base + 180] and newest["truncated"] is True
+    r = web.client.get("get_grid_log", order="latest")
+    assert r.status_code == 400 and r.json()["error"] == "parameter order must be oldest or newest, not 'latest'"
     csv_text = web.client.get("get_grid_log", format="csv", **{"from": str(base), "to": str(base + 2)}).text
     assert "'=cmd|" in csv_text  # a spreadsheet will not run it
 

@@ -35,6 +35,7 @@ TINY: dict[str, list[str]] = {
     "ocpp": ["--boxes", "3", "--window-s", "3", "--changes", "3"],
     "backend_outbox": ["--transactions", "5", "--meters", "2", "--pending", "50"],
     "metrics": ["--seconds", "1", "--renders", "3", "--chargers", "10", "--observes", "1000"],
+    "status_page": ["--browsers", "1", "--seconds", "2"],
 }
 
 
@@ -168,3 +169,11 @@ def test_metrics_runs(runs: dict[str, subprocess.CompletedProcess[str]]) -> None
     assert home["loop"]["failed_cycles"] == 0
     assert many["chargers"] == 10 and many["render"]["samples"] > home["render"]["samples"]
     assert data["observe"]["us_per_cycle"] > 0
+
+
+def test_status_page_runs(runs: dict[str, subprocess.CompletedProcess[str]]) -> None:
+    data = figures(runs["status_page"])
+    assert data["bench"] == "status_page" and data["browsers"] == 1 and data["exit_code"] == 0
+    for window in (data["without"], data["with"]):
+        assert window["cycles"] >= 1 and window["failed_cycles"] == 0 and window["cpu_percent"] > 0
+    assert data["without"]["page_requests_per_s"] == 0 and data["with"]["page_requests_per_s"] > 0

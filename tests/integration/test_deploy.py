@@ -619,12 +619,14 @@ def test_first_install_neither_enables_nor_starts_the_service(
 def test_first_install_ends_with_url_credentials_and_the_three_steps(
         first_install: tuple[Path, subprocess.CompletedProcess[str]]) -> None:
     _, res = first_install
-    last = res.stdout.splitlines()[-9:]
+    last = res.stdout.splitlines()[-10:]
     assert re.fullmatch(r"  HTTP API: http://[0-9a-zA-Z.:\[\]-]+:80/cnf", last[0]), last
-    assert last[1] == "  user:     admin"
-    assert last[2] == f"  password: {installed_password(res)}"
-    assert "shown only this once" in last[3] and last[4] == ""
-    assert last[5:] == NEXT_STEPS
+    assert last[1] == f"  status page: {last[0].split()[-1].removesuffix('cnf')} (a browser on the same network, " \
+                      "same user and password)"
+    assert last[2] == "  user:     admin"
+    assert last[3] == f"  password: {installed_password(res)}"
+    assert "shown only this once" in last[4] and last[5] == ""
+    assert last[6:] == NEXT_STEPS
     assert res.stdout.count(installed_password(res)) == 1
     assert res.stderr == ""
 

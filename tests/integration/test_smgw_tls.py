@@ -212,6 +212,17 @@ def test_vars_scope(channel: StartChannel) -> None:
     assert ch.served_fingerprint() == ch.pki.server.fingerprint
 
 
+def test_the_status_page_is_served_on_the_lan_only(channel: StartChannel) -> None:
+    ch = channel(("admin",))
+    cert, key = ch.pki.client_paths
+    for path in ("/", "/static/app.js"):
+        r = requests.get(f"https://127.0.0.1:{ch.servers.smgw_port}{path}", cert=(str(cert), str(key)),
+                         verify=str(ch.pki.ca_path), timeout=TIMEOUT_S)
+        assert r.status_code == 404 and "error" in r.json()
+    lan = requests.get(f"http://127.0.0.1:{ch.servers.lan_port}/", auth=(USER, PASSWORD), timeout=TIMEOUT_S)
+    assert lan.status_code == 200 and lan.headers["Content-Type"].startswith("text/html")
+
+
 def test_status_scope_reads_but_does_not_set(channel: StartChannel) -> None:
     ch = channel(("status",))
     assert ch.smgw("GET", "get_dev_info").status_code == 200

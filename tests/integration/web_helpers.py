@@ -43,6 +43,9 @@ def api_context(service: Service, *, grid_log: Any = None, tls: Any = None, vers
         tls=tls,
         version=version,
         save_failing=lambda: service.saver.failing,
+        history=service.history,
+        cycle_s=service.cfg.site.cycle_s,
+        open_sessions=service.session_recorder.open_sessions,
     )
 
 

@@ -215,3 +215,25 @@ def test_whole_status_is_strict_json() -> None:
                                           (None, None), (math.nan, None), (-1.5, -1500)])
 def test_milliamps(amps: float | None, ma: int | None) -> None:
     assert milliamps(amps) == ma
+
+
+def test_session_energy_of_the_open_session() -> None:
+    from controller.records.sessions import Session
+
+    def session(**kw: Any) -> Session:
+        fields: dict[str, Any] = dict(id=1, charger_id="E1", start_ts=1.0, end_ts=None, start_wh=12000.0,
+                                      end_wh=None, energy_wh=None, energy_source="register")
+        fields.update(kw)
+        return Session(**fields)
+
+    def shown(open_session: Session | None) -> Any:
+        info = dev_info(status(chargers=(charger("E1"),)), "1.0",
+                        sessions={"E1": open_session} if open_session is not None else None)
+        return find(info, "E1")["session_energy"]
+
+    assert shown(None) is None  # no session open
+    assert shown(session(energy_wh=1234.6)) == 1235  # a derived session: its energy so far
+    assert shown(session()) == 345  # a box's own session: its register now (12345.4) minus at the start
+    assert shown(session(start_wh=None)) is None  # not known until the box's stop
+    assert shown(session(start_wh=20000.0)) is None  # a register that went back is no energy
+    assert shown(session(end_ts=2.0, energy_wh=50.0)) is None  # ended: not the open one

@@ -23,3 +23,6 @@ def test_every_directory_with_files_is_a_listed_package() -> None:
                 assert name in packages, f"{name} would be ignored (or warned about) by setuptools"
     assert options["package_data"]["hal.modbus.profiles"] == ["*.yaml"]
     assert list((ROOT / "hal" / "modbus" / "profiles").glob("*.yaml"))
+    page_data = options["package_data"]["web.static"]  # the status page, served by an installed gridcharge
+    for name in ("index.html", "app.js", "style.css", "icon.svg"):
+        assert (ROOT / "web" / "static" / name).is_file() and "*" + name[name.rindex("."):] in page_data
