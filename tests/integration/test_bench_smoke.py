@@ -4,7 +4,8 @@ The benchmarks are scripts that print figures (``make bench``), not timed tests,
 checks a performance target: only that each script still runs against the real controller and
 simulators, exits 0 and ends with its JSON line carrying sane figures. The scripts run in
 parallel (they mostly wait on 1 s control cycles; ``bench_api`` loads the CPU for its 2 s of
-``get_cm_vars``; ``bench_gridlog`` writes a small log, ``bench_backend_outbox`` a small outbox),
+``get_cm_vars``; ``bench_gridlog`` writes a small log, ``bench_backend_outbox`` a small outbox;
+``bench_backend`` starts ``gridcharge run`` three times, its OCPP backend reachable, down, slow),
 so the whole module takes about 15 s.
 """
 
@@ -36,6 +37,8 @@ TINY: dict[str, list[str]] = {
     "backend_outbox": ["--transactions", "5", "--meters", "2", "--pending", "50"],
     "metrics": ["--seconds", "1", "--renders", "3", "--chargers", "10", "--observes", "1000"],
     "status_page": ["--browsers", "1", "--seconds", "2"],
+    "backend": ["--sites", "tcp", "--chargers", "2", "--seconds", "2", "--steady-s", "0.5", "--delay-s", "0.2",
+                "--scenarios", "socks5_1s,down_1s,slow_1s"],
 }
 
 
@@ -177,3 +180,17 @@ def test_status_page_runs(runs: dict[str, subprocess.CompletedProcess[str]]) -> 
     for window in (data["without"], data["with"]):
         assert window["cycles"] >= 1 and window["failed_cycles"] == 0 and window["cpu_percent"] > 0
     assert data["without"]["page_requests_per_s"] == 0 and data["with"]["page_requests_per_s"] > 0
+
+
+def test_backend_runs(runs: dict[str, subprocess.CompletedProcess[str]]) -> None:
+    data = figures(runs["backend"])
+    assert data["bench"] == "backend"
+    by = {r["scenario"]: r for r in data["results"]}
+    assert list(by) == ["socks5_1s", "down_1s", "slow_1s"]
+    for r in by.values():
+        assert r["exit_code"] == 0 and r["failed_cycles"] == 0 and r["limits_written"] == r["chargers"] == 2
+        assert r["cycles_sampled"] >= 1 and 0 < r["cycle_ms"]["p50"] <= r["cycle_ms"]["max"] < 1000
+        assert r["cpu_percent"] >= 0 and 5 < r["rss_mib"] < 1000  # a 2 s window: a few clock ticks
+    assert by["socks5_1s"]["backend_state"] == "2 connected" and by["socks5_1s"]["meter_values_per_s"] > 0
+    assert by["down_1s"]["delivered_per_s"] == 0 and by["down_1s"]["outbox_pending_end"] > 0
+    assert by["slow_1s"]["backend_state"] == "2 connected" and by["slow_1s"]["delivered_per_s"] > 0
