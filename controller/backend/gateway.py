@@ -160,11 +160,9 @@ class Gateway:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-            for link in self.links.values():
-                try:
-                    await asyncio.wait_for(link.close(), 2)
-                except Exception:  # closing a broken connection: nothing left to save
-                    pass
+            # All at once: twenty silent connections must not add up to a stop of 40 s.
+            await asyncio.gather(*(asyncio.wait_for(link.close(), 2) for link in self.links.values()),
+                                 return_exceptions=True)
 
     def _drain(self) -> None:
         """Take what other threads handed over (on the gateway's thread)."""

@@ -371,18 +371,20 @@ class BackendLink:
                     await handlers.call(call.MeterValues(**payload), suppress=False)
 
     async def _send_stored(self, handlers: _Handlers) -> bool:
-        """Every stored message, oldest first; True when at least one went."""
-        sent = False
-        while (stored := self.delegate.next_stored()) is not None:
-            request = getattr(call, stored.action)(**_snake_keys(stored.payload))
-            try:
-                answer = await handlers.call(request, suppress=False)
-            except OCPPError as exc:  # the backend answered with a CallError: its judgement, not the link's
-                self.delegate.stored_refused(stored, f"{type(exc).__name__}: {exc.description}")
-                continue
-            self.delegate.stored_delivered(stored, _as_dict(answer))
-            sent = True
-        return sent
+        """The oldest stored message; True when one went (answered or refused). One per pass of
+        ``_serve``, so that a status change, a trigger or a heartbeat never waits for a whole
+        backlog (a backend slower than the MeterValues would make that wait endless)."""
+        stored = self.delegate.next_stored()
+        if stored is None:
+            return False
+        request = getattr(call, stored.action)(**_snake_keys(stored.payload))
+        try:
+            answer = await handlers.call(request, suppress=False)
+        except OCPPError as exc:  # the backend answered with a CallError: its judgement, not the link's
+            self.delegate.stored_refused(stored, f"{type(exc).__name__}: {exc.description}")
+            return True
+        self.delegate.stored_delivered(stored, _as_dict(answer))
+        return True
 
     async def close(self) -> None:
         handlers = self._handlers

@@ -103,3 +103,32 @@ def test_a_refused_stored_message_is_reported_and_the_link_stays_up(csms: Backen
     asyncio.run(run_link(link, 1.0))
     assert delegate.refused and delegate.refused[0].startswith("InternalError")
     assert link.attempts == 1  # no reconnect for the backend's own judgement
+
+
+def test_a_status_change_does_not_wait_for_a_backlog(csms: BackendCsms) -> None:
+    csms.boot_status = "Accepted"
+    csms.delay("MeterValues", 0.2)
+    delegate = Delegate()
+    meter = {"connectorId": 1, "transactionId": 1, "meterValue": [
+        {"timestamp": "2026-12-02T10:00:00Z", "sampledValue": [{"value": "5", "measurand": "Energy.Active.Import.Register",
+                                                               "unit": "Wh"}]}]}
+    delegate.stored = [StoredCall(n, "MeterValues", meter, 1) for n in range(1, 9)]
+    status = ["Available"]
+    delegate.status_now = lambda: ("Available", status[0], "NoError")  # type: ignore[method-assign]
+    link = BackendLink("CP1", Route(csms.url, None, None, None, 5.0), delegate)
+
+    async def scenario() -> None:
+        task = asyncio.create_task(link.run())
+        while "MeterValues" not in csms.actions("CP1"):
+            await asyncio.sleep(0.02)
+        status[0] = "Charging"
+        link.wake()
+        await asyncio.sleep(2.2)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+    asyncio.run(scenario())
+    seen = csms.actions("CP1")
+    charging = next(i for i, m in enumerate(csms.received()) if m.cp_id == "CP1" and m.action == "StatusNotification"
+                    and m.payload["status"] == "Charging")
+    assert charging < len(seen) - 3 and seen.count("MeterValues") == 8  # not after the whole backlog
