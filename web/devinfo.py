@@ -41,6 +41,7 @@ from typing import Any
 
 from controller.cfos import CFOS_OFFLINE, cfos_state
 from controller.records.sessions import Session
+from controller.records.session_derive import energy_so_far
 from controller.status import BackendStatus, ChargerStatus, DeviceStatus, Status
 
 OFFLINE_STATE = CFOS_OFFLINE
@@ -103,11 +104,7 @@ def session_energy_wh(session: Session | None, register_wh: float | None) -> flo
     """Wh charged so far in an open session (see the module docstring), None when not known."""
     if session is None or not session.open:
         return None
-    if session.energy_wh is not None:
-        return session.energy_wh
-    if session.start_wh is not None and register_wh is not None and register_wh >= session.start_wh:
-        return register_wh - session.start_wh
-    return None
+    return energy_so_far(session, register_wh)
 
 
 def charger_info(ch: ChargerStatus, session: Session | None = None) -> dict[str, Any]:

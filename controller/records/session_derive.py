@@ -120,6 +120,17 @@ def step(track: Track, reading: ChargerReading | None, ts: float, *, charger_id:
     return Track(session, ts, power, track.saved_ts), ()
 
 
+def energy_so_far(session: Session, register_wh: float | None) -> float | None:
+    """Wh charged so far in an open session: its own count (a derived session is counted every
+    cycle), else the box's register now minus its register at the start (a box that reports
+    its sessions gives its energy only at STOP); None when neither is known."""
+    if session.energy_wh is not None:
+        return session.energy_wh
+    if session.start_wh is not None and register_wh is not None and register_wh >= session.start_wh:
+        return register_wh - session.start_wh
+    return None
+
+
 def box_event(open_session: Session | None, event: SessionEvent,
               new_id: Callable[[], int]) -> tuple[Session | None, tuple[Session, ...]]:
     """A box's own START or STOP (module doc): the charger's open session afterwards (None when
@@ -156,5 +167,5 @@ def box_event(open_session: Session | None, event: SessionEvent,
     return None, (ended,)
 
 
-__all__ = ["MAX_GAP_S", "PROGRESS_S", "STOP_CAR_GONE", "STOP_NEW_START", "Track", "VOLTAGE_V", "box_event",
+__all__ = ["MAX_GAP_S", "PROGRESS_S", "STOP_CAR_GONE", "STOP_NEW_START", "Track", "VOLTAGE_V", "box_event", "energy_so_far",
            "reading_power_w", "resume", "step"]

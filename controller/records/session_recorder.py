@@ -15,7 +15,7 @@ import threading
 from collections.abc import Callable, Iterable
 from typing import Protocol
 
-from controller.records.session_derive import Track, box_event, resume, step
+from controller.records.session_derive import Track, box_event, energy_so_far, resume, step
 from controller.records.sessions import Session, SessionLog
 from controller.status import ChargerStatus, Status
 from hal.types import ChargerReading, SessionEvent
@@ -90,13 +90,10 @@ class SessionRecorder:
                 charger_id = charger.device.id
                 box = self._box_open.get(charger_id) if charger_id in self._reporting else None
                 track = self._tracks.get(charger_id) if charger_id not in self._reporting else None
-                if box is not None:
+                session = box if box is not None else track.session if track is not None else None
+                if session is not None:
                     reading = charger_reading(charger)
-                    now = reading.energy_wh if reading is not None else None
-                    start = box.start_wh
-                    out[charger_id] = now - start if now is not None and start is not None and now >= start else None
-                elif track is not None and track.session is not None:
-                    out[charger_id] = track.session.energy_wh
+                    out[charger_id] = energy_so_far(session, reading.energy_wh if reading is not None else None)
                 else:
                     out[charger_id] = self._last_energy.get(charger_id, 0.0)
         return out
