@@ -60,7 +60,7 @@ UNAVAILABLE_REASON = "backend: unavailable"
 
 
 @dataclass(frozen=True)
-class CapFacts:
+class BackendAsks:
     """What the backend asks of the charger's current, as of the last change (immutable, read by
     the control loop)."""
 
@@ -109,7 +109,7 @@ class BackendChargePoint:
         self.heartbeat_interval_s = int(self._state("heartbeat_s", settings.heartbeat_s))
         saved_profiles = tuple(profile_rules.profile_from_json(p) for p in self._state("profiles", []) or [])
         open_tx = outbox.open_transaction(settings.charger_id)
-        self.facts = CapFacts(inoperative=bool(self._state("inoperative", False)),
+        self.facts = BackendAsks(inoperative=bool(self._state("inoperative", False)),
                               remote_paused=bool(self._state("remote_paused", False)),
                               profiles=saved_profiles,
                               transaction_start_ts=open_tx.started_ts if open_tx is not None else None)
@@ -125,7 +125,7 @@ class BackendChargePoint:
         value = self.outbox.get_state(self.s.backend_id, key)
         return default if value is None else value
 
-    def _set_facts(self, facts: CapFacts, what: str) -> None:
+    def _set_facts(self, facts: BackendAsks, what: str) -> None:
         """Keep, persist and publish what the backend asks; the gateway records a change of the cap."""
         before = self.cap_now()
         self.outbox.set_state(self.s.backend_id, "inoperative", facts.inoperative)
@@ -421,5 +421,5 @@ class BackendChargePoint:
         return {"status": "Accepted"}
 
 
-__all__ = ["BackendChargePoint", "CapFacts", "ChargePointSettings", "GatewayHooks", "REMOTE_REASON",
+__all__ = ["BackendChargePoint", "BackendAsks", "ChargePointSettings", "GatewayHooks", "REMOTE_REASON",
            "UNAVAILABLE_REASON"]

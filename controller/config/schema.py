@@ -271,14 +271,6 @@ def _proxy_url(value: str) -> str:
     return value.rstrip("/")
 
 
-def proxy_host(proxy: str) -> str:
-    """The host part of a proxy URL (what the SMGW rule compares)."""
-    rest = proxy.split("://", 1)[1].rsplit("@", 1)[-1]
-    if rest.startswith("["):
-        return rest[1:].split("]", 1)[0]
-    return rest.split(":", 1)[0]
-
-
 class OcppBackend(_Strict):
     """The gateway to the energy supplier's OCPP 1.6J backend: every charger is one charge point
     that connects to ``<url>/<backend_id>`` (docs/backend.md). ``proxy``: the smart meter

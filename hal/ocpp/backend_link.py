@@ -225,7 +225,7 @@ class BackendLink:
         self._sleep = sleep
         self.min_boot_retry_s = min_boot_retry_s
         self._wake = asyncio.Event()
-        self._handlers: _Handlers | None = None
+        self._ws: ClientConnection | None = None  # the open connection, None between two
         self._pending_triggers: list[str] = []
         self._reset_asked = False
         self._sent_status: tuple[str, str, str] | None = None
@@ -287,7 +287,7 @@ class BackendLink:
     async def _talk(self, ws: ClientConnection) -> None:
         """One connection's life (``_booted`` once BootNotification was accepted on it)."""
         handlers = _Handlers(self.cp_id, ws, self, self.route.call_timeout_s)
-        self._handlers = handlers
+        self._ws = ws
         receiver = asyncio.create_task(handlers.start())
         try:
             interval = await self._boot(handlers)
@@ -298,7 +298,7 @@ class BackendLink:
             self._sent_status = None
             await self._serve(handlers, interval, receiver)
         finally:
-            self._handlers = None
+            self._ws = None
             receiver.cancel()
             try:
                 await receiver
@@ -320,7 +320,8 @@ class BackendLink:
         while not receiver.done():
             self._wake.clear()
             if self._reset_asked:
-                await handlers._connection.close(1000, "reset")
+                if self._ws is not None:
+                    await self._ws.close(1000, "reset")
                 return
             await self._send_status(handlers)
             await self._send_triggered(handlers)
@@ -387,9 +388,9 @@ class BackendLink:
         return True
 
     async def close(self) -> None:
-        handlers = self._handlers
-        if handlers is not None:
-            await handlers._connection.close(1001, "gridcharge stops")
+        ws = self._ws
+        if ws is not None:
+            await ws.close(1001, "gridcharge stops")
 
 
 def _snake_keys(payload: dict[str, Any]) -> dict[str, Any]:

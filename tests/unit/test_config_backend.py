@@ -10,7 +10,7 @@ import pytest
 from test_config import changed, errors_of
 
 from controller.config import config_warnings, parse_config
-from controller.config.schema import backend_disabled_reason, proxy_host, runs_through_smgw
+from controller.config.schema import backend_disabled_reason, runs_through_smgw
 
 BACKEND = {"url": "wss://ocpp.supplier.example/cs", "password": "from-the-supplier"}
 
@@ -47,11 +47,6 @@ def test_proxies_that_work(proxy: str) -> None:
 @pytest.mark.parametrize("proxy", ["https://10.0.0.1:3128", "socks4://10.0.0.1:1080", "10.0.0.1:1080"])
 def test_proxies_that_do_not(proxy: str) -> None:
     assert any(e.startswith("ocpp_backend.proxy: ") for e in errors_of(with_backend(proxy=proxy)))
-
-
-def test_proxy_host() -> None:
-    assert proxy_host("socks5://user:pw@10.0.0.1:1080") == "10.0.0.1"
-    assert proxy_host("http://[fd00::1]:3128") == "fd00::1"
 
 
 def test_two_chargers_with_one_backend_id_is_an_error() -> None:
